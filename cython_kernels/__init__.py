@@ -1,0 +1,38 @@
+"""int8 GEMM kernels for attention on FBGEMM (from the torch CPU wheel).
+
+Three layers, as in pyarrow: ``_fbgemm.pxd`` declares FBGEMM, the ``_gemm`` and
+``_quant`` extensions are thin nogil loops, and this package (``ops``) checks
+dtypes, shapes, layout and the 7-bit rule before calling them.
+
+Importing never raises: when the extensions are missing, fail to load, or the
+CPU lacks AVX2, ``AVAILABLE`` is False, ``UNAVAILABLE_REASON`` says why, and the
+functions raise RuntimeError with that reason.
+
+Typical Q @ K^T on per-head tensors (batch*heads, seq, head_dim)::
+
+    qq, q_scale, q_zp = quantize_u7_asym(q, per="matrix")   # A: one scale per head
+    kq, k_scale = quantize_s8_sym(k, per="row")             # B: one scale per key token
+    scores = gemm_u8s8_f32(qq, kq, q_scale, q_zp, k_scale)  # float32 (B*H, seq, seq)
+"""
+
+from .ops import (
+    AVAILABLE,
+    UNAVAILABLE_REASON,
+    cpu_features,
+    dequantize_s32,
+    gemm_u8s8_f32,
+    gemm_u8s8_s32,
+    quantize_s8_sym,
+    quantize_u7_asym,
+)
+
+__all__ = [
+    "AVAILABLE",
+    "UNAVAILABLE_REASON",
+    "cpu_features",
+    "dequantize_s32",
+    "gemm_u8s8_f32",
+    "gemm_u8s8_s32",
+    "quantize_s8_sym",
+    "quantize_u7_asym",
+]

@@ -1,0 +1,193 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: initializedcheck=False, cdivision=True
+# distutils: language = c++
+"""Quantize / dequantize loops around the GEMMs (thin layer: no dtype checks).
+
+Each row of a 2-D C-contiguous float32 array gets its own parameters; the
+Python layer reshapes (..., R, K) to rows of K (per token) or rows of R*K
+(per matrix).  All arithmetic is float32, in this order, so that a NumPy
+float32 reference reproduces the codes exactly::
+
+    u7 asymmetric:  lo = min(0, min x)   hi = max(0, max x)
+                    scale = (hi - lo) / 127    inv = 1 / scale
+                    zero_point = clip(rint(-lo * inv), 0, 127)
+                    q = clip(rint(x * inv) + zero_point, 0, 127)
+    s8 symmetric:   scale = max|x| / 127       inv = 1 / scale
+                    q = clip(rint(x * inv), -127, 127)
+
+``rint`` rounds half to even.  A row whose range is zero (or whose 1/scale
+exceeds 3e38) gets scale 1 and zero point 0.  Rows holding NaN or
+infinity are counted and returned (their outputs are unspecified) so the
+caller can raise.
+"""
+
+from cython.parallel cimport prange, threadid
+from libc.math cimport fabsf
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
+from libcpp.vector cimport vector
+
+
+cdef inline float _rint(float v) noexcept nogil:
+    # Round half to even: adding and removing 1.5 * 2**23 leaves no fraction
+    # bits under the default rounding mode.  Exact for |v| < 2**22, and
+    # v is within +-(127 + 1) here.  (Plain SSE2 adds vectorize; rintf would not.)
+    return (v + <float>12582912.0) - <float>12582912.0
+
+
+cdef inline uint32_t _exponent_carry(uint32_t bits) noexcept nogil:
+    # The exponent field is all ones only for NaN and +-inf; adding one to it
+    # then carries into the top bit.  Integer-only, so -ffinite-math-only
+    # cannot optimise the test away.
+    return (bits & 0x7F800000u) + 0x00800000u
+
+
+cdef inline bint _u7_row(const float* x, uint8_t* q, Py_ssize_t n,
+                         float* scale_out, int32_t* zp_out) noexcept nogil:
+    cdef const uint32_t* bits = <const uint32_t*>x
+    cdef uint32_t special = 0
+    cdef float lo = 0, hi = 0, v, scale, inv, zpf, t
+    cdef Py_ssize_t j
+    for j in range(n):
+        v = x[j]
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+        special = special | _exponent_carry(bits[j])
+    if special & 0x80000000u:
+        scale_out[0] = 0
+        zp_out[0] = 0
+        return True
+    scale = (hi - lo) / <float>127.0
+    inv = <float>1.0 / scale if scale > 0 else <float>0.0
+    if not (scale > 0) or inv > <float>3.0e38:
+        scale = 1
+        inv = 1
+    zpf = _rint(-lo * inv)
+    zpf = zpf if zpf > 0 else <float>0.0
+    zpf = zpf if zpf < 127 else <float>127.0
+    for j in range(n):
+        t = _rint(x[j] * inv) + zpf
+        t = t if t > 0 else <float>0.0
+        t = t if t < 127 else <float>127.0
+        q[j] = <uint8_t>(<int32_t>t)
+    scale_out[0] = scale
+    zp_out[0] = <int32_t>zpf
+    return False
+
+
+cdef inline bint _s8_row(const float* x, int8_t* q, Py_ssize_t n,
+                         float* scale_out) noexcept nogil:
+    cdef const uint32_t* bits = <const uint32_t*>x
+    cdef uint32_t special = 0
+    cdef float amax = 0, a, scale, inv, t
+    cdef Py_ssize_t j
+    for j in range(n):
+        a = fabsf(x[j])
+        amax = a if a > amax else amax
+        special = special | _exponent_carry(bits[j])
+    if special & 0x80000000u:
+        scale_out[0] = 0
+        return True
+    scale = amax / <float>127.0
+    inv = <float>1.0 / scale if scale > 0 else <float>0.0
+    if not (scale > 0) or inv > <float>3.0e38:
+        scale = 1
+        inv = 1
+    for j in range(n):
+        t = _rint(x[j] * inv)
+        t = t if t > -127 else <float>-127.0
+        t = t if t < 127 else <float>127.0
+        q[j] = <int8_t>(<int32_t>t)
+    scale_out[0] = scale
+    return False
+
+
+def quantize_u7_rows(const float[:, ::1] x, uint8_t[:, ::1] q,
+                     float[::1] scale, int32_t[::1] zero_point,
+                     int threads) -> int:
+    """Asymmetric 7-bit (0..127) codes per row; returns the number of non-finite rows."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], i
+    cdef Py_ssize_t bad = 0
+    if (q.shape[0], q.shape[1]) != (rows, n) or scale.shape[0] != rows or zero_point.shape[0] != rows:
+        raise ValueError("output shapes do not match x")
+    if rows == 0:
+        return 0
+    if n == 0:
+        scale[:] = 1
+        zero_point[:] = 0
+        return 0
+    for i in prange(rows, nogil=True, num_threads=threads, schedule="static"):
+        bad += _u7_row(&x[i, 0], &q[i, 0], n, &scale[i], &zero_point[i])
+    return bad
+
+
+def quantize_s8_rows(const float[:, ::1] x, int8_t[:, ::1] q, float[::1] scale,
+                     int threads) -> int:
+    """Symmetric int8 (-127..127) codes per row; returns the number of non-finite rows."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], i
+    cdef Py_ssize_t bad = 0
+    if (q.shape[0], q.shape[1]) != (rows, n) or scale.shape[0] != rows:
+        raise ValueError("output shapes do not match x")
+    if rows == 0:
+        return 0
+    if n == 0:
+        scale[:] = 1
+        return 0
+    for i in prange(rows, nogil=True, num_threads=threads, schedule="static"):
+        bad += _s8_row(&x[i, 0], &q[i, 0], n, &scale[i])
+    return bad
+
+
+def max_u8(const uint8_t[::1] x) -> int:
+    """Largest value of a flat uint8 array (0 if empty)."""
+    cdef uint8_t m = 0, v
+    cdef Py_ssize_t j
+    with nogil:
+        for j in range(x.shape[0]):
+            v = x[j]
+            m = v if v > m else m
+    return m
+
+
+cdef void _dequant_matrix(const int32_t* c, const int8_t* b, const float* a_scale,
+                          const int32_t* a_zp, const float* b_scale, float* out,
+                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                          int32_t* b_sums) noexcept nogil:
+    cdef Py_ssize_t i, j, t
+    cdef int32_t s, z
+    cdef float sa
+    for j in range(n):
+        s = 0
+        for t in range(k):
+            s = s + b[j * k + t]
+        b_sums[j] = s
+    for i in range(m):
+        sa = a_scale[i]
+        z = a_zp[i]
+        for j in range(n):
+            out[i * n + j] = <float>(c[i * n + j] - z * b_sums[j]) * (sa * b_scale[j])
+
+
+def dequantize_s32(const int32_t[:, :, ::1] c, const int8_t[:, :, ::1] b,
+                   const float[:, ::1] a_scale, const int32_t[:, ::1] a_zero_point,
+                   const float[:, ::1] b_scale, float[:, :, ::1] out,
+                   int threads) -> None:
+    """out[p,i,j] = float32(c[p,i,j] - a_zp[p,i] * sum_k b[p,j,k]) * (a_scale[p,i] * b_scale[p,j]).
+
+    Per-row (per-token) A scales and zero points, per-row B scales, B symmetric.
+    """
+    cdef Py_ssize_t batch = c.shape[0], m = c.shape[1], n = c.shape[2], k = b.shape[2], p
+    cdef vector[int32_t] sums
+    if ((b.shape[0], b.shape[1]) != (batch, n) or (a_scale.shape[0], a_scale.shape[1]) != (batch, m)
+            or (a_zero_point.shape[0], a_zero_point.shape[1]) != (batch, m)
+            or (b_scale.shape[0], b_scale.shape[1]) != (batch, n) or (out.shape[0], out.shape[1], out.shape[2]) != (batch, m, n)):
+        raise ValueError("shape mismatch")
+    if batch == 0 or m == 0 or n == 0:
+        return
+    if k == 0:
+        out[:, :, :] = 0
+        return
+    sums.resize(n * threads)
+    for p in prange(batch, nogil=True, num_threads=threads, schedule="static"):
+        _dequant_matrix(&c[p, 0, 0], &b[p, 0, 0], &a_scale[p, 0], &a_zero_point[p, 0],
+                        &b_scale[p, 0], &out[p, 0, 0], m, n, k,
+                        sums.data() + n * threadid())

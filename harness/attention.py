@@ -1,0 +1,52 @@
+"""Attaching a backend's attention function to a transformers model.
+
+transformers (5.x) looks attention functions up by ``config._attn_implementation`` in
+``AttentionInterface`` — and, separately, builds the padding mask with the function registered under the
+same name in ``AttentionMaskInterface``. A name registered only in the first receives
+``attention_mask=None`` and silently attends to padding (DESIGN.md §4), so both are always registered.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+from .backend import ResolvedBackend
+
+REFERENCE_IMPLEMENTATION = "sdpa"
+_MASK_BUILDERS = {"bool": sdpa_mask, "additive": eager_mask}
+
+AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def implementation_name(backend: ResolvedBackend) -> str:
+    """The transformers implementation name of the backend's attention (``"sdpa"`` if it has none)."""
+    part = backend.attention_part
+    if part is None:
+        return REFERENCE_IMPLEMENTATION
+    # One name per configured instance: stateful backends must not share a registration.
+    return f"attnbench:{part.spec}@{id(part):x}"
+
+
+def attention_function(backend: ResolvedBackend) -> AttentionFn:
+    """The callable that computes attention for this backend (transformers' SDPA if it has none)."""
+    part = backend.attention_part
+    return part.attention if part is not None else sdpa_attention_forward
+
+
+def attach(model: torch.nn.Module, backend: ResolvedBackend) -> str:
+    """Register the backend's attention and mask builder with transformers and select it on ``model``.
+
+    ``model`` is a transformers ``PreTrainedModel`` or any module with ``set_attn_implementation``.
+    Returns the implementation name.
+    """
+    name = implementation_name(backend)
+    if name != REFERENCE_IMPLEMENTATION:
+        AttentionInterface.register(name, attention_function(backend))
+        AttentionMaskInterface.register(name, _MASK_BUILDERS[backend.mask_kind])
+    model.set_attn_implementation(name)
+    return name

@@ -1,0 +1,152 @@
+"""The ``attnbench`` command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .paths import DEFAULT_STORE
+
+EXIT_USAGE = 2
+
+
+def _registry():
+    from .registry import load_registry
+
+    return load_registry()
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    registry = _registry()
+    listing = []
+    for name in sorted(registry.backends):
+        entry = registry.backends[name]
+        reason = entry.cls.unavailable_reason()
+        listing.append({"name": name, "description": entry.cls.description, "plugin": entry.plugin.name,
+                        "distribution": entry.plugin.dist, "version": entry.plugin.version,
+                        "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
+                                    "summary": p.describe()} for p in entry.cls.params],
+                        "available": reason is None, "reason": reason})
+    failures = [{"plugin": f.plugin, "distribution": f.dist, "error": f.error} for f in registry.failures]
+    if args.json:
+        print(json.dumps({"backends": listing, "failed_plugins": failures}, indent=2, default=str))
+        return 0
+    for item in listing:
+        status = "available" if item["available"] else f"UNAVAILABLE: {item['reason']}"
+        print(f"{item['name']}  —  {item['description']}")
+        print(f"    plugin {item['plugin']} ({item['distribution']} {item['version']}); {status}")
+        for param in item["params"]:
+            print(f"    {param['summary']}" + (f"  — {param['help']}" if param["help"] else ""))
+    for failure in failures:
+        print(f"failed plugin {failure['plugin']} ({failure['distribution']}): {failure['error']}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    registry = _registry()
+    for name, entry in registry.tasks.items():
+        task = entry.task
+        kind = "regression" if task.is_regression else f"{task.num_labels} classes"
+        metrics = ", ".join(m.name for m in task.metrics)
+        print(f"{name:8s} {task.dataset}/{task.config} [{task.split}]  {kind}; metrics: {metrics}"
+              f"  ({task.description}; plugin {entry.plugin.name})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import RunSpec, run
+    from .summary import run_summary
+
+    spec = RunSpec(backends=args.backend or ["dense"], tasks=_split(args.tasks), model=args.model, data=args.data,
+                   limit=args.limit, eval_batch_size=args.eval_batch_size, batch_size=args.batch_size,
+                   seq_len=args.seq_len, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                   fidelity_examples=args.fidelity_examples,
+                   store=None if args.no_store else Path(args.store), progress=not args.no_progress)
+    result = run(spec)
+    print(run_summary(result.rows))
+    if spec.store is not None:
+        print(f"\n{len(result.rows)} rows of run {result.run_id} written to {spec.store} ({len(result.files)} files); "
+              f"read them with harness.read_results({str(spec.store)!r})")
+    return 0
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnbench", description=__doc__.splitlines()[0].rstrip("."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("backends", help="list backends with plugin, version, parameters and availability")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("tasks", help="list tasks with data source and metrics")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("run", help="measure backends on tasks and store the results")
+    p.add_argument("-b", "--backend", action="append", metavar="SPEC",
+                   help="backend spec, repeatable: -b dense -b topk:k=8,bits=4 (default: dense)")
+    p.add_argument("--tasks", metavar="A,B,...", help="comma-separated task names (default: all)")
+    p.add_argument("--model", action="append", metavar="ID|DIR|TASK=ID|DIR",
+                   help="'embedded' (default), a fine-tuned checkpoint for all tasks, or one per task as TASK=PATH")
+    p.add_argument("--data", default="sample", metavar="sample|hub|DIR",
+                   help="bundled sample (default, offline), the Hugging Face hub, or a <task>/<split>.parquet directory")
+    p.add_argument("--limit", type=_positive, metavar="N", help="evaluate at most N examples per task")
+    p.add_argument("--eval-batch-size", type=_positive, default=32, metavar="N",
+                   help="examples per evaluation batch (length-sorted; default 32)")
+    p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="latency shape: batch (default 8)")
+    p.add_argument("--seq-len", type=_positive, default=128, metavar="N", help="latency shape: tokens (default 128)")
+    p.add_argument("--threads", type=_positive, metavar="N", help="torch threads (default: all available cores)")
+    p.add_argument("--repeats", type=_positive, default=10, metavar="N", help="timed repetitions (default 10)")
+    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up rounds (default 2)")
+    p.add_argument("--fidelity-examples", type=int, default=64, metavar="N",
+                   help="examples per task for the attention-fidelity pass; 0 skips it (default 64)")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=f"results store (default {DEFAULT_STORE})")
+    p.add_argument("--no-store", action="store_true", help="do not write results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for attnbench's own progress: silence transformers' and datasets' bars and notices."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"attnbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("attnbench: interrupted; rows of finished tasks are in the store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

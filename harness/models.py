@@ -1,0 +1,165 @@
+"""Which model evaluates which task: the embedded default, or fine-tuned Hugging Face checkpoints.
+
+``--model`` values:
+
+* ``embedded`` (default) — the packaged MiniLM with fitted linear heads (:mod:`harness.probe`);
+* ``ID_OR_DIR`` — one ``*ForSequenceClassification`` checkpoint (hub id or local directory) for every task;
+* ``TASK=ID_OR_DIR`` (repeatable, or comma-separated) — one checkpoint per task.
+
+A :class:`TaskModels` hands the runner a dense base model per task. The runner never modifies it:
+backends get deep copies.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ModelError
+from .probe import EMBEDDED_PACKAGE, ProbeClassifier, embedded_model_dir, load_or_fit_head
+from .tasks import Task
+
+EMBEDDED = "embedded"
+DEFAULT_MAX_LENGTH = 512
+
+
+class TaskModels(ABC):
+    """Dense base models, tokenizers and evaluation exclusions per task."""
+
+    @abstractmethod
+    def name(self, task: Task) -> str:
+        """The model's name as recorded in results."""
+
+    @abstractmethod
+    def model(self, task: Task) -> torch.nn.Module:
+        """The dense model for ``task`` (the same object may serve several tasks); call it with the batch and
+        :meth:`forward_kwargs`; it returns logits (a tensor or an output with ``.logits``)."""
+
+    @abstractmethod
+    def tokenizer(self, task: Task):
+        """A fast tokenizer for ``task``."""
+
+    def forward_kwargs(self, task: Task) -> dict:
+        return {}
+
+    def max_length(self, task: Task) -> int:
+        """Truncation length: the model's position limit, the tokenizer's, and at most 512."""
+        limits = [DEFAULT_MAX_LENGTH, getattr(self.model(task).config, "max_position_embeddings", DEFAULT_MAX_LENGTH)]
+        tokenizer_limit = getattr(self.tokenizer(task), "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and tokenizer_limit > 0:
+            limits.append(tokenizer_limit)
+        return min(limits)
+
+    def excluded_idx(self, task: Task) -> np.ndarray:
+        """``idx`` values of the evaluation split that must not be evaluated (rows the model was fitted on)."""
+        return np.array([], dtype=np.int64)
+
+
+def _load_pretrained(loader, source: str, **kwargs):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return loader.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load model {source!r}: {first}. Give a local directory with a fine-tuned "
+                         "*ForSequenceClassification checkpoint, a hub id (needs a network), or 'embedded'") from None
+
+
+class EmbeddedProbe(TaskModels):
+    """The packaged MiniLM encoder with one linear head per task config, fitted on first use and cached."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = embedded_model_dir()
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+        encoder = _load_pretrained(AutoModel, str(path), attn_implementation="sdpa").eval()
+        heads = {}
+        for task in tasks:
+            if task.config not in heads:
+                heads[task.config] = load_or_fit_head(task, encoder, self._tokenizer, DEFAULT_MAX_LENGTH)
+        self._heads = heads
+        self._model = ProbeClassifier(encoder, heads).eval()
+
+    def name(self, task: Task) -> str:
+        return f"{EMBEDDED}:{EMBEDDED_PACKAGE}"
+
+    def model(self, task: Task) -> torch.nn.Module:
+        return self._model
+
+    def tokenizer(self, task: Task):
+        return self._tokenizer
+
+    def forward_kwargs(self, task: Task) -> dict:
+        return {"head": task.config}
+
+    def excluded_idx(self, task: Task) -> np.ndarray:
+        head = self._heads[task.config]
+        return head.fit_idx if head.fit_split == task.split else np.array([], dtype=np.int64)
+
+
+class HuggingFaceModels(TaskModels):
+    """Fine-tuned ``*ForSequenceClassification`` checkpoints: one for all tasks (key ``"*"``) or one per task."""
+
+    def __init__(self, sources: dict[str, str], tasks: list[Task]) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self._sources = sources
+        self._models: dict[str, torch.nn.Module] = {}
+        self._tokenizers: dict[str, object] = {}
+        for task in tasks:
+            source = self.source(task)
+            if source not in self._models:
+                self._tokenizers[source] = _load_pretrained(AutoTokenizer, source)
+                self._models[source] = _load_pretrained(AutoModelForSequenceClassification, source,
+                                                        attn_implementation="sdpa").eval()
+            labels = self._models[source].config.num_labels
+            if labels != task.num_labels:
+                raise ModelError(f"model {source!r} has {labels} output label(s) but task {task.name!r} needs "
+                                 f"{task.num_labels}; give one checkpoint per task as TASK=PATH")
+
+    def source(self, task: Task) -> str:
+        source = self._sources.get(task.name) or self._sources.get(task.config) or self._sources.get("*")
+        if source is None:
+            raise ModelError(f"no model given for task {task.name!r}; add --model {task.name}=PATH or restrict "
+                             "--tasks to the tasks that have one")
+        return source
+
+    def name(self, task: Task) -> str:
+        return self.source(task)
+
+    def model(self, task: Task) -> torch.nn.Module:
+        return self._models[self.source(task)]
+
+    def tokenizer(self, task: Task):
+        return self._tokenizers[self.source(task)]
+
+
+def parse_model_args(values: list[str] | None) -> dict[str, str]:
+    """``["cola=path", "sst2=path2,mrpc=p3"]`` → ``{"cola": "path", ...}``; a plain value maps ``"*"``."""
+    sources: dict[str, str] = {}
+    for value in values or []:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            task, eq, source = item.partition("=")
+            key, src = (task.strip(), source.strip()) if eq else ("*", item)
+            if not src:
+                raise ModelError(f"--model {item!r}: nothing after '='; write TASK=PATH")
+            if key in sources:
+                raise ModelError(f"--model given twice for {'all tasks' if key == '*' else key!r}")
+            sources[key] = str(Path(src).expanduser()) if Path(src).expanduser().exists() else src
+    return sources
+
+
+def load_task_models(values: list[str] | None, tasks: list[Task]) -> TaskModels:
+    """Build the :class:`TaskModels` for ``--model`` values (``None`` or ``["embedded"]``: the default)."""
+    sources = parse_model_args(values)
+    if not sources or sources == {"*": EMBEDDED}:
+        return EmbeddedProbe(tasks)
+    return HuggingFaceModels(sources, tasks)

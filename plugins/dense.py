@@ -1,0 +1,36 @@
+"""The dense reference backend: transformers' own SDPA or eager attention, unchanged.
+
+``dense`` (SDPA) is the reference every other backend is compared with; ``dense:impl=eager`` is the
+matmul–softmax–matmul of BERT's eager path and agrees with SDPA to about 1e-6.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.bert.modeling_bert import eager_attention_forward
+
+from harness import Backend, Param, hookimpl
+
+
+class Dense(Backend):
+    name = "dense"
+    description = "dense attention as transformers computes it (the reference)"
+    params = (Param("impl", str, "sdpa", "PyTorch scaled_dot_product_attention or BERT's eager path",
+                    choices=("sdpa", "eager")),)
+
+    def check_values(self) -> None:
+        self.mask_kind = "bool" if self.values["impl"] == "sdpa" else "additive"
+
+    def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fn = sdpa_attention_forward if self.values["impl"] == "sdpa" else eager_attention_forward
+        return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+@hookimpl
+def register_backends(register: Callable[[type[Backend]], None]) -> None:
+    register(Dense)

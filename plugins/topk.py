@@ -1,0 +1,145 @@
+"""``topk``: sparse attention that keeps the ``k`` best keys per query, chosen with low-precision scores.
+
+1. Q and K are fake-quantized to ``bits`` bits (symmetric, one scale per sequence, per head or per token —
+   ``granularity``; scales come from the sequence's own valid tokens only, so a result never depends on the
+   other sequences of a batch or on how much padding it has). ``smooth_k`` first subtracts K's mean over the
+   valid tokens: every score of a row shifts by the same constant, so the exact ranking is unchanged, but the
+   quantization grid fits the spread of K better.
+2. The approximate scores select the ``k`` best *valid* keys per query (padding keys are never selected;
+   ties go to the lower key index). With fewer than ``k`` valid keys, every valid key is selected.
+3. Exact full-precision scores are computed only for the selected keys (gathered, so the cost scales with
+   ``k``), then softmax and the weighted sum of V over them. With ``k`` ≥ the valid length this is dense
+   attention.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from harness import REQUIRED, Backend, Param, hookimpl
+
+GRANULARITIES = ("tensor", "head", "token")
+
+
+def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1, 1, k_len)`` bool, True for real keys, from a bool mask (True = attend) or None."""
+    batch, _, _, _ = query.shape
+    if attention_mask is None:
+        return torch.ones(batch, 1, 1, query.shape[2], dtype=torch.bool)
+    if attention_mask.dtype != torch.bool:
+        raise TypeError("topk expects a bool attention mask (mask_kind='bool')")
+    # BERT's padding mask is the same in every query row; any() keeps it exact for padded query rows too.
+    return attention_mask.any(dim=2, keepdim=True).expand(batch, 1, 1, attention_mask.shape[-1])
+
+
+def fake_quantize(x: torch.Tensor, bits: int, granularity: str, valid_tokens: torch.Tensor) -> torch.Tensor:
+    """Round ``x`` (batch, heads, tokens, dim) to a symmetric ``bits``-bit grid and back to float.
+
+    ``valid_tokens`` (batch, 1, tokens, 1) excludes padding from the scale. Scales: one per sequence
+    (``tensor``), per sequence and head (``head``) or per token row (``token``).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    magnitude = x.abs().masked_fill(~valid_tokens, 0)
+    dims = {"tensor": (1, 2, 3), "head": (2, 3), "token": (3,)}[granularity]
+    scale = magnitude.amax(dim=dims, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny) / qmax
+    return torch.round(x / scale).clamp(-qmax, qmax) * scale
+
+
+def _ordered_keys(scores: torch.Tensor) -> torch.Tensor:
+    """int64 keys that sort like ``scores`` and are unique per row, ties ranked by lower key index.
+
+    The float32 bit pattern is mapped to an integer of the same order (negative floats have their magnitude
+    bits flipped), shifted left, and the reversed key index fills the low bits.
+    """
+    bits = scores.float().contiguous().view(torch.int32).to(torch.int64)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    k_len = scores.shape[-1]
+    return ordered * k_len + torch.arange(k_len - 1, -1, -1, dtype=torch.int64)
+
+
+def select_keys(scores: torch.Tensor, valid_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` highest-scoring valid keys of every query row, ties broken towards the lower key index.
+
+    :param scores: ``(batch, heads, q_len, k_len)``.
+    :param valid_keys: ``(batch, 1, 1, k_len)`` bool.
+    :returns: ``(index, selected)``, both ``(batch, heads, q_len, min(k, k_len))``, in no particular order.
+        ``selected`` is False in the slots of a row that has fewer than ``k`` valid keys: those slots are
+        empty (their index points at a padding key and must carry no weight).
+    """
+    k = min(k, scores.shape[-1])
+    keys = _ordered_keys(scores.masked_fill(~valid_keys, float("-inf")) + 0.0)  # + 0.0 turns -0.0 into +0.0
+    index = keys.topk(k, dim=-1, sorted=False).indices
+    selected = valid_keys.expand_as(scores).gather(-1, index)
+    return index, selected
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` (b, h, k_len, d) gathered at ``index`` (b, h, q_len, k) → (b, h, q_len, k, d)."""
+    b, h, q_len, k = index.shape
+    d = x.shape[-1]
+    flat = index.reshape(b, h, q_len * k, 1).expand(b, h, q_len * k, d)
+    return x.gather(2, flat).view(b, h, q_len, k, d)
+
+
+def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor,
+                     selected: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Exact softmax attention restricted to the selected keys: ``(batch, heads, q_len, dim)``."""
+    scores = (query.unsqueeze(-2) * _gather_rows(key, index)).sum(-1) * scaling
+    weights = torch.softmax(scores.masked_fill(~selected, float("-inf")), dim=-1)
+    return (weights.unsqueeze(-1) * _gather_rows(value, index)).sum(-2)
+
+
+class TopK(Backend):
+    name = "topk"
+    description = "top-k sparse attention: keys chosen with fake-quantized scores, exact softmax over them"
+    params = (
+        Param("k", int, REQUIRED, "keys kept per query", min=1),
+        Param("bits", int, 8, "bits of the fake-quantized Q and K used for selection", min=2, max=16),
+        Param("granularity", str, "head", "quantization scale per sequence, head or token",
+              choices=GRANULARITIES),
+        Param("smooth_k", bool, False, "subtract K's mean over tokens before quantizing"),
+    )
+
+    def approximate_scores(self, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
+        """Low-precision scores used only for ranking (no softmax scaling: it does not change the order)."""
+        valid_tokens = valid_keys.transpose(-1, -2)  # self-attention: query and key positions coincide
+        if self.values["smooth_k"]:
+            weights = valid_tokens.to(key.dtype)
+            mean = (key * weights).sum(dim=2, keepdim=True) / weights.sum(dim=2, keepdim=True).clamp(min=1)
+            key = key - mean
+        bits, granularity = self.values["bits"], self.values["granularity"]
+        q = fake_quantize(query, bits, granularity, valid_tokens)
+        k = fake_quantize(key, bits, granularity, valid_tokens)
+        return q @ k.transpose(-1, -2)
+
+    def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  **kwargs) -> tuple[torch.Tensor, None]:
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        valid_keys = key_validity(attention_mask, query)
+        index, selected = select_keys(self.approximate_scores(query, key, valid_keys), valid_keys, self.values["k"])
+        out = sparse_attention(query, key, value, index, selected, scaling)
+        return out.transpose(1, 2).contiguous(), None
+
+    def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+                       scaling: float) -> dict[str, float]:
+        """Recall of the exact top-k (valid keys only) and the share of exact softmax mass on the chosen keys."""
+        valid_keys = key_validity(attention_mask, query)
+        k = self.values["k"]
+        chosen, chosen_ok = select_keys(self.approximate_scores(query, key, valid_keys), valid_keys, k)
+        exact_scores = (query @ key.transpose(-1, -2)) * scaling
+        best, best_ok = select_keys(exact_scores, valid_keys, k)
+        hit = torch.zeros_like(exact_scores, dtype=torch.bool).scatter_(-1, best, best_ok)
+        found = (hit.gather(-1, chosen) & chosen_ok).sum(-1).float()
+        recall = found / best_ok.sum(-1).clamp(min=1).float()
+        probs = torch.softmax(exact_scores.masked_fill(~valid_keys, float("-inf")), dim=-1)
+        mass = (probs.gather(-1, chosen) * chosen_ok).sum(-1)
+        rows = valid_keys.squeeze(2).squeeze(1).unsqueeze(1).expand(-1, query.shape[1], -1)  # valid query rows
+        return {"topk_recall": float(recall[rows].mean()), "topk_mass": float(mass[rows].mean())}
+
+
+@hookimpl
+def register_backends(register: Callable[[type[Backend]], None]) -> None:
+    register(TopK)

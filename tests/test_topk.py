@@ -1,0 +1,141 @@
+"""The fake-quant top-k backend: selection rules, equality with dense, parameter validation, recall."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from harness import ParamError
+from harness.runner import prepare_model
+from plugins.topk import TopK, fake_quantize, key_validity, select_keys
+
+from conftest import tiny_classifier
+
+
+class _Module(torch.nn.Module):
+    is_causal = False
+
+
+def qkv(batch=3, heads=4, seq=12, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, seq, dim, generator=g) for _ in range(3)]
+
+
+def padding_mask(lengths, seq):
+    valid = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    return valid[:, None, None, :].expand(len(lengths), 1, seq, seq)
+
+
+def dense(q, k, v, mask):
+    return sdpa_attention_forward(_Module(), q, k, v, mask, scaling=q.shape[-1] ** -0.5)[0]
+
+
+@pytest.mark.parametrize("k", [5, 12, 50])
+def test_k_at_least_the_valid_length_equals_dense(k):
+    q, key, v = qkv()
+    lengths = [5, 12, 3]
+    mask = padding_mask(lengths, 12)
+    out = TopK(k=k, bits=4).attention(_Module(), q, key, v, mask, scaling=16 ** -0.5)[0]
+    ref = dense(q, key, v, mask)
+    for row, n in enumerate(lengths):
+        if k >= n:
+            torch.testing.assert_close(out[row, :n], ref[row, :n], atol=1e-6, rtol=0)
+
+
+def test_padding_keys_are_never_selected():
+    q, key, _ = qkv(seq=10)
+    lengths = [4, 10, 7]
+    mask = padding_mask(lengths, 10)
+    valid = key_validity(mask, q)
+    # Padding keys get huge approximate scores: they still must not be selected.
+    scores = torch.randn(3, 4, 10, 10)
+    scores[~valid.expand_as(scores)] = 1e6
+    for k in (2, 6, 20):
+        index, selected = select_keys(scores, valid, k)
+        for row, n in enumerate(lengths):
+            chosen = index[row][selected[row]]
+            assert (chosen < n).all()
+            assert (selected[row].sum(-1) == min(k, n)).all()  # every row gets min(k, valid length) keys
+
+
+def test_ties_go_to_the_lower_key_index_deterministically():
+    scores = torch.tensor([[[[1.0, 3.0, 3.0, 3.0, 0.0, 3.0]]]])
+    valid = torch.ones(1, 1, 1, 6, dtype=torch.bool)
+    index, _ = select_keys(scores, valid, 3)
+    assert sorted(index.flatten().tolist()) == [1, 2, 3]
+    zeros = torch.tensor([[[[-0.0, 0.0, 0.0, -1.0]]]])
+    index, _ = select_keys(zeros, torch.ones(1, 1, 1, 4, dtype=torch.bool), 2)
+    assert sorted(index.flatten().tolist()) == [0, 1]  # -0.0 ties with +0.0
+
+
+def test_scales_ignore_other_sequences_and_padding():
+    """A sequence gives the same output alone, unpadded, as inside a padded batch with a huge neighbour."""
+    q, key, v = qkv(batch=2, seq=9)
+    q[1] *= 1000
+    key[1] *= 1000
+    mask = padding_mask([6, 9], 9)
+    backend = TopK(k=3, bits=3, granularity="tensor", smooth_k=True)
+    batched = backend.attention(_Module(), q, key, v, mask, scaling=0.25)[0]
+    alone = backend.attention(_Module(), q[:1, :, :6], key[:1, :, :6], v[:1, :, :6], None, scaling=0.25)[0]
+    torch.testing.assert_close(batched[0, :6], alone[0], atol=1e-6, rtol=0)
+
+
+def test_fake_quantize_grid():
+    x = torch.tensor([[[[0.0, 0.5, -1.0, 0.26]]]])
+    valid = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+    out = fake_quantize(x, 2, "tensor", valid)  # 2 bits: levels -1, 0, 1 times max|x|
+    torch.testing.assert_close(out, torch.tensor([[[[0.0, 0.0, -1.0, 0.0]]]]))
+    assert torch.equal(fake_quantize(x, 16, "token", valid).sign(), x.sign())
+
+
+def test_sixteen_bits_recall_is_about_one_and_recall_falls_with_bits():
+    q, key, _ = qkv(batch=2, heads=4, seq=64, dim=32, seed=3)
+    recall = {bits: TopK(k=8, bits=bits).fidelity_stats(q, key, None, 32 ** -0.5)["topk_recall"]
+              for bits in (2, 3, 4, 8, 16)}
+    assert recall[16] > 0.995
+    assert recall[2] < recall[4] < recall[8] <= recall[16]
+    assert recall[2] < 0.8
+
+
+def test_fidelity_stats_by_hand():
+    """One query, four keys, k=2: recall and softmax mass checked against values computed by hand."""
+    q = torch.tensor([[[[1.0, 0.0]]]])
+    key = torch.tensor([[[[4.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 0.0]]]])
+    stats = TopK(k=2, bits=16).fidelity_stats(q, key, None, 1.0)
+    probs = torch.softmax(torch.tensor([4.0, 3.0, 1.0, 0.0]), 0)
+    assert stats["topk_recall"] == 1.0
+    assert stats["topk_mass"] == pytest.approx(float(probs[0] + probs[1]), abs=1e-6)
+    # 2 bits: levels {-4, 0, 4} → keys 4 and 3 both round to 4 → still the right two keys
+    assert TopK(k=2, bits=2).fidelity_stats(q, key, None, 1.0)["topk_recall"] == 1.0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("topk", r"parameter\(s\) k required"),
+    ("topk:k=0", "must be in 1.."),
+    ("topk:k=4,bits=1", "must be in 2..16"),
+    ("topk:k=4,bits=17", "must be in 2..16"),
+    ("topk:k=4,granularity=row", "one of tensor, head, token"),
+    ("topk:k=4,smooth_k=perhaps", "true or false"),
+    ("topk:k=4,kk=2", "unknown parameter 'kk'"),
+])
+def test_parameters_are_validated(registry, spec, message):
+    with pytest.raises(ParamError, match=message):
+        registry.resolve(spec)
+
+
+def test_canonical_spec_keeps_the_required_k(registry):
+    assert registry.resolve("topk:bits=4,k=16").spec == "topk:k=16,bits=4"
+    assert registry.resolve("dynamic-quant+topk:k=16").spec == "dynamic-quant+topk:k=16"
+
+
+def test_topk_in_a_model_with_large_k_matches_dense(registry):
+    base = tiny_classifier()
+    ids = torch.randint(1000, 5000, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.inference_mode():
+        ref = prepare_model(base, registry.resolve("dense"))(**batch).logits
+        out = prepare_model(base, registry.resolve("topk:k=64,bits=2"))(**batch).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
