@@ -11,6 +11,45 @@ def _pivot(frame: pd.DataFrame, metric_filter: pd.Series, order: list[str]) -> p
     return table[[b for b in order if b in table.columns]]
 
 
+_VERSUS = (  # (title, metric or None for the main-metric change, format)
+    ("main-metric change", None, "{:+.3f}"),
+    ("flip rate % (changed predictions)", "agreement", "{:.1f}"),
+    ("attention-output cosine, mean over layers", "attn_cosine_mean", "{:.4f}"),
+    ("top-k recall of the exact top-k", "topk_recall", "{:.3f}"),
+)
+
+
+def _versus_reference(rows: pd.DataFrame, order: list[str], reference: str) -> list[str]:
+    """Small task × backend tables of each backend against the reference, side by side."""
+    quality = rows[rows["category"] == "quality"]
+    others = [b for b in order if b != reference]
+    if reference not in set(quality["backend"]) or not others:
+        return []
+    values = rows.drop_duplicates(["task", "backend", "metric"], keep="last").set_index(
+        ["task", "backend", "metric"])["value"]
+    main = quality.groupby("task", sort=False)["metric"].first()
+    tables = []
+    for title, metric, fmt in _VERSUS:
+        table = {}
+        for backend in others:
+            column = {}
+            for task, task_metric in main.items():
+                if metric is None:
+                    value = values.get((task, backend, task_metric), float("nan")) - values.get(
+                        (task, reference, task_metric), float("nan"))
+                elif metric == "agreement":
+                    value = 100 * (1 - values.get((task, backend, metric), float("nan")))
+                else:
+                    value = values.get((task, backend, metric), float("nan"))
+                column[f"{task} ({task_metric})" if metric is None else task] = value
+            table[backend] = column
+        frame = pd.DataFrame(table)
+        if frame.notna().any().any():
+            tables.append(f"{title} vs {reference}\n" + frame.to_string(
+                na_rep="-", float_format=lambda v, fmt=fmt: fmt.format(v)))
+    return tables
+
+
 def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
     """Quality per task × backend, agreement with the reference, and speed/memory per backend."""
     if rows.empty:
@@ -21,10 +60,7 @@ def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
     if not quality.empty:
         parts.append("task metrics (validation)\n" + _pivot(quality, quality["metric"].notna(), order)
                      .to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
-    agree = rows[rows["category"] == "agreement"]
-    if not agree.empty:
-        parts.append(f"agreement with {reference} (same inputs)\n" + _pivot(agree, agree["metric"].notna(), order)
-                     .to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    parts.extend(_versus_reference(rows, order, reference))
     speed = rows[rows["category"].isin(["speed", "memory"])]
     if not speed.empty:
         table = speed.pivot_table(index="backend", columns="metric", values="value", aggfunc="first", sort=False)
