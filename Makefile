@@ -20,11 +20,11 @@ venv: $(STAMP)
 
 # Build requirements first, then the project without build isolation so that cython_kernels compiles
 # against the installed CPU torch (an isolated build would install torch again; DESIGN.md §6).
-$(STAMP): pyproject.toml setup.py $(wildcard cython_kernels/*.pyx cython_kernels/*.pxd)
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard cython_kernels/*.pyx cython_kernels/*.pxd)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0 "Cython>=3.0,<4" "setuptools>=69" wheel "numpy>=1.26"
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt torch Cython setuptools wheel numpy
+	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 
 clean-venv:

@@ -50,3 +50,8 @@ def attach(model: torch.nn.Module, backend: ResolvedBackend) -> str:
         AttentionMaskInterface.register(name, _MASK_BUILDERS[backend.mask_kind])
     model.set_attn_implementation(name)
     return name
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention modules of a transformers model (those that call the attention interface), in order."""
+    return [m for m in model.modules() if hasattr(m, "scaling") and hasattr(m, "is_causal")]

@@ -39,8 +39,8 @@ class Backend:
       sequence in the batch has padding. An instance may set ``self.mask_kind`` in :meth:`check_values`
       when it depends on a parameter.
 
-    Methods a subclass may override: :meth:`unavailable_reason`, :meth:`prepare`, :meth:`attention`,
-    :meth:`run_facts`.
+    Methods a subclass may override: :meth:`unavailable_reason`, :meth:`availability`, :meth:`prepare`,
+    :meth:`attention`, :meth:`run_facts`, :meth:`fidelity_stats`.
     """
 
     name: ClassVar[str] = ""
@@ -71,8 +71,14 @@ class Backend:
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why this backend cannot run on this machine (missing extension, CPU feature), or ``None``."""
+        """Why no configuration of this backend can run on this machine (missing extension, CPU feature), or
+        ``None``. Shown by ``attnbench backends``."""
         return None
+
+    def availability(self) -> str | None:
+        """Why *this configuration* cannot run here, or ``None``. Defaults to :meth:`unavailable_reason`;
+        override when it depends on a parameter (e.g. an optional native scorer)."""
+        return type(self).unavailable_reason()
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """Transform a private copy of the model before evaluation; return the model to use.
@@ -162,7 +168,7 @@ class ResolvedBackend:
 
     def unavailable_reason(self) -> str | None:
         for part in self.parts:
-            reason = type(part).unavailable_reason()
+            reason = part.availability()
             if reason:
                 return f"{part.name}: {reason}"
         return None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import AttentionInterface
 
-from .attention import implementation_name
+from .attention import attention_modules, implementation_name
 from .backend import Backend, ResolvedBackend
 from .encoding import EncodedSplit
 
@@ -30,16 +30,12 @@ METRICS = {  # name: (unit, direction)
 }
 
 
-def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if hasattr(m, "scaling") and hasattr(m, "is_causal")]
-
-
 @contextmanager
 def captured_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect the attention output of every layer, in call order, while the context is open."""
     outputs: list[torch.Tensor] = []
     handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out[0].detach().float()))
-               for m in _attention_modules(model)]
+               for m in attention_modules(model)]
     try:
         yield outputs
     finally:

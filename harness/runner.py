@@ -26,12 +26,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .attention import attach, attention_function
+from .attention import attach
 from .backend import ResolvedBackend
 from .data import DataSource
-from .encoding import EncodedSplit, encode, fixed_shape_inputs
+from .encoding import EncodedSplit, encode
 from .errors import UserError
-from .evaluate import agreement, logits_of, predict
+from .evaluate import agreement, predict
 from .fidelity import METRICS as FIDELITY_METRICS
 from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
 from .measure import Timing, cpu_count, peak_allocated_bytes, time_interleaved
@@ -40,6 +40,7 @@ from .paths import DEFAULT_STORE
 from .provenance import cpu_facts, git_commit, library_versions, machine_id
 from .registry import Registry, load_registry
 from .spec import expand_grid
+from .speed import build_speed_case
 from .store import write_rows
 from .tasks import Task
 
@@ -116,11 +117,6 @@ def prepare_model(base: torch.nn.Module, backend: ResolvedBackend) -> torch.nn.M
     model = backend.prepare(copy.deepcopy(base))
     attach(model, backend)
     return model.eval()
-
-
-def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention modules (those that call the attention interface), in layer order."""
-    return [m for m in model.modules() if hasattr(m, "scaling") and hasattr(m, "is_causal")]
 
 
 def serialized_size(model: torch.nn.Module) -> int:
@@ -263,39 +259,19 @@ def _measure_speed(spec: RunSpec, models: TaskModels, task: Task, encoded: Encod
                    backends: list[ResolvedBackend], prepared: dict[str, torch.nn.Module], rows: _Rows,
                    log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Forward and attention-core latency (interleaved across backends) and memory, at batch × seq_len."""
-    inputs = fixed_shape_inputs(encoded, spec.batch_size, spec.seq_len)
-    kwargs = models.forward_kwargs(task)
     common = {"model": models.name(task), "task": None, "split": None, "n_examples": spec.batch_size,
               "batch_size": spec.batch_size, "seq_len": spec.seq_len}
-    config = models.model(task).config
-    heads = config.num_attention_heads
-    head_dim = config.hidden_size // heads
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(spec.batch_size, heads, spec.seq_len, head_dim, generator=generator) for _ in range(3))
-
-    def forward(model: torch.nn.Module) -> Callable[[], object]:
-        def call() -> object:
-            with torch.inference_mode():
-                return logits_of(model(**inputs, **kwargs))
-        return call
-
-    def core(backend: ResolvedBackend) -> Callable[[], object]:
-        fn, module = attention_function(backend), attention_modules(prepared[backend.spec])[0]
-
-        def call() -> object:
-            with torch.inference_mode():
-                return fn(module, q, k, v, None, scaling=module.scaling, dropout=0.0)
-        return call
-
-    total = (spec.warmup + spec.repeats) * 2
-    with tqdm(total=total, desc=f"timing {spec.batch_size}x{spec.seq_len}", unit="round", leave=False,
+    cases = {b.spec: build_speed_case(b, models, task, encoded, batch_size=spec.batch_size, seq_len=spec.seq_len,
+                                      prepared=prepared[b.spec]) for b in backends}
+    rounds = (spec.warmup + spec.repeats) * 2
+    with tqdm(total=rounds, desc=f"timing {spec.batch_size}x{spec.seq_len}", unit="round", leave=False,
               disable=not spec.progress) as bar:
         started = time.perf_counter()
-        forward_times = time_interleaved({b.spec: forward(prepared[b.spec]) for b in backends},
+        forward_times = time_interleaved({name: case.forward for name, case in cases.items()},
                                          repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
         bar.update(spec.warmup)
-        core_times = time_interleaved({b.spec: core(b) for b in backends}, repeats=spec.repeats * 3,
-                                      warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
+        core_times = time_interleaved({name: case.attention_core for name, case in cases.items()},
+                                      repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
         bar.update(spec.warmup)
     log(f"timing took {time.perf_counter() - started:.1f}s")
 
@@ -304,10 +280,10 @@ def _measure_speed(spec: RunSpec, models: TaskModels, task: Task, encoded: Encod
         for metric, timing in (("latency_forward", forward_times[backend.spec]),
                                ("latency_attention_core", core_times[backend.spec])):
             out.append(_timing_row(rows, backend, metric, timing, common))
-        model = prepared[backend.spec]
-        out.append(rows(backend, "memory", "peak_memory_forward", peak_allocated_bytes(forward(model)), "bytes",
+        case = cases[backend.spec]
+        out.append(rows(backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward), "bytes",
                         "lower", **common))
-        out.append(rows(backend, "memory", "model_size", serialized_size(model), "bytes", "lower", **common))
+        out.append(rows(backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower", **common))
     return out
 
 

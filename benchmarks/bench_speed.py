@@ -1,0 +1,28 @@
+"""Latency and memory of each backend at fixed shapes (``time_*``, ``peakmem_*``)."""
+
+from harness.speed import speed_case
+
+from .common import BACKENDS
+
+
+class BackendSpeed:
+    """Whole forward and attention core of the embedded default, batch 8, per backend × seq_len × threads."""
+
+    params = (BACKENDS, [128, 512], [1, 2])
+    param_names = ["backend", "seq_len", "threads"]
+    number = 1
+    repeat = (3, 10, 20.0)
+    warmup_time = 0.5
+    timeout = 300
+
+    def setup(self, backend, seq_len, threads):
+        self.case = speed_case(backend, seq_len=seq_len, batch_size=8, threads=threads)
+
+    def time_forward(self, backend, seq_len, threads):
+        self.case.forward()
+
+    def time_attention_core(self, backend, seq_len, threads):
+        self.case.attention_core()
+
+    def peakmem_forward(self, backend, seq_len, threads):
+        self.case.forward()

@@ -1,0 +1,36 @@
+"""Task metric, agreement with dense and attention fidelity per backend × GLUE task (``track_*``).
+
+One harness run in ``setup_cache`` measures every backend on every task (the first ``TRACK_LIMIT`` examples
+of the bundled sample); the ``track_*`` methods read its rows.
+"""
+
+from harness.tracking import TrackedRun
+
+from .common import BACKENDS, TASKS, TRACK_LIMIT
+
+
+class TaskQuality:
+    params = (BACKENDS, TASKS)
+    param_names = ["backend", "task"]
+    timeout = 3600  # setup_cache: one evaluation of every backend on every task
+
+    def setup_cache(self):
+        return TrackedRun.measure(BACKENDS, TASKS, limit=TRACK_LIMIT)
+
+    def setup(self, run, backend, task):
+        run.require(backend)
+
+    def track_metric(self, run, backend, task):
+        return run.main_metric(backend, task)
+
+    track_metric.unit = "score"
+
+    def track_agreement(self, run, backend, task):
+        return run.value(backend, task, "agreement")
+
+    track_agreement.unit = "ratio"
+
+    def track_attention_cosine(self, run, backend, task):
+        return run.value(backend, task, "attn_cosine_mean")
+
+    track_attention_cosine.unit = "cosine"

@@ -1,0 +1,14 @@
+"""Parameters shared by the asv benchmarks. Backends are spec strings, exactly as on the CLI."""
+
+#: Backends timed and tracked across commits (a backend unavailable on a machine is skipped by asv).
+BACKENDS = [
+    "dense",
+    "dense:impl=eager",
+    "dynamic-quant",
+    "topk:k=16",
+    "fbgemm-int8",
+]
+#: GLUE tasks tracked across commits (one task per GLUE family keeps a commit's benchmark run short).
+TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli-m", "mnli-mm", "qnli", "rte", "wnli"]
+#: Examples per task for the tracked metrics (the bundled sample holds up to 300).
+TRACK_LIMIT = 100

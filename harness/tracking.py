@@ -1,0 +1,47 @@
+"""Quality figures of one harness run in a form asv's ``track_*`` benchmarks can hold and query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .registry import load_registry
+from .runner import RunSpec, run
+
+
+@dataclass
+class TrackedRun:
+    """Values by (backend spec, task, metric) from one run, plus the backends that could not run (picklable)."""
+
+    values: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    main_metrics: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def measure(cls, backends: list[str], tasks: list[str], *, limit: int | None = None,
+                model: list[str] | None = None) -> "TrackedRun":
+        """Evaluate every available backend on every task once (no timing, nothing stored)."""
+        registry = load_registry()
+        available = [b for b in backends if not registry.resolve(b).unavailable_reason()]
+        skipped = {b: registry.resolve(b).unavailable_reason() for b in backends if b not in available}
+        spec = RunSpec(backends=available, tasks=tasks, model=model, limit=limit, store=None, progress=False,
+                       repeats=1, warmup=0, batch_size=1, seq_len=8)
+        rows = run(spec, registry, log=lambda message: None).rows
+        rows = rows[rows["task"].notna()]
+        values = {(r.backend, r.task, r.metric): float(r.value) for r in rows.itertuples()}
+        mains = {name: registry.task(name).main_metric for name in tasks}
+        canonical = {b: registry.resolve(b).spec for b in backends}
+        values = {(original, task, metric): value for original, spec in canonical.items()
+                  for (b, task, metric), value in values.items() if b == spec}
+        return cls(values, mains, skipped)
+
+    def require(self, backend: str) -> None:
+        """Raise ``NotImplementedError`` (asv: skipped) if the backend could not run on this machine."""
+        if backend in self.skipped:
+            raise NotImplementedError(self.skipped[backend])
+
+    def value(self, backend: str, task: str, metric: str) -> float:
+        """The recorded value, or NaN where the metric does not apply (e.g. agreement of the reference)."""
+        return self.values.get((backend, task, metric), float("nan"))
+
+    def main_metric(self, backend: str, task: str) -> float:
+        return self.value(backend, task, self.main_metrics[task])
