@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from .errors import UserError
 from .paths import DEFAULT_STORE
 
@@ -73,6 +75,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_asv(args: argparse.Namespace) -> int:
+    from .asv_import import import_asv
+
+    summary = import_asv(args.results, args.store)
+    print(f"{summary.files} asv result file(s): {summary.imported} imported ({summary.rows} rows), "
+          f"{summary.skipped_existing} already in {args.store}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, to_markdown
+    from .store import read_results
+
+    rows = read_results(args.store)
+    if args.category:
+        rows = rows[rows["category"].isin(args.category)]
+    comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha)
+    print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed))
+    return 1 if len(comparison.regressions) else 0
+
+
+def cmd_regressions(args: argparse.Namespace) -> int:
+    from .compare import format_param
+    from .regressions import find_regressions, to_frame
+    from .store import read_results
+
+    rows = read_results(args.store)
+    points = to_frame(find_regressions(rows, alpha=args.alpha, min_effect=args.min_effect,
+                                       categories=tuple(args.category) if args.category else None))
+    if points.empty:
+        print("no significant change points")
+        return 0
+    if not args.all:
+        points = points[points["kind"] == "regression"]
+    print("| kind | suspected commit | previous | series | before | after | step | p (permutation) |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
+    for r in points.itertuples():
+        series = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("metric", "backend", "task", "threads", "seq_len",
+                                                            "machine") if pd.notna(getattr(r, k)))
+        print(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series} | {r.before:.4g} | {r.after:.4g} | "
+              f"{r.ratio:.3f}x | {r.p_value:.3g} |")
+    return 1 if (points["kind"] == "regression").any() else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .store import read_results
+
+    path = write_report(read_results(args.store), args.output, run_id=args.run)
+    print(f"wrote {path}")
+    return 0
+
+
 def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
@@ -120,6 +175,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-store", action="store_true", help="do not write results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
+
+    store_help = f"results store (default {DEFAULT_STORE})"
+    p = sub.add_parser("import-asv", help="import asv's results JSON into the Parquet store (idempotent)")
+    p.add_argument("results", nargs="?", default="results/asv", help="asv results directory (default results/asv)")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.set_defaults(func=cmd_import_asv)
+
+    p = sub.add_parser("compare", help="B/A per benchmark with confidence intervals; exit 1 on a regression")
+    p.add_argument("a", metavar="A", help="baseline: commit (prefix) or run id")
+    p.add_argument("b", metavar="B", help="candidate: commit (prefix) or run id")
+    p.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (default 0.05)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--category", action="append", metavar="C",
+                   help="only these categories (quality, agreement, fidelity, speed, memory); repeatable")
+    p.add_argument("--only-changed", action="store_true", help="list only regressions and improvements")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("regressions", help="change points over the commit history of every series")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance of the permutation test (default 0.01)")
+    p.add_argument("--min-effect", type=float, default=0.02, help="smallest step reported (default 0.02)")
+    p.add_argument("--category", action="append", metavar="C", help="only these categories; repeatable")
+    p.add_argument("--all", action="store_true", help="list improvements too")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.set_defaults(func=cmd_regressions)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report with plots")
+    p.add_argument("--output", default="results/html/report.html", help="default results/html/report.html")
+    p.add_argument("--run", metavar="RUN_ID", help="run for the Pareto plots (default: the latest harness run)")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

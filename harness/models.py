@@ -12,10 +12,11 @@ backends get deep copies.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -60,10 +61,27 @@ class TaskModels(ABC):
         return np.array([], dtype=np.int64)
 
 
-def _load_pretrained(loader, source: str, **kwargs):
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading notices and progress bar (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_pretrained(loader, source: str, **kwargs):
+    try:
+        with _quiet_transformers():
             return loader.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -79,7 +97,6 @@ class EmbeddedProbe(TaskModels):
 
         path = embedded_model_dir()
         self._tokenizer = AutoTokenizer.from_pretrained(path)
-        logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
         encoder = _load_pretrained(AutoModel, str(path), attn_implementation="sdpa").eval()
         heads = {}
         for task in tasks:

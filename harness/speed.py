@@ -16,6 +16,7 @@ from .attention import attention_function, attention_modules
 from .backend import ResolvedBackend
 from .data import DataSource
 from .encoding import EncodedSplit, encode, fixed_shape_inputs
+from .errors import SpecError
 from .evaluate import logits_of
 from .models import TaskModels, load_task_models
 from .registry import Registry, load_registry
@@ -50,6 +51,15 @@ def attention_core_call(backend: ResolvedBackend, model: torch.nn.Module,
     return call
 
 
+def unavailable(registry: Registry, spec: str) -> str | None:
+    """Why ``spec`` cannot run with this installation: unavailable here, or unknown to this version of
+    attnbench (asv runs today's benchmarks against older commits, which may predate a backend)."""
+    try:
+        return registry.resolve(spec).unavailable_reason()
+    except SpecError as exc:
+        return f"not available in this version of attnbench: {exc}"
+
+
 @dataclass
 class SpeedCase:
     """A prepared model and fixed inputs for one backend; :attr:`forward` and :attr:`attention_core` are timed."""
@@ -80,10 +90,10 @@ def speed_case(spec: str, *, seq_len: int = 128, batch_size: int = 8, threads: i
     if threads:
         torch.set_num_threads(threads)
     registry = registry or load_registry()
-    backend = registry.resolve(spec)
-    reason = backend.unavailable_reason()
+    reason = unavailable(registry, spec)
     if reason:
         raise NotImplementedError(reason)
+    backend = registry.resolve(spec)
     task = registry.task(SPEED_TASK)
     models = load_task_models(model, [task])
     encoded = encode(task, DataSource.parse("sample").load(task), models.tokenizer(task), models.max_length(task))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .registry import load_registry
 from .runner import RunSpec, run
+from .speed import unavailable
 
 
 @dataclass
@@ -21,8 +22,9 @@ class TrackedRun:
                 model: list[str] | None = None) -> "TrackedRun":
         """Evaluate every available backend on every task once (no timing, nothing stored)."""
         registry = load_registry()
-        available = [b for b in backends if not registry.resolve(b).unavailable_reason()]
-        skipped = {b: registry.resolve(b).unavailable_reason() for b in backends if b not in available}
+        reasons = {b: unavailable(registry, b) for b in backends}
+        skipped = {b: reason for b, reason in reasons.items() if reason}
+        available = [b for b in backends if b not in skipped]
         spec = RunSpec(backends=available, tasks=tasks, model=model, limit=limit, store=None, progress=False,
                        repeats=1, warmup=0, batch_size=1, seq_len=8)
         rows = run(spec, registry, log=lambda message: None).rows

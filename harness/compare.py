@@ -1,0 +1,152 @@
+"""Compare two commits or runs: per benchmark, the ratio B/A with a confidence interval and a verdict.
+
+Rows are paired by everything that defines a measurement (source, machine, model, backend, task, metric,
+threads, shape), never across machines. Where both sides have repeated samples (timings), the ratio of
+medians gets a bootstrap 95 % confidence interval (``scipy.stats.bootstrap``) and a two-sided Mann–Whitney
+U test; a change is *significant* when p < alpha and the interval excludes 1. Values without samples
+(task metrics, which are deterministic for a given code and data) are compared exactly. A *regression* is
+a significant (or exact) change in the bad direction larger than the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import UserError
+
+KEY = ["source", "machine", "model", "backend", "task", "metric", "threads", "seq_len", "batch_size",
+       "data_source"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    table: pd.DataFrame          # one row per paired measurement
+    label_a: str
+    label_b: str
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.table[self.table["verdict"] == "regression"]
+
+
+def select(rows: pd.DataFrame, ref: str) -> tuple[pd.DataFrame, str]:
+    """Rows of a run id, or of a commit given by a prefix of at least 4 hex digits."""
+    by_run = rows[rows["run_id"] == ref]
+    if not by_run.empty:
+        return by_run, f"run {ref}"
+    if len(ref) >= 4:
+        by_commit = rows[rows["commit"].fillna("").str.startswith(ref)]
+        commits = by_commit["commit"].unique()
+        if len(commits) > 1:
+            raise UserError(f"{ref!r} matches several commits ({', '.join(c[:10] for c in commits)}); "
+                            "give more digits")
+        if len(commits) == 1:
+            return by_commit, f"commit {commits[0][:10]}"
+    recent = rows.sort_values("timestamp").drop_duplicates("run_id", keep="last").tail(5)
+    hint = "; ".join(f"{r.run_id} (commit {str(r.commit)[:10]})" for r in recent.itertuples())
+    raise UserError(f"no results for {ref!r} in the store; give a run id or a commit (prefix). Recent: {hint or 'none'}")
+
+
+def _pool(group: pd.DataFrame) -> np.ndarray:
+    """Raw samples of all rows of a side; rows without samples contribute their value."""
+    values: list[float] = []
+    for value, samples in zip(group["value"], group["samples"]):
+        values.extend(samples if samples is not None and len(samples) else [value])
+    return np.asarray(values, dtype=float)
+
+
+def _ratio_ci(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
+    def median_ratio(x, y, axis=-1):
+        return np.median(y, axis=axis) / np.median(x, axis=axis)
+    result = stats.bootstrap((a, b), median_ratio, vectorized=True, paired=False, n_resamples=2000,
+                             confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def compare_samples(a: np.ndarray, b: np.ndarray, direction: str, *, threshold: float = 0.05,
+                    alpha: float = 0.05, seed: int = 0) -> dict:
+    """Ratio B/A, its CI and p-value (when both sides have ≥ 3 samples) and the verdict."""
+    med_a, med_b = float(np.median(a)), float(np.median(b))
+    ratio = med_b / med_a if med_a else float("nan")
+    worse = ratio > 1 if direction == "lower" else ratio < 1
+    big = abs(ratio - 1) > threshold
+    if len(a) >= 3 and len(b) >= 3:
+        low, high = _ratio_ci(a, b, seed)
+        p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        significant = p < alpha and not (low <= 1 <= high)
+        kind = "sampled"
+    else:
+        low = high = p = float("nan")
+        significant = ratio != 1
+        kind = "exact"
+    if not np.isfinite(ratio):
+        verdict = "n/a"
+    elif not significant:
+        verdict = "no change" if kind == "exact" else "not significant"
+    elif not big:
+        verdict = "within threshold"
+    else:
+        verdict = "regression" if worse else "improvement"
+    return {"a": med_a, "b": med_b, "ratio": ratio, "ci_low": low, "ci_high": high, "p_value": p,
+            "n_a": len(a), "n_b": len(b), "kind": kind, "verdict": verdict}
+
+
+def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.05, alpha: float = 0.05) -> Comparison:
+    """Pair the rows of A and B and compare every measurement both have."""
+    side_a, label_a = select(rows, ref_a)
+    side_b, label_b = select(rows, ref_b)
+    groups_a = {k: g for k, g in side_a.groupby(KEY, dropna=False)}
+    out = []
+    for key, group_b in side_b.groupby(KEY, dropna=False):
+        group_a = groups_a.get(key)
+        if group_a is None:
+            continue
+        direction = group_b["direction"].iloc[0]
+        result = compare_samples(_pool(group_a), _pool(group_b), direction, threshold=threshold, alpha=alpha)
+        out.append({**dict(zip(KEY, key)), "unit": group_b["unit"].iloc[0], "direction": direction, **result})
+    if not out:
+        raise UserError(f"{label_a} and {label_b} have no measurement in common (same machine, backend, task, "
+                        "metric and shape)")
+    table = pd.DataFrame(out)
+    order = {"regression": 0, "improvement": 1, "within threshold": 2, "not significant": 3, "no change": 4, "n/a": 5}
+    table = table.sort_values(["verdict", "metric", "backend", "task"], key=lambda s: s.map(order) if s.name ==
+                              "verdict" else s, kind="stable").reset_index(drop=True)
+    return Comparison(table, label_a, label_b)
+
+
+def _fmt(value: float, unit: str | None) -> str:
+    if not np.isfinite(value):
+        return "-"
+    if unit in ("s", "seconds"):
+        return f"{value * 1e3:.3g} ms"
+    if unit == "bytes":
+        return f"{value / 2**20:.3g} MiB"
+    return f"{value:.4g}"
+
+
+def format_param(value: object) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def to_markdown(comparison: Comparison, *, threshold: float, only_changes: bool = False) -> str:
+    """A table for a pull request: regressions first."""
+    table = comparison.table
+    if only_changes:
+        table = table[table["verdict"].isin(["regression", "improvement"])]
+    counts = comparison.table["verdict"].value_counts()
+    lines = [f"**{comparison.label_b}** vs **{comparison.label_a}** (B/A; threshold {threshold:.0%}): "
+             + ", ".join(f"{n} {v}" for v, n in counts.items()), "",
+             "| verdict | benchmark | params | A | B | B/A [95% CI] | p |", "|---|---|---|---:|---:|---|---:|"]
+    for r in table.itertuples():
+        params = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("backend", "task", "threads", "seq_len")
+                           if getattr(r, k) is not None and pd.notna(getattr(r, k)))
+        ci = f" [{r.ci_low:.3f}, {r.ci_high:.3f}]" if np.isfinite(r.ci_low) else ""
+        p = f"{r.p_value:.2g}" if np.isfinite(r.p_value) else r.kind
+        mark = {"regression": "❌ regression", "improvement": "✅ improvement"}.get(r.verdict, r.verdict)
+        lines.append(f"| {mark} | {r.metric} ({r.direction} is better) | {params} | {_fmt(r.a, r.unit)} | "
+                     f"{_fmt(r.b, r.unit)} | {r.ratio:.3f}{ci} | {p} |")
+    return "\n".join(lines)
