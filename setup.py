@@ -50,26 +50,29 @@ def _extensions() -> list[Extension]:
     # layer imports torch first, so the libraries are already loaded.
     rpaths = ["$ORIGIN/../torch/lib", str(torch_lib)]
 
-    common = dict(
-        language="c++",
-        include_dirs=[str(torch_dir / "include")],
-        extra_compile_args=["-std=c++17", "-O3", "-g0", "-fopenmp", "-Wno-unused-function", "-fno-strict-aliasing",
-                            "-Wno-maybe-uninitialized"],
-        extra_link_args=[*openmp_link, *(f"-Wl,-rpath,{p}" for p in rpaths)],
-    )
-    gemm = Extension(
-        "cython_kernels._gemm",
-        ["cython_kernels/_gemm.pyx"],
-        library_dirs=[str(torch_lib)],
-        libraries=["torch_cpu"],
-        **common,
-    )
-    quant = Extension("cython_kernels._quant", ["cython_kernels/_quant.pyx"], **common)
+    compile_args = ["-std=c++17", "-O3", "-g0", "-fopenmp", "-Wno-unused-function", "-fno-strict-aliasing",
+                    "-Wno-maybe-uninitialized"]
+    link_args = [*openmp_link, *(f"-Wl,-rpath,{p}" for p in rpaths)]
+
+    def extension(name: str, extra_compile_args: tuple[str, ...] = (), **kwargs) -> Extension:
+        return Extension(f"cython_kernels.{name}", [f"cython_kernels/{name}.pyx"], language="c++",
+                         include_dirs=[str(torch_dir / "include")],
+                         extra_compile_args=[*compile_args, *extra_compile_args], extra_link_args=list(link_args),
+                         **kwargs)
+
+    torch_libs = dict(library_dirs=[str(torch_lib)], libraries=["torch_cpu"])
+    gemm = extension("_gemm", **torch_libs)
     # Finite-math lets GCC turn the min/max and clamp loops into SIMD min/max;
     # non-finite inputs are detected from their bit patterns and rejected.
-    quant.extra_compile_args += ["-ffinite-math-only", "-fno-signed-zeros", "-ffp-contract=off"]
+    quant = extension("_quant", ("-ffinite-math-only", "-fno-signed-zeros", "-ffp-contract=off"))
+    # The fused attention kernel is compiled for AVX2 + FMA (its exp and softmax loops vectorize 8 wide);
+    # _loader imports it only on a CPU that has both. Same finite-math flags as _quant (masks are -1e30,
+    # not -inf); no trapping math, so that GCC if-converts the clamps of its loops; fp-contract=off keeps
+    # the shared row quantizers (_rows.pxd) bit-identical to _quant's.
+    attention = extension("_attention", ("-mavx2", "-mfma", "-ffinite-math-only", "-fno-signed-zeros",
+                                         "-fno-trapping-math", "-ffp-contract=off"), **torch_libs)
     # Generated C++ goes under build/, so it is neither committed nor packaged.
-    return cythonize([gemm, quant], language_level=3, build_dir="build/cython")
+    return cythonize([gemm, quant, attention], language_level=3, build_dir="build/cython")
 
 
 setup(ext_modules=_extensions())

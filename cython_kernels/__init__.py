@@ -13,26 +13,36 @@ Typical Q @ K^T on per-head tensors (batch*heads, seq, head_dim)::
     qq, q_scale, q_zp = quantize_u7_asym(q, per="matrix")   # A: one scale per head
     kq, k_scale = quantize_s8_sym(k, per="row")             # B: one scale per key token
     scores = gemm_u8s8_f32(qq, kq, q_scale, q_zp, k_scale)  # float32 (B*H, seq, seq)
+
+Whole self-attention with Q.K^T (and optionally P.V) in int8, fused per head::
+
+    out = attention_u8s8(q, k, v, key_valid, pv="int8")    # (B, H, S, D) views -> (B, S, H, D)
 """
 
 from .ops import (
+    ATTENTION_PHASES,
     AVAILABLE,
     UNAVAILABLE_REASON,
+    attention_u8s8,
     cpu_features,
     dequantize_s32,
     gemm_u8s8_f32,
     gemm_u8s8_s32,
+    own_packing,
     quantize_s8_sym,
     quantize_u7_asym,
 )
 
 __all__ = [
+    "ATTENTION_PHASES",
     "AVAILABLE",
     "UNAVAILABLE_REASON",
+    "attention_u8s8",
     "cpu_features",
     "dequantize_s32",
     "gemm_u8s8_f32",
     "gemm_u8s8_s32",
+    "own_packing",
     "quantize_s8_sym",
     "quantize_u7_asym",
 ]

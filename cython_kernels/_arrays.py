@@ -120,3 +120,22 @@ def check_seven_bit(a: np.ndarray, name: str, max_u8: Any) -> None:
     """Reject uint8 codes above 127 (see SEVEN_BIT_RULE)."""
     if a.size and (top := int(max_u8(a.reshape(-1)))) > 127:
         raise ValueError(f"{name} holds values up to {top}, but {SEVEN_BIT_RULE}")
+
+
+PAIR_RULE = (
+    "with a_codes='u8_pairs', a may use all of 0..255 only if every aligned pair a[..., 2t] + a[..., 2t+1] "
+    "is <= 258 and b is in -127..127: then each int16 pair sum of AVX2's vpmaddubsw is at most "
+    "258 * 127 = 32766 and cannot saturate (a row-normalised softmax coded with a scale of at least "
+    "max-pair-sum / 257 satisfies it)"
+)
+
+
+def check_pair_sums(a: np.ndarray, b: np.ndarray, name: str = "a") -> None:
+    """Reject operands that could saturate FBGEMM's AVX2 kernel with 8-bit ``a`` (see PAIR_RULE)."""
+    if b.size and (low := int(b.min())) < -127:
+        raise ValueError(f"b holds {low}, but {PAIR_RULE}")
+    k = a.shape[-1]
+    if a.size and k > 1:
+        pairs = a[..., 0 : k - 1 : 2].astype(np.uint16) + a[..., 1:k:2]
+        if (top := int(pairs.max())) > 258:
+            raise ValueError(f"{name} has an aligned pair summing to {top}, but {PAIR_RULE}")

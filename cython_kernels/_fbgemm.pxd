@@ -58,6 +58,13 @@ cdef extern from "fbgemm/Fbgemm.h" namespace "fbgemm" nogil:
         # the constructor.
         PackBMatrix(matrix_op_t, int32_t, int32_t, const T*, int32_t,
                     T*, int) except +
+        # Layout of the packed buffer (inline accessors of PackMatrix): blocks
+        # of blockRowSize() (KCB) x blockColSize() (NCB), blockCols() per
+        # block row; see _attention._packed_offset.
+        int32_t blockRowSize()
+        int32_t blockColSize()
+        int32_t blockCols()
+        T* getBuf(int32_t, int32_t)
 
     # --- output pipelines ----------------------------------------------------
     cdef cppclass DoNothingI32 "fbgemm::DoNothing<std::int32_t, std::int32_t>":

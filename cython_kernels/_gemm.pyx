@@ -44,6 +44,15 @@ from cython_kernels._fbgemm cimport (
 
 ctypedef PackBMatrix[int8_t, int32_t] PackB
 
+cdef extern from *:
+    """
+    static int attnbench_cpu_has_avx2_fma(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    """
+    int attnbench_cpu_has_avx2_fma() nogil
+
 
 # --- CPU facts ---------------------------------------------------------------
 
@@ -60,6 +69,11 @@ cdef str _isa_name(inst_set_t isa):
 def cpu_supported() -> bool:
     """True if FBGEMM can run here (x86-64 with AVX2); initialises cpuinfo."""
     return fbgemmSupportedCPU()
+
+
+def cpu_has_avx2_fma() -> bool:
+    """True if the CPU has AVX2 and FMA (needed by ``_attention``, which is compiled for them)."""
+    return attnbench_cpu_has_avx2_fma() != 0
 
 
 def cpu_features() -> dict:

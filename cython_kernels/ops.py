@@ -26,11 +26,12 @@ import numpy as np
 from . import _arrays as arr
 from ._loader import load
 
-_gemm, _quant, UNAVAILABLE_REASON = load()
+_gemm, _quant, _attention, UNAVAILABLE_REASON = load()
 AVAILABLE: bool = UNAVAILABLE_REASON is None
 
 Array = Any  # numpy.ndarray or torch.Tensor
 Per = Literal["row", "matrix"]
+ACodes = Literal["u7", "u8_pairs"]
 
 
 def _require() -> None:
@@ -44,7 +45,7 @@ def cpu_features() -> dict[str, Any]:
     return _gemm.cpu_features()
 
 
-def _gemm_operands(a: Array, b: Array) -> tuple[np.ndarray, np.ndarray]:
+def _gemm_operands(a: Array, b: Array, a_codes: ACodes = "u7") -> tuple[np.ndarray, np.ndarray]:
     a_np = arr.to_numpy(a, "a", np.uint8, ndim=3)
     b_np = arr.to_numpy(b, "b", np.int8, ndim=3)
     (batch, m, k), (b_batch, n, b_k) = a_np.shape, b_np.shape
@@ -57,19 +58,27 @@ def _gemm_operands(a: Array, b: Array) -> tuple[np.ndarray, np.ndarray]:
         )
     if k > arr.MAX_K:
         raise ValueError(f"K = {k} is too large for exact int32 accumulation (max {arr.MAX_K})")
-    arr.check_seven_bit(a_np, "a", _quant.max_u8)
+    if a_codes == "u7":
+        arr.check_seven_bit(a_np, "a", _quant.max_u8)
+    elif a_codes == "u8_pairs":
+        arr.check_pair_sums(a_np, b_np)
+    else:
+        raise ValueError(f"a_codes must be 'u7' or 'u8_pairs', got {a_codes!r}")
     return a_np, b_np
 
 
-def gemm_u8s8_s32(a: Array, b: Array, *, out: Array | None = None, threads: int | None = None) -> Array:
+def gemm_u8s8_s32(a: Array, b: Array, *, out: Array | None = None, threads: int | None = None,
+                  a_codes: ACodes = "u7") -> Array:
     """Exact batched ``a @ b.T`` in int32 (FBGEMM, packing included).
 
     ``a``: uint8 (batch, M, K) with values 0..127; ``b``: int8 (batch, N, K).
+    ``a_codes="u8_pairs"`` admits 8-bit ``a`` whose aligned pairs ``a[..., 2t] + a[..., 2t+1]`` are
+    all <= 258, with ``b`` in -127..127 (``_arrays.PAIR_RULE``): exact on AVX2 too.
     Returns int32 (batch, M, N), bit-exact against an int64 reference.
     ``out``: optional C-contiguous int32 (batch, M, N) array to write into.
     """
     _require()
-    a_np, b_np = _gemm_operands(a, b)
+    a_np, b_np = _gemm_operands(a, b, a_codes)
     batch, m, _ = a_np.shape
     c = arr.output(out, "out", (batch, m, b_np.shape[1]), np.int32)
     _gemm.gemm_u8s8_s32(a_np, b_np, c, arr.threads_arg(threads))
@@ -219,3 +228,120 @@ def quantize_s8_sym(x: Array, *, per: Per = "row", threads: int | None = None) -
         raise _nonfinite_error(bad)
     as_tensor = arr.is_tensor(x)
     return arr.like(q.reshape(tuple(x.shape)), as_tensor), arr.like(scale.reshape(shape), as_tensor)
+
+
+PV = Literal["int8", "float"]
+#: Phases of :func:`attention_u8s8`'s optional profile, in order (seconds summed over threads).
+ATTENTION_PHASES: tuple[str, ...] = (
+    "quantize_kv", "pack_kv", "quantize_q", "gemm_qk", "softmax", "quantize_p", "gemm_pv", "output")
+
+
+def _attention_input(x: Array, name: str) -> np.ndarray:
+    """A float32 (B, H, S, D) NumPy view of ``x``, copied only if its last axis is not contiguous."""
+    torch = arr._torch()
+    if arr.is_tensor(x):
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise TypeError(f"{name} must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+        if x.ndim == 4 and x.stride(-1) != 1 and x.shape[-1] > 1:
+            x = x.contiguous()
+        x_np = x.detach().numpy()
+    elif isinstance(x, np.ndarray):
+        if x.dtype != np.float32:
+            raise TypeError(f"{name} must have dtype float32, got {x.dtype.name}")
+        x_np = x
+        if x.ndim == 4 and x.strides[-1] != 4 and x.shape[-1] > 1:
+            x_np = np.ascontiguousarray(x)
+    else:
+        raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}")
+    if x_np.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(x_np.shape)}")
+    if any(st < 0 for st in x_np.strides):
+        x_np = np.ascontiguousarray(x_np)
+    return x_np
+
+
+def _key_valid(key_valid: Array | None, batch: int, seq: int) -> np.ndarray:
+    """``key_valid`` as C-contiguous uint8 (batch, seq) of 0/1; all ones for None."""
+    if key_valid is None:
+        return np.ones((batch, seq), np.uint8)
+    if arr.is_tensor(key_valid):
+        kv = key_valid.detach().cpu().numpy()
+    elif isinstance(key_valid, np.ndarray):
+        kv = key_valid
+    else:
+        raise TypeError(f"key_valid must be a numpy.ndarray or a torch.Tensor, got {type(key_valid).__name__}")
+    if kv.dtype not in (np.bool_, np.uint8) or kv.shape != (batch, seq):
+        raise ValueError(f"key_valid must be bool or uint8 of shape {(batch, seq)}, got {kv.dtype.name} {kv.shape}")
+    return (kv != 0).astype(np.uint8)
+
+
+def attention_u8s8(
+    q: Array,
+    k: Array,
+    v: Array,
+    key_valid: Array | None = None,
+    *,
+    scaling: float | None = None,
+    pv: PV = "int8",
+    smooth_k: bool = False,
+    threads: int | None = None,
+    profile: np.ndarray | None = None,
+) -> Array:
+    """Self-attention with Q.K^T in int8 (and P.V in int8 or float), fused per (batch, head).
+
+    ``q``, ``k``, ``v``: float32 (batch, heads, seq, head_dim), any strides with a contiguous last
+    axis (the transposed views attention layers hold are read in place).  ``key_valid``: bool or
+    uint8 (batch, seq), True = attend (a key-padding mask), or None for all keys.
+    Returns float32 (batch, seq, heads, head_dim), C-contiguous (a torch tensor if ``q`` is one).
+
+    Per (batch, head) and block of 64 query rows, on FBGEMM (``_attention.pyx`` has the details):
+    Q as 7-bit u8 per token (asymmetric), K as s8 per token (symmetric; ``smooth_k`` subtracts K's
+    mean over the valid keys first, which shifts each score row by a constant and leaves softmax
+    unchanged), exact int32 Q.K^T, dequantized scores times ``scaling`` (default head_dim**-0.5),
+    softmax in float with masked keys at weight exactly 0, then P.V:
+
+    * ``pv="int8"``: exp(S - max) coded as u8 with one scale per row chosen so that every aligned
+      pair of codes sums to <= 258, V as s8 per channel (scales from valid keys), int32 GEMM:
+      exact on AVX2 (``_arrays.PAIR_RULE``) as on VNNI;
+    * ``pv="float"``: MKL sgemm on the float weights and V.
+
+    Every scale comes from one (batch, head) and its valid keys only, so a sequence's result does not
+    depend on the other sequences of the batch or on trailing padding.  A row with no valid key
+    gives 0.  NaN or infinity in q, k or v raise ValueError.  ``profile``: optional float64 array of
+    ``len(ATTENTION_PHASES)`` to which the time of each phase is added.
+    """
+    _require()
+    q_np, k_np, v_np = (_attention_input(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
+    if not q_np.shape == k_np.shape == v_np.shape:
+        raise ValueError(f"q, k and v must have the same shape (self-attention), got "
+                         f"{q_np.shape}, {k_np.shape}, {v_np.shape}")
+    batch, heads, seq, dim = q_np.shape
+    if pv not in ("int8", "float"):
+        raise ValueError(f"pv must be 'int8' or 'float', got {pv!r}")
+    valid = _key_valid(key_valid, batch, seq)
+    any_valid = valid.any(axis=1)
+    n_keys = np.where(any_valid, seq - np.argmax(valid[:, ::-1], axis=1), 0).astype(np.int32)
+    scale = dim ** -0.5 if scaling is None else float(scaling)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scaling must be finite and > 0, got {scaling!r}")
+    if profile is not None and (not isinstance(profile, np.ndarray) or profile.dtype != np.float64
+                                or profile.shape != (len(ATTENTION_PHASES),)):
+        raise ValueError(f"profile must be a float64 array of shape ({len(ATTENTION_PHASES)},)")
+    torch = arr._torch()
+    if arr.is_tensor(q):
+        out = torch.empty((batch, seq, heads, dim), dtype=torch.float32)
+        out_np = out.numpy()
+    else:
+        out = out_np = np.empty((batch, seq, heads, dim), np.float32)
+    bad = _attention.attention_u8s8(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale,
+                                    pv == "int8", bool(smooth_k), arr.threads_arg(threads), profile)
+    if bad:
+        raise ValueError(f"q, k or v contains NaN or infinity ({bad} row(s) affected)")
+    return out
+
+
+def own_packing() -> bool:
+    """Whether the attention kernel writes FBGEMM's packed layout itself for the ISA in use (checked
+    against FBGEMM's own packing once per ISA); if not, FBGEMM packs K and V for every head."""
+    _require()
+    return bool(_attention.own_packing())

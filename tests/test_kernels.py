@@ -423,3 +423,219 @@ def test_forced_avx2_path_saturates_8bit_but_not_7bit() -> None:
     assert report["want8"] == 255 * 127 * 64
     assert report["got8"] == 32767 * 32  # every int16 pair sum saturated
     assert report["exact7"]
+
+
+# --- 8-bit activations under the pair rule ------------------------------------------
+
+
+@needs_kernels
+def test_u8_pairs_gemm_is_exact_up_to_the_pair_bound() -> None:
+    k = 64
+    row = np.tile(np.uint8([129, 129, 255, 3, 0, 255, 200, 58]), k // 8)  # aligned pairs: 258, 258, 255, 258
+    a = np.broadcast_to(row, (2, 5, k))
+    for b_row in (np.full(k, 127, np.int8), np.full(k, -127, np.int8)):
+        b = np.broadcast_to(b_row, (2, 3, k))
+        np.testing.assert_array_equal(ck.gemm_u8s8_s32(a, b, a_codes="u8_pairs"), ref_gemm(a, b))
+    with pytest.raises(ValueError, match="7-bit"):
+        ck.gemm_u8s8_s32(a, np.ones((2, 3, k), np.int8))  # the default rule still applies
+
+
+@needs_kernels
+def test_u8_pairs_rule_rejects_what_could_saturate() -> None:
+    a = np.zeros((1, 2, 6), np.uint8)
+    a[0, 1, 2:4] = (130, 129)  # aligned pair 2-3 sums to 259
+    with pytest.raises(ValueError, match=r"(?s)pair summing to 259.*32766"):
+        ck.gemm_u8s8_s32(a, np.ones((1, 3, 6), np.int8), a_codes="u8_pairs")
+    a[0, 1, 2:4] = (0, 129)
+    a[0, 1, 1] = 200  # 200 + 129 straddles two aligned pairs: allowed
+    b = np.ones((1, 3, 6), np.int8)
+    np.testing.assert_array_equal(ck.gemm_u8s8_s32(a, b, a_codes="u8_pairs"), ref_gemm(a, b))
+    b[0, 2, 5] = -128
+    with pytest.raises(ValueError, match="b holds -128"):
+        ck.gemm_u8s8_s32(a, b, a_codes="u8_pairs")
+    with pytest.raises(ValueError, match="a_codes must be"):
+        ck.gemm_u8s8_s32(a, b, a_codes="u8")
+
+
+# --- fused attention -------------------------------------------------------------
+
+
+def attention_inputs(batch: int, heads: int, seq: int, dim: int, seed: int = 0):
+    """q, k, v as attention layers hold them: (B, H, S, D) views of one (B, S, 3, H, D) projection."""
+    torch = pytest.importorskip("torch")
+    x = torch.randn(batch, seq, 3, heads, dim, generator=torch.Generator().manual_seed(seed))
+    return tuple(x[:, :, i].transpose(1, 2) for i in range(3))
+
+
+def key_mask(lengths: list[int], seq: int):
+    torch = pytest.importorskip("torch")
+    return torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def dense_attention(q, k, v, valid):
+    """SDPA with a key-padding mask, as (B, S, H, D)."""
+    torch = pytest.importorskip("torch")
+    mask = None if valid is None else valid[:, None, None, :]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+
+def rel_error_and_cosine(out, ref) -> tuple[float, float]:
+    torch = pytest.importorskip("torch")
+    flat_out, flat_ref = out.reshape(-1, out.shape[-1]), ref.reshape(-1, ref.shape[-1])
+    cosine = torch.nn.functional.cosine_similarity(flat_out, flat_ref, dim=-1).mean()
+    return float((out - ref).norm() / ref.norm()), float(cosine)
+
+
+# Measured on these random inputs: relative L2 error <= 0.016 (int8) and 0.011 (float), mean cosine
+# >= 0.99985 and 0.99993 (MiniLM's real q/k/v: 0.011-0.017 and 0.008-0.010). Margin about 2x.
+TOLERANCE = {"int8": (0.03, 0.9995), "float": (0.02, 0.9998)}
+
+
+@needs_kernels
+@pytest.mark.parametrize("pv", ["int8", "float"])
+@pytest.mark.parametrize(("shape", "lengths"), [((3, 2, 7, 8), [7, 4, 1]), ((2, 3, 33, 12), [33, 20]),
+                                                ((4, 12, 128, 32), [128, 100, 57, 3])],
+                         ids=["tiny", "odd", "minilm"])
+def test_attention_close_to_dense_on_padded_batches(shape: tuple[int, ...], lengths: list[int], pv: str) -> None:
+    q, k, v = attention_inputs(*shape)
+    valid = key_mask(lengths, shape[2])
+    out = ck.attention_u8s8(q, k, v, valid, pv=pv)
+    assert out.shape == (shape[0], shape[2], shape[1], shape[3]) and out.is_contiguous()
+    rel, cosine = rel_error_and_cosine(out, dense_attention(q, k, v, valid))  # padded query rows included
+    assert rel < TOLERANCE[pv][0] and cosine > TOLERANCE[pv][1], (rel, cosine)
+
+
+@needs_kernels
+@pytest.mark.parametrize("pv", ["int8", "float"])
+def test_attention_of_a_sequence_ignores_padding_and_the_rest_of_the_batch(pv: str) -> None:
+    torch = pytest.importorskip("torch")
+    q, k, v = attention_inputs(2, 3, 40, 16, seed=4)
+    for x in (q, k, v):
+        x[1] *= 1000        # a huge neighbour
+        x[0, :, 25:] = 1e6  # and huge values in this sequence's padding
+    batched = ck.attention_u8s8(q, k, v, key_mask([25, 40], 40), pv=pv)
+    alone = ck.attention_u8s8(q[:1, :, :25], k[:1, :, :25], v[:1, :, :25], pv=pv)
+    assert torch.equal(batched[0, :25], alone[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("pv", ["int8", "float"])
+def test_masked_keys_inside_the_sequence_get_no_weight(pv: str) -> None:
+    q, k, v = attention_inputs(2, 2, 24, 8, seed=5)
+    valid = key_mask([24, 24], 24)
+    valid[:, :6] = False   # left padding
+    valid[1, 10:13] = False  # and a hole
+    k[~valid[:, None, :, None].expand_as(k)] = 50.0  # scores that would dominate if attended to
+    v[~valid[:, None, :, None].expand_as(v)] = 1e4
+    rel, cosine = rel_error_and_cosine(ck.attention_u8s8(q, k, v, valid, pv=pv), dense_attention(q, k, v, valid))
+    assert rel < TOLERANCE[pv][0] and cosine > TOLERANCE[pv][1], (rel, cosine)
+
+
+@needs_kernels
+def test_attention_without_valid_keys_is_zero() -> None:
+    torch = pytest.importorskip("torch")
+    q, k, v = attention_inputs(2, 2, 5, 8)
+    valid = key_mask([0, 5], 5)
+    valid[1, 2] = False
+    out = ck.attention_u8s8(q, k, v, valid)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert out[1].abs().min() > 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("pv", ["int8", "float"])
+def test_attention_does_not_depend_on_threads_or_layout(pv: str) -> None:
+    torch = pytest.importorskip("torch")
+    q, k, v = attention_inputs(2, 3, 70, 32, seed=6)
+    valid = key_mask([70, 41], 70)
+    one = ck.attention_u8s8(q, k, v, valid, pv=pv, threads=1)
+    others = [ck.attention_u8s8(q, k, v, valid, pv=pv, threads=2),
+              ck.attention_u8s8(q.contiguous(), k.contiguous(), v.contiguous(), valid, pv=pv)]
+    for other in others:
+        if pv == "int8":  # integer GEMMs and our own float loops: bit for bit
+            assert torch.equal(one, other)
+        else:  # MKL's sgemm may round differently with the alignment of a thread's buffer
+            torch.testing.assert_close(one, other, atol=1e-6, rtol=0)
+
+
+@needs_kernels
+def test_smooth_k_removes_a_common_key_offset() -> None:
+    torch = pytest.importorskip("torch")
+    q, k, v = attention_inputs(2, 4, 64, 32, seed=1)
+    shifted = k + 20 * torch.randn(1, 4, 1, 32, generator=torch.Generator().manual_seed(2))
+    valid = key_mask([64, 40], 64)
+    ref = dense_attention(q, k, v, valid)  # = dense attention with the shifted keys: softmax ignores the shift
+    plain = rel_error_and_cosine(ck.attention_u8s8(q, shifted, v, valid, pv="float"), ref)[0]
+    smoothed = ck.attention_u8s8(q, shifted, v, valid, pv="float", smooth_k=True)
+    assert plain > 0.05
+    assert rel_error_and_cosine(smoothed, ref)[0] < TOLERANCE["float"][0]
+    torch.testing.assert_close(smoothed, ck.attention_u8s8(q, k, v, valid, pv="float", smooth_k=True),
+                               atol=1e-3, rtol=0)
+
+
+@needs_kernels
+def test_attention_numpy_in_numpy_out_and_profile() -> None:
+    q, k, v = (x.numpy() for x in attention_inputs(1, 2, 9, 8))
+    profile = np.zeros(len(ck.ATTENTION_PHASES))
+    out = ck.attention_u8s8(q, k, v, np.ones((1, 9), bool), scaling=0.3, profile=profile)
+    assert isinstance(out, np.ndarray) and out.shape == (1, 9, 2, 8)
+    assert (profile >= 0).all() and profile[ck.ATTENTION_PHASES.index("gemm_qk")] > 0
+    from cython_kernels import _attention
+
+    assert ck.ATTENTION_PHASES == _attention.PHASES
+
+
+@needs_kernels
+def test_attention_validation() -> None:
+    q, k, v = attention_inputs(2, 2, 6, 8)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        ck.attention_u8s8(q, k, v.clone().fill_(float("nan")))
+    with pytest.raises(ValueError, match="same shape"):
+        ck.attention_u8s8(q, k[:, :, :5], v)
+    with pytest.raises(ValueError, match=r"key_valid must be bool or uint8 of shape \(2, 6\)"):
+        ck.attention_u8s8(q, k, v, key_mask([6], 6))
+    with pytest.raises(ValueError, match="pv must be"):
+        ck.attention_u8s8(q, k, v, pv="int4")
+    with pytest.raises(TypeError, match="float32"):
+        ck.attention_u8s8(q.double(), k, v)
+    with pytest.raises(ValueError, match="4-D"):
+        ck.attention_u8s8(q[0], k[0], v[0])
+
+
+ADVERSARIAL_ATTENTION = """
+import numpy as np, torch
+import cython_kernels as ck
+
+
+def adversarial_case():
+    b, h, s, d = 2, 2, 64, 32
+    g = torch.Generator().manual_seed(0)
+    # Each query puts (nearly) all its weight on one aligned pair of keys with equal scores; V rows
+    # are +-1 in every channel, so every V code is +-127 and the pair sums approach 258 * 127.
+    k = torch.zeros(b, h, s, d)
+    k[:, :, :, 0] = 40.0 * (torch.arange(s) // 2 % 4 == 0)
+    k[:, :, :, 1] = torch.arange(s) // 2 * 0.01
+    q = torch.zeros(b, h, s, d)
+    q[:, :, :, 0] = 1.0
+    q[:, :, :, 1] = torch.randn(b, h, s, generator=g)
+    v = torch.where(torch.rand(b, h, s, d, generator=g) < 0.5, -1.0, 1.0)
+    out = ck.attention_u8s8(q, k, v, scaling=1.0, threads=1)
+    rand = [torch.randn(b, h, s, d, generator=g) for _ in range(3)]
+    out2 = ck.attention_u8s8(*rand, torch.arange(s)[None, :] < torch.tensor([[s], [37]]), threads=2)
+    return {"isa": ck.cpu_features()["isa"], "own": ck.own_packing(), "out": out.flatten().tolist(),
+            "out2": out2.flatten().tolist()}
+"""
+
+
+@needs_kernels
+def test_forced_avx2_attention_is_exact_with_adversarial_weights() -> None:
+    """On FBGEMM's AVX2 kernel (int16 pair sums), P.V with pair-saturating weights and V at its
+    extremes equals the native (VNNI here) result bit for bit, and own packing passes its check."""
+    namespace: dict = {}
+    exec(ADVERSARIAL_ATTENTION, namespace)
+    native = namespace["adversarial_case"]()
+    avx2 = run_python("from cython_kernels import _gemm; _gemm.force_isa('avx2')\n" + ADVERSARIAL_ATTENTION
+                      + "\nimport json; print(json.dumps(adversarial_case()))")
+    assert avx2["isa"] == "avx2" and avx2["own"] and native["own"]
+    assert avx2["out"] == native["out"] and avx2["out2"] == native["out2"]
+    assert max(abs(x) for x in avx2["out"]) <= 1.0 + 1e-6  # a convex combination of +-1 rows

@@ -1,0 +1,25 @@
+"""Stubs for the ``cython_kernels._attention`` extension (see _attention.pyx for the scheme).
+
+Thin layer: shapes are checked for memory safety only; ``cython_kernels.attention_u8s8``
+validates and documents the arguments.  Compiled for AVX2 + FMA: import only after a CPU check.
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+PHASES: tuple[str, ...]
+
+def own_packing() -> bool: ...
+def attention_u8s8(
+    q: npt.NDArray[np.float32],  # (batch, heads, seq, dim), last axis contiguous
+    k: npt.NDArray[np.float32],  # same
+    v: npt.NDArray[np.float32],  # same
+    key_valid: npt.NDArray[np.uint8],  # (batch, seq) 0/1, C-contiguous
+    n_keys: npt.NDArray[np.int32],  # (batch,) keys to process (last valid + 1)
+    out: npt.NDArray[np.float32],  # (batch, heads, seq, dim) view of a (batch, seq, heads, dim) array
+    scaling: float,
+    pv_int8: bool,
+    smooth_k: bool,
+    threads: int,
+    profile: npt.NDArray[np.float64] | None = None,  # (len(PHASES),), seconds added per phase
+) -> int: ...  # rows of q/k/v holding NaN or infinity
