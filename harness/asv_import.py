@@ -87,8 +87,8 @@ def result_rows(results, machine: str, machine_info: dict, benchmarks: dict) -> 
         category, direction = _category(key, meta.get("type", ""))
         for i, combo in enumerate(combos):
             value = values[i] if values else None
-            if value is None:
-                continue  # failed or skipped (NotImplementedError) in asv
+            if value is None or value != value:
+                continue  # failed (None) or skipped with NotImplementedError (NaN) in asv
             parsed = {name: _param_value(text) for name, text in zip(names, combo)}
             row = {"run_id": run_id, "timestamp": _ms_to_datetime(results.started_at.get(key) or run_started),
                    "source": "asv", "commit": results.commit_hash, "dirty": False, "machine": machine, "cpu": cpu,

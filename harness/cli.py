@@ -63,15 +63,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .summary import run_summary
 
     spec = RunSpec(backends=args.backend or ["dense"], tasks=_split(args.tasks), model=args.model, data=args.data,
-                   limit=args.limit, eval_batch_size=args.eval_batch_size, batch_size=args.batch_size,
-                   seq_len=args.seq_len, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
-                   fidelity_examples=args.fidelity_examples,
-                   store=None if args.no_store else Path(args.store), progress=not args.no_progress)
+                   limit=args.limit, max_tokens=args.max_tokens or None, eval_batch_size=args.eval_batch_size,
+                   batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads, repeats=args.repeats,
+                   warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
+                   executor=args.executor, resume=args.resume, store=None if args.no_store else Path(args.store),
+                   progress=not args.no_progress)
     result = run(spec)
     print(run_summary(result.rows))
     if spec.store is not None:
-        print(f"\n{len(result.rows)} rows of run {result.run_id} written to {spec.store} ({len(result.files)} files); "
-              f"read them with harness.read_results({str(spec.store)!r})")
+        print(f"\nrun {result.run_id}: {len(result.rows)} rows from {result.cells - result.cells_done_before} "
+              f"cell(s) written to {spec.store}"
+              + (f" ({result.cells_done_before} cell(s) were already there)" if result.cells_done_before else "")
+              + f"; read them with harness.read_results({str(spec.store)!r})")
+    if result.failures:
+        print(f"{len(result.failures)} cell(s) failed: {', '.join(result.failures)}; rerun with --resume",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -162,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="sample", metavar="sample|hub|DIR",
                    help="bundled sample (default, offline), the Hugging Face hub, or a <task>/<split>.parquet directory")
     p.add_argument("--limit", type=_positive, metavar="N", help="evaluate at most N examples per task")
-    p.add_argument("--eval-batch-size", type=_positive, default=32, metavar="N",
-                   help="examples per evaluation batch (length-sorted; default 32)")
+    p.add_argument("--max-tokens", type=int, default=4096, metavar="N",
+                   help="padded tokens per evaluation batch (length-sorted batches; default 4096; 0: no limit)")
+    p.add_argument("--eval-batch-size", type=_positive, metavar="N", help="at most N examples per evaluation batch")
     p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="latency shape: batch (default 8)")
     p.add_argument("--seq-len", type=_positive, default=128, metavar="N", help="latency shape: tokens (default 128)")
     p.add_argument("--threads", type=_positive, metavar="N", help="torch threads (default: all available cores)")
@@ -171,7 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up rounds (default 2)")
     p.add_argument("--fidelity-examples", type=int, default=64, metavar="N",
                    help="examples per task for the attention-fidelity pass; 0 skips it (default 64)")
-    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=f"results store (default {DEFAULT_STORE})")
+    p.add_argument("--no-speed", action="store_true", help="skip the latency and memory cells")
+    p.add_argument("--executor", default="local", metavar="local|processes:N|dask://HOST:PORT",
+                   help="where eval cells run (default: this process); timing always stays here")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest run of the same plan: skip the cells already in the store")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL",
+                   help=f"results store, a directory or an fsspec URL (default {DEFAULT_STORE})")
     p.add_argument("--no-store", action="store_true", help="do not write results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
@@ -230,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attnbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("attnbench: interrupted; rows of finished tasks are in the store", file=sys.stderr)
+        print("attnbench: interrupted; finished cells are in the store: rerun the same command with --resume",
+              file=sys.stderr)
         return 130
 
 

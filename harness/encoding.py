@@ -1,7 +1,14 @@
-"""Tokenized task splits and length-sorted, dynamically padded batches."""
+"""Tokenized task splits and length-sorted, dynamically padded batches.
+
+Tokenization goes through ``datasets.Dataset.map``, so it is cached on disk (Arrow files in the Hugging
+Face datasets cache) per split, tokenizer and maximum length: a task is tokenized once, not per backend
+and not per run. The token ids are kept flat with row offsets, as Arrow stores them, and batches are
+padded with vectorised NumPy indexing.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -14,72 +21,134 @@ from .tasks import Task
 
 @dataclass
 class EncodedSplit:
-    """Token ids of every example (unpadded), with labels and the dataset's ``idx`` column."""
+    """Token ids of every example, flat (``ids[offsets[i]:offsets[i+1]]`` is example ``i``), with labels and
+    the dataset's ``idx`` column."""
 
-    input_ids: list[np.ndarray]
-    token_type_ids: list[np.ndarray]
+    ids: np.ndarray
+    type_ids: np.ndarray
+    offsets: np.ndarray
     labels: np.ndarray
     idx: np.ndarray
     pad_token_id: int = 0
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.offsets) - 1
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return np.diff(self.offsets)
 
     @property
     def n_tokens(self) -> int:
-        return int(self.lengths.sum())
+        return int(self.offsets[-1] - self.offsets[0])
 
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-        """Yield ``(example positions, model inputs)``, longest examples first, each batch padded to its longest.
-
-        Sorting by length keeps padding small; the longest batch comes first so memory peaks early.
-        """
+    def batch_rows(self, max_tokens: int | None = None, max_examples: int | None = None) -> list[np.ndarray]:
+        """Example positions per batch: longest first, each batch at most ``max_tokens`` padded tokens and
+        ``max_examples`` examples (at least one example per batch)."""
         order = np.argsort(-self.lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+        lengths = self.lengths[order]
+        batches, start = [], 0
+        while start < len(order):
+            width = max(int(lengths[start]), 1)  # the first example of a batch is its longest
+            count = len(order) - start
+            if max_tokens:
+                count = min(count, max(1, max_tokens // width))
+            if max_examples:
+                count = min(count, max_examples)
+            batches.append(order[start:start + count])
+            start += count
+        return batches
+
+    def batches(self, max_tokens: int | None = None, max_examples: int | None = None
+                ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Yield ``(example positions, model inputs)`` for :meth:`batch_rows`."""
+        for rows in self.batch_rows(max_tokens, max_examples):
             yield rows, self.collate(rows)
 
     def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        width = max(len(self.input_ids[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):
-            n = len(self.input_ids[i])
-            input_ids[j, :n] = torch.from_numpy(self.input_ids[i])
-            token_type_ids[j, :n] = torch.from_numpy(self.token_type_ids[i])
-            attention_mask[j, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        """Pad the examples at ``rows`` to the longest of them."""
+        starts, lengths = self.offsets[rows], self.lengths[rows]
+        width = int(lengths.max())
+        positions = starts[:, None] + np.arange(width)[None, :]
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        positions = np.where(mask, positions, 0)
+        input_ids = np.where(mask, self.ids[positions], self.pad_token_id).astype(np.int64)
+        type_ids = np.where(mask, self.type_ids[positions], 0).astype(np.int64)
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+                "token_type_ids": torch.from_numpy(type_ids)}
+
+    def padded_tokens(self, max_tokens: int | None = None, max_examples: int | None = None) -> int:
+        """Tokens the batches of :meth:`batch_rows` feed the model, padding included."""
+        return int(sum(len(rows) * self.lengths[rows].max() for rows in self.batch_rows(max_tokens, max_examples)))
 
     def subset(self, positions: np.ndarray) -> "EncodedSplit":
-        return EncodedSplit([self.input_ids[i] for i in positions], [self.token_type_ids[i] for i in positions],
-                            self.labels[positions], self.idx[positions], self.pad_token_id)
+        positions = np.asarray(positions, dtype=np.int64)
+        lengths = self.lengths[positions]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in positions]) \
+            if len(positions) else np.array([], dtype=np.int64)
+        return EncodedSplit(self.ids[take], self.type_ids[take], offsets, self.labels[positions],
+                            self.idx[positions], self.pad_token_id)
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    identity = backend.to_str() if backend is not None else repr(tokenizer)
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def tokenize(task: Task, rows: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """``rows`` with ``input_ids`` and ``token_type_ids`` columns instead of the text, cached by ``datasets``.
+
+    Pairs are encoded as one sequence (``[CLS] a [SEP] b [SEP]``), truncated to ``max_length``.
+    """
+    fields = list(task.text_fields)
+
+    def tokenize_batch(batch: dict) -> dict:
+        return tokenizer(*[batch[f] for f in fields], truncation=True, max_length=max_length,
+                         return_token_type_ids=True)
+
+    fingerprint = hashlib.sha256("\0".join([rows._fingerprint, _tokenizer_fingerprint(tokenizer), str(max_length),
+                                            *fields]).encode()).hexdigest()[:16]
+    drop = [c for c in rows.column_names if c in fields or c == "attention_mask"]
+    return rows.map(tokenize_batch, batched=True, batch_size=2000, remove_columns=drop, new_fingerprint=fingerprint,
+                    desc=f"tokenize {task.name}")
+
+
+def _flat(column) -> tuple[np.ndarray, np.ndarray]:
+    chunked = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    offsets = chunked.offsets.to_numpy().astype(np.int64)
+    return chunked.values.to_numpy(), offsets
+
+
+def from_tokenized(task: Task, tokenized: datasets.Dataset, pad_token_id: int) -> EncodedSplit:
+    """An :class:`EncodedSplit` over the Arrow columns of :func:`tokenize`'s output (no copies per example)."""
+    table = tokenized.data.table if tokenized._indices is None else tokenized.flatten_indices().data.table
+    ids, offsets = _flat(table.column("input_ids"))
+    if "token_type_ids" in table.column_names:
+        type_ids, _ = _flat(table.column("token_type_ids"))
+    else:
+        type_ids = np.zeros_like(ids)
+    start = offsets[0]
+    labels = table.column("label").to_numpy()
+    idx = table.column("idx").to_numpy() if "idx" in table.column_names else np.arange(len(labels))
+    return EncodedSplit(ids[start:offsets[-1]], type_ids[start:offsets[-1]], offsets - start,
+                        labels.astype(np.float32 if task.is_regression else np.int64), idx.astype(np.int64),
+                        pad_token_id)
 
 
 def encode(task: Task, rows: datasets.Dataset, tokenizer, max_length: int) -> EncodedSplit:
-    """Tokenize a split with the (fast) tokenizer in one batched call; pairs are encoded as one sequence."""
-    texts = [list(rows[field]) for field in task.text_fields]
-    encoded = tokenizer(*texts, truncation=True, max_length=max_length, return_token_type_ids=True)
-    return EncodedSplit(
-        input_ids=[np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]],
-        token_type_ids=[np.asarray(ids, dtype=np.int64) for ids in encoded["token_type_ids"]],
-        labels=np.asarray(list(rows["label"]), dtype=np.float32 if task.is_regression else np.int64),
-        idx=np.asarray(list(rows["idx"]) if "idx" in rows.column_names else np.arange(len(rows)), dtype=np.int64),
-        pad_token_id=tokenizer.pad_token_id or 0,
-    )
+    """Tokenize (cached) and load a split as an :class:`EncodedSplit`."""
+    return from_tokenized(task, tokenize(task, rows, tokenizer, max_length), tokenizer.pad_token_id or 0)
 
 
 def fixed_shape_inputs(encoded: EncodedSplit, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
     """A ``batch_size × seq_len`` batch of real tokens with no padding, for latency measurements.
 
-    Each row concatenates the split's examples (cycling) until it is ``seq_len`` long, so every shape is
+    Each row concatenates the split's tokens (cycling) until it is ``seq_len`` long, so every shape is
     measured on real token statistics and the same input for every backend.
     """
-    stream = np.concatenate(encoded.input_ids)
+    stream = encoded.ids[encoded.offsets[0]:encoded.offsets[-1]].astype(np.int64)
     need = batch_size * seq_len
     stream = np.tile(stream, -(-need // len(stream)))[:need]
     input_ids = torch.from_numpy(stream.reshape(batch_size, seq_len).copy())

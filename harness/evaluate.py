@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -14,19 +17,56 @@ def logits_of(output: object) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def predict(model: torch.nn.Module, encoded: EncodedSplit, batch_size: int, forward_kwargs: dict | None = None,
-            *, desc: str | None = None, progress: bool = True) -> np.ndarray:
-    """Logits for every example, in the split's order, from length-sorted batches under ``inference_mode``."""
+@dataclass
+class PassStats:
+    """What one pass over a split cost: wall time, time inside the model, tokens real and padded."""
+
+    wall_time: float = 0.0
+    model_time: float = 0.0
+    tokens: int = 0
+    padded_tokens: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.wall_time if self.wall_time else float("nan")
+
+    @property
+    def padding_waste(self) -> float:
+        """Share of the tokens fed to the model that are padding."""
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else float("nan")
+
+    @property
+    def outside_model(self) -> float:
+        """Share of the wall time spent outside the model's forward (batching, copies, bookkeeping)."""
+        return 1 - self.model_time / self.wall_time if self.wall_time else float("nan")
+
+
+def predict(model: torch.nn.Module, encoded: EncodedSplit, *, max_tokens: int | None = None,
+            max_examples: int | None = None, forward_kwargs: dict | None = None, desc: str | None = None,
+            progress: bool = True, stats: PassStats | None = None) -> np.ndarray:
+    """Logits for every example, in the split's order, from length-sorted batches under ``inference_mode``.
+
+    Batches hold at most ``max_tokens`` padded tokens and ``max_examples`` examples. Pass a
+    :class:`PassStats` to have the pass's cost recorded in it.
+    """
     out: np.ndarray | None = None
     forward_kwargs = forward_kwargs or {}
-    total = -(-len(encoded) // batch_size)
+    batches = encoded.batch_rows(max_tokens, max_examples)
+    stats = stats if stats is not None else PassStats()
+    started = time.perf_counter()
     with torch.inference_mode():
-        for positions, batch in tqdm(encoded.batches(batch_size), total=total, desc=desc, unit="batch",
-                                     leave=False, disable=not progress):
-            logits = logits_of(model(**batch, **forward_kwargs)).float().numpy()
+        for rows in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
+            batch = encoded.collate(rows)
+            before = time.perf_counter()
+            logits = logits_of(model(**batch, **forward_kwargs))
+            stats.model_time += time.perf_counter() - before
+            stats.padded_tokens += batch["input_ids"].numel()
+            logits = logits.float().numpy()
             if out is None:
                 out = np.empty((len(encoded), logits.shape[-1]), dtype=np.float32)
-            out[positions] = logits
+            out[rows] = logits
+    stats.wall_time += time.perf_counter() - started
+    stats.tokens += encoded.n_tokens
     if out is None:
         raise ValueError("cannot predict on an empty split")
     return out

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from .attention import attention_modules, implementation_name
 from .backend import Backend, ResolvedBackend
@@ -65,9 +66,7 @@ def observed_stats(model: torch.nn.Module, backend: ResolvedBackend,
 
     name = implementation_name(backend)
     AttentionInterface.register(name + "+fidelity", wrapper)
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionMaskInterface.register(name + "+fidelity", AttentionMaskInterface._global_mapping[name])
+    AttentionMaskInterface.register(name + "+fidelity", ALL_MASK_ATTENTION_FUNCTIONS[name])
     model.set_attn_implementation(name + "+fidelity")
     try:
         yield
@@ -87,10 +86,11 @@ def reference_outputs(model: torch.nn.Module, batches: list[dict[str, torch.Tens
     return result
 
 
-def fidelity_batches(encoded: EncodedSplit, n_examples: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+def fidelity_batches(encoded: EncodedSplit, n_examples: int, max_tokens: int | None,
+                     max_examples: int | None = None) -> list[dict[str, torch.Tensor]]:
     """The first ``n_examples`` of the split (a fixed, task-specific set), length-sorted into batches."""
     subset = encoded.subset(np.arange(min(n_examples, len(encoded))))
-    return [batch for _, batch in subset.batches(batch_size)]
+    return [batch for _, batch in subset.batches(max_tokens, max_examples)]
 
 
 def attention_fidelity(model: torch.nn.Module, backend: ResolvedBackend, batches: list[dict[str, torch.Tensor]],

@@ -158,7 +158,7 @@ def _fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int) 
     features = np.zeros((len(encoded), encoder.config.hidden_size * (4 if pair else 1)), dtype=np.float32)
     probe = ProbeClassifier(encoder, {})
     with torch.inference_mode():
-        for positions, batch in tqdm(encoded.batches(FEATURE_BATCH), total=-(-len(encoded) // FEATURE_BATCH),
+        for positions, batch in tqdm(encoded.batches(max_examples=FEATURE_BATCH), total=-(-len(encoded) // FEATURE_BATCH),
                                      desc=f"fit head {task.config}", leave=False, unit="batch"):
             features[positions] = probe.features(**batch, pair=pair).numpy()
     weight, bias, score = fit_linear_head(features, encoded.labels, task)

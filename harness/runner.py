@@ -1,18 +1,19 @@
-"""The runner: one measurement run of backends × tasks, written to the results store.
+"""The runner: a run of backends × tasks as a set of cells, written to the results store cell by cell.
 
-For each base model (the embedded default serves every task with one encoder), each backend gets a deep
-copy, its whole-model transform and its attention function; the dense SDPA reference is always prepared.
-Per task it records the task's metrics and the agreement with the reference on the same inputs; per
-backend, the latency of the whole forward and of the attention core at a fixed shape (interleaved across
-backends, warmed up, repeated, raw samples kept) and the peak memory of one forward.
-Rows are written to the store after every task, so finished work survives an interrupted run.
+1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason.
+2. Plan the cells: one *speed* cell per backend at the latency shape, one *eval* cell per backend × task.
+   The plan id hashes everything that defines the results; with ``resume``, cells of the latest run of the
+   same plan that are already in the store are not run again.
+3. Speed cells run here, together: whole-forward and attention-core latency timed round-robin across
+   backends (warm-up, repeats, raw samples kept), then peak tensor memory and weight size.
+4. Eval cells run on the executor (this process by default): task metrics, agreement with the dense
+   reference on the same inputs, attention fidelity, throughput. Each cell's rows are written in one atomic
+   file, so an interrupted run loses at most the cells in flight and never records a partial cell.
 """
 
 from __future__ import annotations
 
-import copy
 import io
-import json
 import sys
 import time
 import uuid
@@ -21,30 +22,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .attention import attach
 from .backend import ResolvedBackend
+from .cells import EvalCell, SpeedCell, completed_cells, plan_id
 from .data import DataSource
-from .encoding import EncodedSplit, encode
 from .errors import UserError
-from .evaluate import agreement, predict
-from .fidelity import METRICS as FIDELITY_METRICS
-from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
+from .evaluation import EvalContext, EvalSession, adopt_session, prepare_model, run_eval_cell
+from .executors import make_executor
 from .measure import Timing, cpu_count, peak_allocated_bytes, time_interleaved
-from .models import TaskModels, load_task_models, parse_model_args
+from .models import parse_model_args
 from .paths import DEFAULT_STORE
 from .provenance import cpu_facts, git_commit, library_versions, machine_id
 from .registry import Registry, load_registry
+from .rows import process_fields, row
 from .spec import expand_grid
 from .speed import build_speed_case
-from .store import write_rows
+from .store import read_results, write_rows
 from .tasks import Task
 
 REFERENCE = "dense"
+__all__ = ["REFERENCE", "RunResult", "RunSpec", "prepare_model", "resolve_backends", "resolve_tasks", "run"]
 
 
 @dataclass
@@ -56,40 +56,43 @@ class RunSpec:
     model: list[str] | None = None          # see harness.models; None: the embedded default
     data: str = "sample"                    # "sample", "hub" or a directory
     limit: int | None = None                # evaluate at most this many examples per task
-    eval_batch_size: int = 32
+    max_tokens: int | None = 4096           # evaluation batches: padded tokens per batch …
+    eval_batch_size: int | None = None      # … and examples per batch (None: no limit)
     batch_size: int = 8                     # latency shape: batch × seq_len
     seq_len: int = 128
     threads: int | None = None              # None: every core available to this process
     repeats: int = 10
     warmup: int = 2
     fidelity_examples: int = 64             # examples per task for the attention-fidelity pass (0: skip)
-    store: Path | None = DEFAULT_STORE      # None: do not write
+    speed: bool = True                      # run the speed cells
+    executor: str = "local"                 # local, processes:N or dask://HOST:PORT (eval cells only)
+    resume: bool = False                    # skip cells of the same plan already in the store
+    store: Path | str | None = DEFAULT_STORE  # None: do not write
     progress: bool = True
 
     def validate(self) -> None:
-        for name in ("eval_batch_size", "batch_size", "seq_len", "repeats"):
+        for name in ("batch_size", "seq_len", "repeats"):
             if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be >= 1, got {self.limit}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {self.threads}")
-        if self.warmup < 0:
-            raise UserError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.fidelity_examples < 0:
-            raise UserError(f"--fidelity-examples must be >= 0, got {self.fidelity_examples}")
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit", "threads", "max_tokens", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.warmup < 0 or self.fidelity_examples < 0:
+            raise UserError("--warmup and --fidelity-examples must be >= 0")
+        if self.resume and self.store is None:
+            raise UserError("--resume needs a store (it looks up the finished cells there)")
 
 
 @dataclass
 class RunResult:
     run_id: str
+    plan_id: str
     rows: pd.DataFrame
-    files: list[Path]
     skipped: dict[str, str]
-
-
-def _new_run_id(now: datetime) -> str:
-    return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    cells: int
+    cells_done_before: int
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_backends(registry: Registry, specs: list[str]) -> list[ResolvedBackend]:
@@ -112,13 +115,6 @@ def resolve_tasks(registry: Registry, names: list[str] | None, model_sources: di
     return [registry.task(name) for name in dict.fromkeys(names)]
 
 
-def prepare_model(base: torch.nn.Module, backend: ResolvedBackend) -> torch.nn.Module:
-    """A private copy of ``base`` with the backend's transform and attention; the base is never modified."""
-    model = backend.prepare(copy.deepcopy(base))
-    attach(model, backend)
-    return model.eval()
-
-
 def serialized_size(model: torch.nn.Module) -> int:
     """Bytes of the model's state dict as ``torch.save`` writes it (counts packed int8 weights correctly)."""
     buffer = io.BytesIO()
@@ -126,26 +122,39 @@ def serialized_size(model: torch.nn.Module) -> int:
     return buffer.tell()
 
 
-class _Rows:
-    """Builds tidy rows sharing the run's common fields."""
+def _plan_definition(spec: RunSpec, backends: list[ResolvedBackend], tasks: list[Task], source: DataSource,
+                     threads: int) -> dict[str, Any]:
+    return {"backends": sorted(b.spec for b in backends), "tasks": sorted(t.name for t in tasks),
+            "model": spec.model, "data": source.label, "limit": spec.limit, "max_tokens": spec.max_tokens,
+            "eval_batch_size": spec.eval_batch_size, "shape": [spec.batch_size, spec.seq_len], "threads": threads,
+            "repeats": spec.repeats, "warmup": spec.warmup, "fidelity_examples": spec.fidelity_examples,
+            "speed": spec.speed, "commit": git_commit().sha}
 
-    def __init__(self, common: dict[str, Any]) -> None:
-        self.common = common
 
-    def __call__(self, backend: ResolvedBackend, category: str, metric: str, value: float, unit: str,
-                 direction: str, **fields: Any) -> dict[str, Any]:
-        extra = backend.run_facts()
-        return {**self.common, "plugin": backend.plugin, "plugin_dist": backend.plugin_dist,
-                "plugin_version": backend.plugin_version, "backend": backend.spec, "backend_name": backend.name,
-                "backend_params": backend.params_json, "category": category, "metric": metric,
-                "value": float(value), "unit": unit, "direction": direction,
-                "extra": json.dumps(extra, sort_keys=True) if extra else None, **fields}
+def _worker_threads(executor: str, threads: int) -> int | None:
+    """torch threads of each eval worker: all of them locally, a share of the cores for processes:N, and the
+    worker's own default on a remote cluster."""
+    if executor == "local":
+        return threads
+    if executor.startswith("processes:"):
+        workers = executor.split(":", 1)[1]
+        return max(1, cpu_count() // int(workers)) if workers.isdigit() and int(workers) > 0 else 1
+    return None
+
+
+def plan_cells(spec: RunSpec, backends: list[ResolvedBackend], tasks: list[Task], threads: int
+               ) -> tuple[list[SpeedCell], list[EvalCell]]:
+    """Speed cells per backend; eval cells task by task, the reference first so its pass is timed once."""
+    speed = [SpeedCell(b.spec, spec.batch_size, spec.seq_len, threads) for b in backends] if spec.speed else []
+    ordered = sorted(backends, key=lambda b: b.spec != REFERENCE)
+    return speed, [EvalCell(b.spec, t.name) for t in tasks for b in ordered]
 
 
 def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str], None] | None = None) -> RunResult:
-    """Execute a run and write its rows to ``spec.store`` (unless ``None``). Returns every row as a DataFrame.
+    """Execute (or resume) a run and write its rows to ``spec.store`` (unless ``None``).
 
     Raises :class:`~harness.UserError` for bad specs, tasks, models or data before any measurement starts.
+    Returns every row measured by this invocation.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     spec.validate()
@@ -153,7 +162,6 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     for failure in registry.failures:
         log(f"warning: {failure}")
     backends = resolve_backends(registry, spec.backends)
-    reference = registry.resolve(REFERENCE)
     skipped = {b.spec: reason for b in backends if (reason := b.unavailable_reason())}
     for name, reason in skipped.items():
         log(f"skipping backend {name}: {reason}")
@@ -165,130 +173,126 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     source = DataSource.parse(spec.data)
     threads = spec.threads or cpu_count()
     torch.set_num_threads(threads)
+    store = None if spec.store is None else str(spec.store)
 
+    plan = plan_id(_plan_definition(spec, backends, tasks, source, threads))
+    speed_cells, eval_cells = plan_cells(spec, backends, tasks, threads)
+    previous_run, done = completed_cells(store, plan) if spec.resume else (None, set())
     now = datetime.now(timezone.utc)
-    run_id = _new_run_id(now)
-    commit = git_commit()
-    meta = {"run_id": run_id, "timestamp": now.isoformat(), "machine": machine_id(), "cpu": cpu_facts(),
-            "commit": commit.sha, "dirty": commit.dirty, "threads": threads, "versions": library_versions(),
-            "spec": {**asdict(spec), "store": str(spec.store) if spec.store else None},
-            "argv": sys.argv, "skipped": skipped}
-    rows = _Rows({"run_id": run_id, "timestamp": now, "source": "harness", "commit": commit.sha,
-                  "dirty": commit.dirty, "machine": machine_id(), "cpu": json.dumps(cpu_facts(), sort_keys=True),
-                  "threads": threads, "versions": json.dumps(library_versions(), sort_keys=True),
-                  "data_source": source.label})
-    log(f"run {run_id}: {len(backends)} backend(s) × {len(tasks)} task(s), {threads} thread(s), data {source.label}")
+    run_id = previous_run or f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    speed_todo = [c for c in speed_cells if c.id not in done]
+    eval_todo = [c for c in eval_cells if c.id not in done]
+    total = len(speed_cells) + len(eval_cells)
+    resumed = f", resuming: {total - len(speed_todo) - len(eval_todo)} already in the store" if previous_run else ""
+    log(f"run {run_id} (plan {plan}): {len(backends)} backend(s) × {len(tasks)} task(s) = {total} cells "
+        f"({len(speed_cells)} speed, {len(eval_cells)} eval){resumed}; {threads} thread(s), data {source.label}")
 
-    models = load_task_models(spec.model, tasks)
-    all_rows: list[dict[str, Any]] = []
-    files: list[Path] = []
-
-    def emit(new_rows: list[dict[str, Any]]) -> None:
-        all_rows.extend(new_rows)
-        if spec.store is not None and new_rows:
-            files.extend(write_rows(spec.store, new_rows, meta))
-
-    groups: dict[int, list[Task]] = {}
-    for task in tasks:
-        groups.setdefault(id(models.model(task)), []).append(task)
-    timed = False
-    for group in groups.values():
-        base = models.model(group[0])
-        prepared = {b.spec: prepare_model(base, b) for b in [reference, *backends]}
-        for task in group:
-            encoded = _load_encoded(task, source, models, spec.limit)
-            if not timed:
-                emit(_measure_speed(spec, models, task, encoded, backends, prepared, rows, log))
-                timed = True
-            emit(_evaluate_task(spec, models, task, encoded, reference, backends, prepared, rows))
-        del prepared
-    return RunResult(run_id, pd.DataFrame(all_rows), files, skipped)
+    meta = {"run_id": run_id, "plan_id": plan, "timestamp": now.isoformat(), "machine": machine_id(),
+            "cpu": cpu_facts(), "commit": git_commit().sha, "threads": threads, "versions": library_versions(),
+            "spec": {**asdict(spec), "store": store}, "argv": sys.argv, "skipped": skipped}
+    context = EvalContext(model=tuple(spec.model) if spec.model else None, tasks=tuple(t.name for t in tasks),
+                          data=spec.data, limit=spec.limit, max_tokens=spec.max_tokens,
+                          max_examples=spec.eval_batch_size, fidelity_examples=spec.fidelity_examples,
+                          reference=REFERENCE, threads=_worker_threads(spec.executor, threads), store=store,
+                          run_id=run_id, plan_id=plan,
+                          timestamp=now, run_meta=meta, progress=False)
+    measured: list[dict[str, Any]] = []
+    # The speed cells (and, with the local executor, the eval cells) share this process's session.
+    session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
+    if speed_todo:
+        measured += _run_speed_cells(spec, session, speed_todo, context, log)
+    failures = _run_eval_cells(spec, context, eval_todo, session, measured, log, store)
+    return RunResult(run_id, plan, pd.DataFrame(measured), skipped, total,
+                     total - len(speed_todo) - len(eval_todo), failures)
 
 
-def _load_encoded(task: Task, source: DataSource, models: TaskModels, limit: int | None) -> EncodedSplit:
-    rows = source.load(task)
-    excluded = models.excluded_idx(task)
-    if len(excluded):
-        keep = ~np.isin(np.asarray(list(rows["idx"])), excluded)
-        rows = rows.select(np.flatnonzero(keep))
-    if limit is not None:
-        rows = rows.select(range(min(limit, len(rows))))
-    if len(rows) == 0:
-        raise UserError(f"task {task.name!r}: no examples to evaluate")
-    return encode(task, rows, models.tokenizer(task), models.max_length(task))
+def _estimate(eval_todo: list[EvalCell], session: EvalSession | None, store: str | None,
+              measured: list[dict[str, Any]]) -> str:
+    """Estimated eval time from this machine's stored throughput per backend (or this run's speed cells)."""
+    if session is None:
+        return ""
+    tokens = {cell.task: session.encoded(session.registry.task(cell.task)).n_tokens for cell in eval_todo}
+    history = read_results(store) if store else pd.DataFrame()
+    rate: dict[str, float] = {}
+    if not history.empty:
+        mine = history[(history["metric"] == "eval_tokens_per_s") & (history["machine"] == machine_id())]
+        rate = mine.groupby("backend")["value"].median().to_dict()
+    forward = {r["backend"]: r["value"] for r in measured if r["metric"] == "latency_forward"}
+    shape = next((r["batch_size"] * r["seq_len"] for r in measured if r["metric"] == "latency_forward"), None)
+    seconds, known = 0.0, 0
+    for cell in eval_todo:
+        per_second = rate.get(cell.backend) or (shape / forward[cell.backend] if cell.backend in forward else None)
+        if per_second:
+            seconds += tokens[cell.task] / per_second * (1.0 if cell.backend in rate else 0.8)
+            known += 1
+    if not known:
+        return ""
+    scale = len(eval_todo) / known
+    return f"; estimated {seconds * scale / 60:.1f} min for {sum(tokens.values()):,} tokens per backend"
 
 
-def _evaluate_task(spec: RunSpec, models: TaskModels, task: Task, encoded: EncodedSplit,
-                   reference: ResolvedBackend, backends: list[ResolvedBackend],
-                   prepared: dict[str, torch.nn.Module], rows: _Rows) -> list[dict[str, Any]]:
-    kwargs = models.forward_kwargs(task)
-    common = {"model": models.name(task), "task": task.name, "split": task.split, "n_examples": len(encoded),
-              "batch_size": spec.eval_batch_size}
-    ref_logits = predict(prepared[reference.spec], encoded, spec.eval_batch_size, kwargs,
-                         desc=f"{task.name} {reference.spec} (reference)", progress=spec.progress)
-    out = []
-    for backend in tqdm(backends, desc=task.name, unit="backend", leave=False, disable=not spec.progress):
-        if backend.spec == reference.spec:
-            logits = ref_logits
-        else:
-            logits = predict(prepared[backend.spec], encoded, spec.eval_batch_size, kwargs,
-                             desc=f"{task.name} {backend.spec}", progress=spec.progress)
-        predictions = task.predictions(logits)
-        for metric in task.metrics:
-            out.append(rows(backend, "quality", metric.name, metric.fn(encoded.labels, predictions), "score",
-                            metric.direction, **common))
-        if backend.spec != reference.spec:
-            for name, value in agreement(ref_logits, logits, task.is_regression).items():
-                direction = "higher" if name == "agreement" else "lower"
-                out.append(rows(backend, "agreement", name, value, "ratio" if name == "agreement" else "logit",
-                                direction, **common))
-    others = [b for b in backends if b.spec != reference.spec]
-    if spec.fidelity_examples and others:
-        batches = fidelity_batches(encoded, spec.fidelity_examples, spec.eval_batch_size)
-        ref_outputs = reference_outputs(prepared[reference.spec], batches, kwargs)
-        fid_common = {**common, "n_examples": min(spec.fidelity_examples, len(encoded))}
-        for backend in others:
-            figures = attention_fidelity(prepared[backend.spec], backend, batches, ref_outputs, kwargs)
-            for name, value in figures.items():
-                unit, direction = FIDELITY_METRICS.get(name, ("ratio", "higher"))
-                out.append(rows(backend, "fidelity", name, value, unit, direction, **fid_common))
-    return out
+def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], session: EvalSession | None,
+                    measured: list[dict[str, Any]], log: Callable[[str], None], store: str | None) -> dict[str, str]:
+    if not cells:
+        return {}
+    executor = make_executor(spec.executor, threads_per_worker=context.threads or 1)
+    failures: dict[str, str] = {}
+    try:
+        estimate = _estimate(cells, session, store, measured)
+        log(f"{len(cells)} eval cell(s) on {executor.name} ({executor.workers} worker(s)){estimate}")
+        with tqdm(total=len(cells), desc="cells", unit="cell", disable=not spec.progress) as bar:
+            for cell, rows, error in executor.map_unordered(run_eval_cell, context, cells):
+                if error is not None:
+                    failures[cell.id] = f"{type(error).__name__}: {error}"
+                    log(f"cell {cell.id} failed: {failures[cell.id]}")
+                else:
+                    measured.extend(rows)
+                bar.update(1)
+    finally:
+        executor.close()
+    if failures:
+        log(f"{len(failures)} cell(s) failed; rerun the same command with --resume to retry only those")
+    return failures
 
 
-def _measure_speed(spec: RunSpec, models: TaskModels, task: Task, encoded: EncodedSplit,
-                   backends: list[ResolvedBackend], prepared: dict[str, torch.nn.Module], rows: _Rows,
-                   log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Forward and attention-core latency (interleaved across backends) and memory, at batch × seq_len."""
-    common = {"model": models.name(task), "task": None, "split": None, "n_examples": spec.batch_size,
-              "batch_size": spec.batch_size, "seq_len": spec.seq_len}
-    cases = {b.spec: build_speed_case(b, models, task, encoded, batch_size=spec.batch_size, seq_len=spec.seq_len,
-                                      prepared=prepared[b.spec]) for b in backends}
+def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
+                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Latency (interleaved across backends) and memory at batch × seq_len; one stored file per cell."""
+    task = session.tasks[0]
+    backends = {c.backend: session.backend(c.backend) for c in cells}
+    cases = {spec_: build_speed_case(b, session.models, task, session.encoded(task), batch_size=spec.batch_size,
+                                     seq_len=spec.seq_len, prepared=session.prepared(task, b))
+             for spec_, b in backends.items()}
     rounds = (spec.warmup + spec.repeats) * 2
     with tqdm(total=rounds, desc=f"timing {spec.batch_size}x{spec.seq_len}", unit="round", leave=False,
               disable=not spec.progress) as bar:
         started = time.perf_counter()
-        forward_times = time_interleaved({name: case.forward for name, case in cases.items()},
-                                         repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
+        forward = time_interleaved({name: case.forward for name, case in cases.items()},
+                                   repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
         bar.update(spec.warmup)
-        core_times = time_interleaved({name: case.attention_core for name, case in cases.items()},
-                                      repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
+        core = time_interleaved({name: case.attention_core for name, case in cases.items()},
+                                repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
         bar.update(spec.warmup)
     log(f"timing took {time.perf_counter() - started:.1f}s")
-
     out = []
-    for backend in backends:
-        for metric, timing in (("latency_forward", forward_times[backend.spec]),
-                               ("latency_attention_core", core_times[backend.spec])):
-            out.append(_timing_row(rows, backend, metric, timing, common))
-        case = cases[backend.spec]
-        out.append(rows(backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward), "bytes",
-                        "lower", **common))
-        out.append(rows(backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower", **common))
+    for cell in cells:
+        backend, case = backends[cell.backend], cases[cell.backend]
+        common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
+                  "cell_id": cell.id, **process_fields(cell.threads), "model": session.models.name(task),
+                  "task": None, "split": None, "n_examples": cell.batch_size, "batch_size": cell.batch_size,
+                  "seq_len": cell.seq_len, "data_source": session.source.label}
+        rows = [_timing_row(common, backend, "latency_forward", forward[cell.backend]),
+                _timing_row(common, backend, "latency_attention_core", core[cell.backend]),
+                row(common, backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward), "bytes",
+                    "lower"),
+                row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
+        if context.store is not None:
+            write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+        out += rows
     return out
 
 
-def _timing_row(rows: _Rows, backend: ResolvedBackend, metric: str, timing: Timing,
-                common: dict[str, Any]) -> dict[str, Any]:
-    row = rows(backend, "speed", metric, timing.median, "s", "lower", **common)
-    row["samples"] = list(timing.samples)
-    return row
+def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing) -> dict[str, Any]:
+    result = row(common, backend, "speed", metric, timing.median, "s", "lower")
+    result["samples"] = list(timing.samples)
+    return result

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RUN_METADATA_KEY = b"attnbench.run"
 VERSION_METADATA_KEY = b"attnbench.schema_version"
 PARTITIONS = ("machine", "date")
@@ -60,6 +60,8 @@ SCHEMA = pa.schema([
     ("direction", pa.string()),         # "higher" or "lower" is better
     ("samples", pa.list_(pa.float64())),  # raw samples where they exist (timings)
     ("extra", pa.string()),             # JSON: backend run facts and anything source-specific
+    ("plan_id", pa.string()),           # hash of the run's definition (schema 2); resuming matches on it
+    ("cell_id", pa.string()),           # the cell that produced the row (schema 2)
 ])
 COLUMNS = tuple(SCHEMA.names) + PARTITIONS
 
@@ -118,7 +120,8 @@ def _write_atomically(table: pa.Table, path: Path) -> Path:
 def _upgrade(table: pa.Table, version: int) -> pa.Table:
     """Bring a table written with an older schema version to the current :data:`SCHEMA`.
 
-    Version 1 is the first; later versions add a step here. Columns missing from a file are null.
+    Version 2 added ``plan_id`` and ``cell_id``; version-1 files read with nulls there. Later versions add a
+    step here. Columns missing from a file are null.
     """
     if version > SCHEMA_VERSION:
         raise StoreError(f"a store file has schema version {version}, newer than this attnbench "

@@ -1,0 +1,198 @@
+"""Eval cells: one backend on one task, run in this process or on a worker.
+
+An :class:`EvalContext` is the picklable description a worker needs (model, data, batching, store, run
+identity). An :class:`EvalSession` holds what a process builds once and reuses across cells: registry,
+models, tokenized splits, prepared backend models, and per task the reference logits and attention
+outputs. :func:`run_eval_cell` is the function executors call; it writes the cell's rows to the store in
+one atomic file, so a cell is in the store completely or not at all.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from .attention import attach
+from .backend import ResolvedBackend
+from .cells import EvalCell
+from .data import DataSource
+from .encoding import EncodedSplit, encode
+from .errors import UserError
+from .evaluate import PassStats, agreement, predict
+from .fidelity import METRICS as FIDELITY_METRICS
+from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
+from .models import TaskModels, load_task_models
+from .registry import Registry, load_registry
+from .rows import process_fields, row
+from .store import write_rows
+from .tasks import Task
+
+PREPARED_CACHE = 8  # prepared models kept per process (a backend's copy is reused across tasks)
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """Everything an eval cell needs besides the cell itself; picklable for remote workers."""
+
+    model: tuple[str, ...] | None
+    tasks: tuple[str, ...]
+    data: str
+    limit: int | None
+    max_tokens: int | None
+    max_examples: int | None
+    fidelity_examples: int
+    reference: str
+    threads: int | None
+    store: str | None
+    run_id: str
+    plan_id: str
+    timestamp: datetime
+    run_meta: dict
+    progress: bool = False
+
+
+def prepare_model(base: torch.nn.Module, backend: ResolvedBackend) -> torch.nn.Module:
+    """A private copy of ``base`` with the backend's transform and attention; the base is never modified."""
+    model = backend.prepare(copy.deepcopy(base))
+    attach(model, backend)
+    return model.eval()
+
+
+class EvalSession:
+    """Per-process state for running many eval cells of one context."""
+
+    def __init__(self, context: EvalContext, registry: Registry | None = None,
+                 models: TaskModels | None = None) -> None:
+        self.context = context
+        self.registry = registry or load_registry()
+        self.tasks = [self.registry.task(name) for name in context.tasks]
+        if context.threads:
+            torch.set_num_threads(context.threads)
+        self.models = models or load_task_models(list(context.model) if context.model else None, self.tasks)
+        self.source = DataSource.parse(context.data)
+        self._encoded: dict[str, EncodedSplit] = {}
+        self._prepared: OrderedDict[tuple[int, str], torch.nn.Module] = OrderedDict()
+        self._reference: dict[str, tuple[np.ndarray, PassStats | None]] = {}
+        self._reference_outputs: dict[str, tuple[list, list]] = {}
+        self._backends: dict[str, ResolvedBackend] = {}
+
+    # -- cached building blocks ---------------------------------------------------------------------------
+    def backend(self, spec: str) -> ResolvedBackend:
+        """One configured instance per spec: its prepared model and attention registration belong to it."""
+        if spec not in self._backends:
+            resolved = self.registry.resolve(spec)
+            self._backends[spec] = self._backends.setdefault(resolved.spec, resolved)
+        return self._backends[spec]
+
+    def encoded(self, task: Task) -> EncodedSplit:
+        """The task's evaluation split, tokenized (cached on disk by datasets), fitting rows excluded, limited."""
+        if task.name not in self._encoded:
+            rows = self.source.load(task)
+            full = encode(task, rows, self.models.tokenizer(task), self.models.max_length(task))
+            keep = np.flatnonzero(~np.isin(full.idx, self.models.excluded_idx(task)))
+            if self.context.limit is not None:
+                keep = keep[:self.context.limit]
+            if len(keep) == 0:
+                raise UserError(f"task {task.name!r}: no examples to evaluate")
+            self._encoded[task.name] = full if len(keep) == len(full) else full.subset(keep)
+        return self._encoded[task.name]
+
+    def prepared(self, task: Task, backend: ResolvedBackend) -> torch.nn.Module:
+        base = self.models.model(task)
+        key = (id(base), backend.spec)
+        if key not in self._prepared:
+            self._prepared[key] = prepare_model(base, backend)
+            while len(self._prepared) > PREPARED_CACHE:
+                self._prepared.popitem(last=False)
+        self._prepared.move_to_end(key)
+        return self._prepared[key]
+
+    def _predict(self, task: Task, backend: ResolvedBackend, stats: PassStats | None) -> np.ndarray:
+        return predict(self.prepared(task, backend), self.encoded(task), max_tokens=self.context.max_tokens,
+                       max_examples=self.context.max_examples, forward_kwargs=self.models.forward_kwargs(task),
+                       desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
+
+    def reference_logits(self, task: Task) -> np.ndarray:
+        if task.name not in self._reference:
+            self._reference[task.name] = (self._predict(task, self.backend(self.context.reference), None),
+                                          None)
+        return self._reference[task.name][0]
+
+    def reference_fidelity(self, task: Task) -> tuple[list, list]:
+        if task.name not in self._reference_outputs:
+            batches = fidelity_batches(self.encoded(task), self.context.fidelity_examples, self.context.max_tokens,
+                                       self.context.max_examples)
+            reference = self.prepared(task, self.backend(self.context.reference))
+            self._reference_outputs[task.name] = (batches, reference_outputs(reference, batches,
+                                                                             self.models.forward_kwargs(task)))
+        return self._reference_outputs[task.name]
+
+    # -- one cell -----------------------------------------------------------------------------------------
+    def run(self, cell: EvalCell) -> list[dict[str, Any]]:
+        """Rows of one eval cell (not written)."""
+        task = self.registry.task(cell.task)
+        backend = self.backend(cell.backend)
+        encoded = self.encoded(task)
+        stats = PassStats()
+        logits = self._predict(task, backend, stats)
+        is_reference = backend is self.backend(self.context.reference)
+        if is_reference:
+            self._reference.setdefault(task.name, (logits, stats))
+        common = {"run_id": self.context.run_id, "timestamp": self.context.timestamp, "plan_id": self.context.plan_id,
+                  "cell_id": cell.id, **process_fields(torch.get_num_threads()),
+                  "data_source": self.source.label, "model": self.models.name(task), "task": task.name,
+                  "split": task.split, "n_examples": len(encoded), "batch_size": self.context.max_examples}
+        predictions = task.predictions(logits)
+        out = [row(common, backend, "quality", m.name, m.fn(encoded.labels, predictions), "score", m.direction)
+               for m in task.metrics]
+        out += [
+            row(common, backend, "throughput", "eval_tokens_per_s", stats.tokens_per_second, "tokens/s", "higher"),
+            row(common, backend, "throughput", "eval_wall_time", stats.wall_time, "s", "lower"),
+            row(common, backend, "throughput", "padding_waste", stats.padding_waste, "ratio", "lower"),
+            row(common, backend, "throughput", "time_outside_model", stats.outside_model, "ratio", "lower"),
+        ]
+        if is_reference:
+            return out
+        for name, value in agreement(self.reference_logits(task), logits, task.is_regression).items():
+            out.append(row(common, backend, "agreement", name, value, "ratio" if name == "agreement" else "logit",
+                           "higher" if name == "agreement" else "lower"))
+        if self.context.fidelity_examples:
+            batches, reference = self.reference_fidelity(task)
+            figures = attention_fidelity(self.prepared(task, backend), backend, batches, reference,
+                                         self.models.forward_kwargs(task))
+            n = min(self.context.fidelity_examples, len(encoded))
+            for name, value in figures.items():
+                unit, direction = FIDELITY_METRICS.get(name, ("ratio", "higher"))
+                out.append(row({**common, "n_examples": n}, backend, "fidelity", name, value, unit, direction))
+        return out
+
+
+_SESSIONS: OrderedDict[tuple[str, str], EvalSession] = OrderedDict()
+
+
+def adopt_session(session: EvalSession) -> EvalSession:
+    """Make ``session`` the one this process uses for its context (the runner shares its own this way)."""
+    _SESSIONS[(session.context.plan_id, session.context.run_id)] = session
+    while len(_SESSIONS) > 2:
+        _SESSIONS.popitem(last=False)
+    return session
+
+
+def session_for(context: EvalContext) -> EvalSession:
+    """This process's session for ``context`` (built on first use; the last two are kept)."""
+    session = _SESSIONS.get((context.plan_id, context.run_id))
+    return session if session is not None else adopt_session(EvalSession(context))
+
+
+def run_eval_cell(context: EvalContext, cell: EvalCell) -> list[dict[str, Any]]:
+    """Executor entry point: run one cell with this process's session and write its rows to the store."""
+    rows = session_for(context).run(cell)
+    if context.store is not None:
+        write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+    return rows

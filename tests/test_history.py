@@ -1,0 +1,152 @@
+"""compare, change points, the asv importer and the report, on constructed data with known answers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.changepoints import e_divisive
+from harness.cli import main
+from harness.compare import compare, compare_samples
+from harness.regressions import find_regressions
+from harness.report import build_report, pareto_front
+from harness.store import read_results, write_rows
+
+ASV_FIXTURE = Path(__file__).parent / "fixtures" / "asv_results"
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def timing_rows(run_id: str, commit: str, samples: dict[str, np.ndarray], when: datetime, machine="box") -> list:
+    return [{"run_id": run_id, "timestamp": when, "source": "harness", "commit": commit, "machine": machine,
+             "backend": backend, "metric": "latency_forward", "category": "speed", "unit": "s",
+             "direction": "lower", "threads": 2, "seq_len": 128, "batch_size": 8, "value": float(np.median(s)),
+             "samples": list(map(float, s))} for backend, s in samples.items()]
+
+
+@pytest.mark.parametrize("factor, direction, expected", [
+    (1.00, "lower", {"not significant", "within threshold"}),
+    (1.08, "lower", {"regression"}),
+    (0.92, "lower", {"improvement"}),
+    (0.92, "higher", {"regression"}),
+    (1.02, "lower", {"within threshold", "not significant"}),
+])
+def test_compare_samples_known_answers(factor, direction, expected):
+    rng = np.random.default_rng(7)
+    a = rng.normal(0.100, 0.002, 20)
+    b = rng.normal(0.100 * factor, 0.002, 20)
+    result = compare_samples(a, b, direction)
+    assert result["verdict"] in expected
+    assert result["ci_low"] <= result["ratio"] <= result["ci_high"]
+    if factor != 1.0:
+        assert abs(result["ratio"] - factor) < 0.01
+
+
+def test_noise_only_is_not_significant():
+    rng = np.random.default_rng(3)
+    verdicts = [compare_samples(rng.normal(1, 0.05, 10), rng.normal(1, 0.05, 10), "lower")["verdict"]
+                for _ in range(40)]
+    assert verdicts.count("regression") + verdicts.count("improvement") <= 2  # ~5 % false alarms at alpha 0.05
+
+
+def test_compare_through_the_store_and_cli_exit_codes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    store = tmp_path / "store"
+    base = {"dense": rng.normal(0.1, 0.002, 15), "topk:k=8": rng.normal(0.3, 0.006, 15)}
+    slower = {"dense": rng.normal(0.1, 0.002, 15), "topk:k=8": rng.normal(0.33, 0.006, 15)}
+    write_rows(store, timing_rows("run-a", "a" * 40, base, T0), {"run_id": "run-a"})
+    write_rows(store, timing_rows("run-b", "b" * 40, slower, T0 + timedelta(hours=1)), {"run_id": "run-b"})
+    write_rows(store, timing_rows("run-c", "c" * 40, base, T0, machine="other"), {"run_id": "run-c"})
+    result = compare(read_results(store), "aaaa", "bbbb")
+    verdicts = dict(zip(result.table["backend"], result.table["verdict"]))
+    assert verdicts["topk:k=8"] == "regression" and verdicts["dense"] != "regression"
+    assert set(result.table["machine"]) == {"box"}  # never paired across machines
+    assert main(["compare", "aaaa", "bbbb", "--store", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert "❌ regression" in out and "topk:k=8" in out and "| verdict |" in out
+    assert main(["compare", "run-a", "run-a", "--store", str(store)]) == 0
+    assert main(["compare", "aaaa", "zzzz", "--store", str(store)]) == 2
+    assert "no results for 'zzzz'" in capsys.readouterr().err
+
+
+def test_e_divisive_finds_a_step_and_nothing_in_noise():
+    rng = np.random.default_rng(11)
+    series = 1 + rng.normal(0, 0.005, 20)
+    assert e_divisive(series) == []
+    series[12:] *= 1.05
+    ((index, p),) = e_divisive(series)
+    assert index == 12 and p < 0.01
+    two = np.r_[np.full(8, 1.0), np.full(8, 1.2), np.full(8, 0.9)] + rng.normal(0, 0.005, 24)
+    assert [i for i, _ in e_divisive(two)] == [8, 16]
+
+
+def test_regressions_over_a_synthetic_history_in_the_store(tmp_path, capsys):
+    """20 commits, a 5 % slowdown of one backend at commit 13: flagged there, nowhere else."""
+    rng = np.random.default_rng(5)
+    store = tmp_path / "store"
+    for i in range(20):
+        commit = f"{i:02d}" + "f" * 38
+        slow = 1.05 if i >= 13 else 1.0
+        drift = rng.normal(0, 0.005)  # run-to-run drift shared by the run's samples
+        samples = {"dense": 0.1 * (1 + drift) * rng.normal(1, 0.01, 10),
+                   "topk:k=8": 0.3 * slow * (1 + drift) * rng.normal(1, 0.01, 10)}
+        write_rows(store, timing_rows(f"run-{i}", commit, samples, T0 + timedelta(hours=i)), {"run_id": f"r{i}"})
+    points = find_regressions(read_results(store))
+    assert [(p.series[3], p.commit[:2], p.regression) for p in points] == [("topk:k=8", "13", True)]
+    assert abs(points[0].ratio - 1.05) < 0.01
+    assert main(["regressions", "--store", str(store)]) == 1
+    assert "| regression | 13ffffffff" in capsys.readouterr().out
+
+
+def test_asv_results_fixture_imports_idempotently(tmp_path, capsys):
+    store = tmp_path / "store"
+    results = tmp_path / "asv"
+    shutil.copytree(ASV_FIXTURE, results)
+    assert main(["import-asv", str(results), "--store", str(store)]) == 0
+    first = read_results(store)
+    assert main(["import-asv", str(results), "--store", str(store)]) == 0
+    assert "0 imported" in capsys.readouterr().out.splitlines()[-1]
+    assert len(read_results(store)) == len(first) > 0
+    assert set(first["source"]) == {"asv"} and first["commit"].nunique() >= 2
+    speed = first[first["metric"] == "bench_speed.BackendSpeed.time_attention_core"]
+    assert set(speed["backend"]) >= {"dense", "dense:impl=eager"}
+    assert speed["threads"].notna().all() and speed["seq_len"].isin([128, 512]).all()
+    assert (speed["unit"] == "seconds").all() and (speed["direction"] == "lower").all()
+    assert speed["samples"].map(lambda s: s is not None and len(s) > 1).all()  # recorded with --record-samples
+    stats = json.loads(speed["extra"].iloc[0])["stats"]
+    assert {"q_25", "q_75"} <= set(stats)
+
+
+def test_asv_import_needs_benchmarks_json(tmp_path, capsys):
+    assert main(["import-asv", str(tmp_path), "--store", str(tmp_path / "s")]) == 2
+    assert "benchmarks.json not found" in capsys.readouterr().err
+
+
+def test_pareto_front():
+    points = pd.DataFrame({"latency": [1.0, 2.0, 3.0, 1.5], "score": [0.7, 0.8, 0.75, 0.6]},
+                          index=["a", "b", "c", "d"])
+    assert list(pareto_front(points).index) == ["a", "b"]
+
+
+def test_report_renders_pareto_and_history_plots(tmp_path):
+    rng = np.random.default_rng(1)
+    store = tmp_path / "store"
+    for i in range(12):  # 6 vs 6 commits: the permutation test can reach p < 0.01
+        samples = {"dense": rng.normal(0.1, 0.001, 5) * (1.1 if i >= 6 else 1.0)}
+        rows = timing_rows(f"run-{i}", f"{i:02d}" + "e" * 38, samples, T0 + timedelta(hours=i))
+        rows += [{**rows[0], "metric": "latency_attention_core", "value": 0.004, "samples": [0.004] * 3},
+                 {**rows[0], "category": "quality", "metric": "accuracy", "task": "sst2", "value": 0.8,
+                  "unit": "score", "direction": "higher", "samples": None}]
+        write_rows(store, rows, {"run_id": f"run-{i}"})
+    page = build_report(read_results(store))
+    assert page.startswith("<!doctype html>") and "Pareto" in page
+    assert page.count("data:image/png;base64,") >= 3  # one Pareto plot and the history plots
+    assert "regression" in page  # the injected 10 % step is listed
+    assert "<script" not in page and "http" not in page  # self-contained
+    assert main(["report", "--store", str(store), "--output", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text().count("<img") >= 3
