@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.dense",
     "plugins.dynamic_quant",
     "plugins.topk",
+    "plugins.fbgemm_int8",
 )
 
 PLUGINS_ENV = "ATTNBENCH_PLUGINS"

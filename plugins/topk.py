@@ -1,8 +1,11 @@
 """``topk``: sparse attention that keeps the ``k`` best keys per query, chosen with low-precision scores.
 
-1. Q and K are fake-quantized to ``bits`` bits (symmetric, one scale per sequence, per head or per token —
-   ``granularity``; scales come from the sequence's own valid tokens only, so a result never depends on the
-   other sequences of a batch or on how much padding it has). ``smooth_k`` first subtracts K's mean over the
+1. Approximate scores, by one of two ``scorer`` s. ``fake``: Q and K are fake-quantized to ``bits`` bits
+   (symmetric) and multiplied in float. ``fbgemm``: Q is quantized to 7-bit u8 (asymmetric) and K to s8
+   (symmetric) and Q·Kᵀ really runs in int8 on FBGEMM (``cython_kernels``); its precision is fixed, so
+   ``bits`` must stay 8. Either way there is one scale per sequence, per head or per token
+   (``granularity``), computed from the sequence's own valid tokens only, so a result never depends on the
+   other sequences of a batch or on how much padding it has. ``smooth_k`` first subtracts K's mean over the
    valid tokens: every score of a row shifts by the same constant, so the exact ranking is unchanged, but the
    quantization grid fits the spread of K better.
 2. The approximate scores select the ``k`` best *valid* keys per query (padding keys are never selected;
@@ -18,9 +21,12 @@ from typing import Callable
 
 import torch
 
-from harness import REQUIRED, Backend, Param, hookimpl
+import cython_kernels as ck
+from harness import REQUIRED, Backend, Param, ParamError, hookimpl
 
 GRANULARITIES = ("tensor", "head", "token")
+SCORERS = ("fake", "fbgemm")
+FBGEMM_BITS = 8  # the only `bits` the fbgemm scorer accepts: 7-bit Q (the 7-bit rule), 8-bit K
 
 
 def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor:
@@ -45,6 +51,31 @@ def fake_quantize(x: torch.Tensor, bits: int, granularity: str, valid_tokens: to
     dims = {"tensor": (1, 2, 3), "head": (2, 3), "token": (3,)}[granularity]
     scale = magnitude.amax(dim=dims, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny) / qmax
     return torch.round(x / scale).clamp(-qmax, qmax) * scale
+
+
+def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Tensor, granularity: str) -> torch.Tensor:
+    """Q·Kᵀ ``(batch, heads, q_len, k_len)`` computed in int8 by FBGEMM: Q as 7-bit u8 (asymmetric), K as s8.
+
+    Padding tokens (``valid_tokens`` False, ``(batch, 1, tokens, 1)``) are zeroed first, which leaves every
+    scale to the valid tokens (both quantizers keep 0 exact); their own scores are meaningless.
+    """
+    b, h, s, d = query.shape
+    weights = valid_tokens.to(query.dtype)
+    q = (query * weights).reshape(b * h, s, d)
+    k = (key * weights).reshape(b * h, s, d)
+    if granularity == "token":
+        qq, q_scale, q_zero = ck.quantize_u7_asym(q, per="row")
+        kq, k_scale = ck.quantize_s8_sym(k, per="row")
+        return ck.dequantize_s32(ck.gemm_u8s8_s32(qq, kq), kq, q_scale, q_zero, k_scale).view(b, h, s, s)
+    if granularity == "head":
+        qq, q_scale, q_zero = ck.quantize_u7_asym(q, per="matrix")
+        kq, k_scale = ck.quantize_s8_sym(k, per="matrix")
+    else:  # one scale per sequence, shared by its heads
+        qq, q_scale, q_zero = ck.quantize_u7_asym(q.view(b, h * s, d), per="matrix")
+        kq, k_scale = ck.quantize_s8_sym(k.view(b, h * s, d), per="matrix")
+        qq, kq = qq.view(b * h, s, d), kq.view(b * h, s, d)
+        q_scale, q_zero, k_scale = (x.repeat_interleave(h) for x in (q_scale, q_zero, k_scale))
+    return ck.gemm_u8s8_f32(qq, kq, q_scale, q_zero, k_scale).view(b, h, s, s)
 
 
 def _ordered_keys(scores: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
@@ -102,14 +133,34 @@ def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
 class TopK(Backend):
     name = "topk"
-    description = "top-k sparse attention: keys chosen with fake-quantized scores, exact softmax over them"
+    description = "top-k sparse attention: keys chosen with low-precision scores, exact softmax over them"
     params = (
         Param("k", int, REQUIRED, "keys kept per query", min=1),
-        Param("bits", int, 8, "bits of the fake-quantized Q and K used for selection", min=2, max=16),
+        Param("bits", int, 8, "bits of the fake-quantized Q and K used for selection (scorer=fake)", min=2, max=16),
         Param("granularity", str, "head", "quantization scale per sequence, head or token",
               choices=GRANULARITIES),
         Param("smooth_k", bool, False, "subtract K's mean over tokens before quantizing"),
+        Param("scorer", str, "fake", "selection scores fake-quantized in float, or int8 on FBGEMM (7-bit Q, 8-bit K)",
+              choices=SCORERS),
     )
+
+    def check_values(self) -> None:
+        if self.values["scorer"] == "fbgemm" and self.values["bits"] != FBGEMM_BITS:
+            k, bits = self.values["k"], self.values["bits"]
+            raise ParamError(f"topk: scorer=fbgemm scores with FBGEMM's fixed 7-bit Q and 8-bit K, so bits={bits} "
+                             f"cannot apply; write 'topk:k={k},scorer=fbgemm' (no bits) or "
+                             f"'topk:k={k},bits={bits}' (the fake scorer)")
+
+    def availability(self) -> str | None:
+        """``scorer=fbgemm`` needs the compiled kernels; the fake scorer runs everywhere."""
+        if self.values["scorer"] == "fbgemm" and not ck.AVAILABLE:
+            return f"scorer=fbgemm needs cython_kernels: {ck.UNAVAILABLE_REASON}"
+        return None
+
+    def run_facts(self) -> dict[str, str]:
+        if self.values["scorer"] == "fbgemm" and ck.AVAILABLE:
+            return {"fbgemm_isa": str(ck.cpu_features()["isa"])}
+        return {}
 
     def approximate_scores(self, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
         """Low-precision scores used only for ranking (no softmax scaling: it does not change the order)."""
@@ -119,6 +170,8 @@ class TopK(Backend):
             mean = (key * weights).sum(dim=2, keepdim=True) / weights.sum(dim=2, keepdim=True).clamp(min=1)
             key = key - mean
         bits, granularity = self.values["bits"], self.values["granularity"]
+        if self.values["scorer"] == "fbgemm":
+            return fbgemm_scores(query, key, valid_tokens, granularity)
         q = fake_quantize(query, bits, granularity, valid_tokens)
         k = fake_quantize(key, bits, granularity, valid_tokens)
         return q @ k.transpose(-1, -2)

@@ -1,4 +1,4 @@
-"""The fake-quant top-k backend: selection rules, equality with dense, parameter validation, recall."""
+"""The top-k backend with both scorers: selection rules, equality with dense, parameter validation, recall."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+import cython_kernels as ck
 from harness import ParamError
 from harness.runner import prepare_model
 from plugins.topk import TopK, fake_quantize, key_validity, select_keys
 
 from conftest import tiny_classifier
+
+needs_kernels = pytest.mark.skipif(not ck.AVAILABLE, reason=f"cython_kernels unavailable: {ck.UNAVAILABLE_REASON}")
+SCORERS = ["fake", pytest.param("fbgemm", marks=needs_kernels)]
 
 
 class _Module(torch.nn.Module):
@@ -31,12 +35,14 @@ def dense(q, k, v, mask):
     return sdpa_attention_forward(_Module(), q, k, v, mask, scaling=q.shape[-1] ** -0.5)[0]
 
 
+@pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize("k", [5, 12, 50])
-def test_k_at_least_the_valid_length_equals_dense(k):
+def test_k_at_least_the_valid_length_equals_dense(k, scorer):
     q, key, v = qkv()
     lengths = [5, 12, 3]
     mask = padding_mask(lengths, 12)
-    out = TopK(k=k, bits=4).attention(_Module(), q, key, v, mask, scaling=16 ** -0.5)[0]
+    backend = TopK(k=k, bits=4) if scorer == "fake" else TopK(k=k, scorer="fbgemm")
+    out = backend.attention(_Module(), q, key, v, mask, scaling=16 ** -0.5)[0]
     ref = dense(q, key, v, mask)
     for row, n in enumerate(lengths):
         if k >= n:
@@ -69,13 +75,17 @@ def test_ties_go_to_the_lower_key_index_deterministically():
     assert sorted(index.flatten().tolist()) == [0, 1]  # -0.0 ties with +0.0
 
 
-def test_scales_ignore_other_sequences_and_padding():
+@pytest.mark.parametrize("scorer", SCORERS)
+@pytest.mark.parametrize("granularity", ["tensor", "head", "token"])
+def test_scales_ignore_other_sequences_and_padding(scorer, granularity):
     """A sequence gives the same output alone, unpadded, as inside a padded batch with a huge neighbour."""
     q, key, v = qkv(batch=2, seq=9)
     q[1] *= 1000
     key[1] *= 1000
+    q[0, :, 6:] = key[0, :, 6:] = 1e4  # and huge padding
     mask = padding_mask([6, 9], 9)
-    backend = TopK(k=3, bits=3, granularity="tensor", smooth_k=True)
+    bits = {"bits": 3} if scorer == "fake" else {}
+    backend = TopK(k=3, granularity=granularity, smooth_k=True, scorer=scorer, **bits)
     batched = backend.attention(_Module(), q, key, v, mask, scaling=0.25)[0]
     alone = backend.attention(_Module(), q[:1, :, :6], key[:1, :, :6], v[:1, :, :6], None, scaling=0.25)[0]
     torch.testing.assert_close(batched[0, :6], alone[0], atol=1e-6, rtol=0)
@@ -110,6 +120,47 @@ def test_fidelity_stats_by_hand():
     assert TopK(k=2, bits=2).fidelity_stats(q, key, None, 1.0)["topk_recall"] == 1.0
 
 
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_padding_keys_are_never_selected_by_either_scorer(scorer):
+    q, key, _ = qkv(batch=3, seq=16, seed=7)
+    lengths = [16, 9, 2]
+    mask = padding_mask(lengths, 16)
+    key[1, :, 9:] = q[1].mean(dim=1, keepdim=True) * 100  # padding keys aligned with every query
+    backend = TopK(k=4, scorer=scorer)
+    valid = key_validity(mask, q)
+    index, selected = select_keys(backend.approximate_scores(q, key, valid), valid, 4)
+    for row, n in enumerate(lengths):
+        assert (index[row][selected[row]] < n).all()
+        assert (selected[row].sum(-1) == min(4, n)).all()
+
+
+@needs_kernels
+def test_fbgemm_scorer_breaks_ties_towards_the_lower_key():
+    q, key, _ = qkv(batch=1, heads=2, seq=10, seed=8)
+    key[:] = key[:, :, :1]  # every key the same: every score of a row ties
+    valid = key_validity(None, q)
+    index, _ = select_keys(TopK(k=3, scorer="fbgemm").approximate_scores(q, key, valid), valid, 3)
+    assert (index.sort(dim=-1).values == torch.arange(3)).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("granularity", ["tensor", "head", "token"])
+def test_fbgemm_scores_rank_like_the_exact_ones(granularity):
+    q, key, _ = qkv(batch=2, heads=4, seq=64, dim=32, seed=3)
+    stats = TopK(k=8, scorer="fbgemm", granularity=granularity).fidelity_stats(q, key, None, 32 ** -0.5)
+    fake = TopK(k=8, bits=8, granularity=granularity).fidelity_stats(q, key, None, 32 ** -0.5)
+    assert stats["topk_recall"] > 0.97 and abs(stats["topk_recall"] - fake["topk_recall"]) < 0.03
+
+
+def test_fbgemm_scorer_is_unavailable_without_the_kernels(registry, monkeypatch):
+    monkeypatch.setattr(ck, "AVAILABLE", False)
+    monkeypatch.setattr(ck, "UNAVAILABLE_REASON", "extension not built")
+    assert registry.resolve("topk:k=4").unavailable_reason() is None
+    assert registry.resolve("topk:k=4,scorer=fbgemm").unavailable_reason() == (
+        "topk: scorer=fbgemm needs cython_kernels: extension not built")
+    assert TopK.unavailable_reason() is None  # the backend as a whole stays available
+
+
 @pytest.mark.parametrize("spec, message", [
     ("topk", r"parameter\(s\) k required"),
     ("topk:k=0", "must be in 1.."),
@@ -118,6 +169,9 @@ def test_fidelity_stats_by_hand():
     ("topk:k=4,granularity=row", "one of tensor, head, token"),
     ("topk:k=4,smooth_k=perhaps", "true or false"),
     ("topk:k=4,kk=2", "unknown parameter 'kk'"),
+    ("topk:k=4,scorer=int4", "one of fake, fbgemm"),
+    ("topk:k=4,bits=4,scorer=fbgemm", r"bits=4 cannot apply; write 'topk:k=4,scorer=fbgemm' \(no bits\) or "
+                                      r"'topk:k=4,bits=4' \(the fake scorer\)"),
 ])
 def test_parameters_are_validated(registry, spec, message):
     with pytest.raises(ParamError, match=message):

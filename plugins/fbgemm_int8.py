@@ -1,0 +1,81 @@
+"""``fbgemm-int8``: self-attention whose matmuls run in int8 on FBGEMM (``cython_kernels.attention_u8s8``).
+
+Per (sequence, head), fused in blocks of 64 query rows on the CPU cores:
+
+1. Q as 7-bit u8 per token (asymmetric: the 7-bit rule that keeps FBGEMM exact on AVX2 without VNNI),
+   K as s8 per token (symmetric); ``smooth_k`` first subtracts K's mean over the valid tokens, which
+   shifts every score of a row by the same constant (softmax unchanged in exact arithmetic) and lets
+   the grid fit the spread of K. Q·Kᵀ is exact in int32, then dequantized and scaled.
+2. Softmax in float; padding keys get weight exactly 0, as in the dense backend.
+3. P·V: ``pv=int8`` codes the softmax weights as u8 with one scale per query row (at least 1/255 of
+   the row's largest weight, and large enough that any two adjacent codes sum to at most 258, so that
+   AVX2's int16 pair sums cannot saturate with V as s8 per channel) and runs an int32 GEMM;
+   ``pv=float`` keeps P and V in float (MKL sgemm).
+
+Every scale comes from one sequence's own valid tokens, so a result never depends on the other
+sequences of the batch or on the amount of padding. Accuracy against dense SDPA, measured on MiniLM's
+real attention inputs (6 layers, GLUE text, seq 128 and 512): relative L2 error of the attention output
+about 1.0 % (``pv=float``) and 1.4 % (``pv=int8``), cosine 0.9996 and 0.9993. A fixed P scale of 1/255
+(codes of the normalised weights) was 16 % off at seq 512, where most weights are below 1/510.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import cython_kernels as ck
+from harness import Backend, Param, hookimpl
+
+
+def key_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``(batch, k_len)`` bool, True for keys every query attends to; None when there is no mask.
+
+    :raises ValueError: if the mask is not a key-padding mask (it masks different keys for different
+        queries), which the int8 kernel does not implement.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dtype != torch.bool or attention_mask.ndim != 4 or attention_mask.shape[1] != 1:
+        raise TypeError("fbgemm-int8 expects a bool (batch, 1, q_len, k_len) attention mask (mask_kind='bool'), "
+                        f"got {attention_mask.dtype} {tuple(attention_mask.shape)}")
+    rows = attention_mask[:, 0]
+    keys = rows[:, 0]
+    if not torch.equal(rows, keys[:, None, :].expand_as(rows)):
+        raise ValueError("fbgemm-int8 supports key-padding masks only (the same keys masked for every query); "
+                         "this mask differs between query rows")
+    return keys
+
+
+class FbgemmInt8(Backend):
+    name = "fbgemm-int8"
+    description = "int8 Q·Kᵀ on FBGEMM (7-bit Q, 8-bit K per token), float softmax, P·V in int8 or float"
+    params = (
+        Param("pv", str, "int8", "P·V in int8 (u8 weights, s8 V per channel) or in float", choices=("int8", "float")),
+        Param("smooth_k", bool, False, "subtract K's mean over the valid tokens before quantizing"),
+    )
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None if ck.AVAILABLE else ck.UNAVAILABLE_REASON
+
+    def run_facts(self) -> dict[str, str]:
+        """The FBGEMM ISA in use (VNNI or AVX2) and whether the kernel packs K and V itself."""
+        if not ck.AVAILABLE:
+            return {}
+        return {"fbgemm_isa": str(ck.cpu_features()["isa"]), "fbgemm_own_packing": str(ck.own_packing()).lower()}
+
+    def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  **kwargs) -> tuple[torch.Tensor, None]:
+        if dropout:
+            raise NotImplementedError("fbgemm-int8 is an inference backend: attention dropout is not supported")
+        out = ck.attention_u8s8(query, key, value, key_padding(attention_mask), scaling=scaling,
+                                pv=self.values["pv"], smooth_k=self.values["smooth_k"])
+        return out, None
+
+
+@hookimpl
+def register_backends(register: Callable[[type[Backend]], None]) -> None:
+    register(FbgemmInt8)
