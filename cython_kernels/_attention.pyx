@@ -35,6 +35,7 @@ from cython.parallel cimport parallel, prange
 from libc.math cimport fabsf, fmaf
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from cython_kernels._blas cimport sgemm_
@@ -290,22 +291,49 @@ cdef inline uint32_t _word(const int8_t* x, Py_ssize_t stride, int count) noexce
 
 cdef void _put_transposed(Packed* p, const int8_t* codes, int n, int k) noexcept nogil:
     """Write B = codes^T into p's buffer; codes is (n, k) row-major (rows of K, i.e. keys)."""
-    cdef int c, g
+    cdef int c, g, full = k // 4
+    cdef uint32_t word
     for c in range(n):
-        for g in range((k + 3) // 4):
-            (<uint32_t*>(p.buf + p.row_offset[g] + p.col_offset[c]))[0] = _word(codes + c * k + 4 * g, 1,
-                                                                                min(4, k - 4 * g))
+        for g in range(full):
+            memcpy(&word, codes + c * k + 4 * g, 4)
+            (<uint32_t*>(p.buf + p.row_offset[g] + p.col_offset[c]))[0] = word
+        if k % 4:
+            (<uint32_t*>(p.buf + p.row_offset[full] + p.col_offset[c]))[0] = _word(codes + c * k + 4 * full, 1, k % 4)
 
 
 cdef void _put(Packed* p, const int8_t* codes, int k, int n) noexcept nogil:
     """Write B = codes into p's buffer; codes is (k, n) row-major (rows of V, i.e. keys)."""
-    cdef int c, g, count
-    cdef uint32_t* dst
+    cdef int c, g, count, l
+    cdef const int8_t* rows[4]
+    cdef int8_t* dst
+    cdef __m128i r0, r1, r2, r3, lo, hi
+    cdef int8_t zeros[16]
+    memset(zeros, 0, 16)
     for g in range((k + 3) // 4):
         count = min(4, k - 4 * g)
-        dst = <uint32_t*>(p.buf + p.row_offset[g])
-        for c in range(n):
-            (<uint32_t*>(<int8_t*>dst + p.col_offset[c]))[0] = _word(codes + 4 * g * n + c, n, count)
+        dst = p.buf + p.row_offset[g]
+        c = 0
+        if p.ncb % 16 == 0:
+            # 16 channels of 4 keys at a time: interleave the 4 rows' bytes into 16 words; a block of
+            # NCB columns holds consecutive words, so 4 channels go in one 16-byte store.
+            for l in range(4):
+                rows[l] = codes + (4 * g + l) * n if l < count else zeros
+            while c + 16 <= n:
+                r0 = _mm_loadu_si128(<const __m128i*>(rows[0] + (c if count > 0 else 0)))
+                r1 = _mm_loadu_si128(<const __m128i*>(rows[1] + (c if count > 1 else 0)))
+                r2 = _mm_loadu_si128(<const __m128i*>(rows[2] + (c if count > 2 else 0)))
+                r3 = _mm_loadu_si128(<const __m128i*>(rows[3] + (c if count > 3 else 0)))
+                lo = _mm_unpacklo_epi8(r0, r1)
+                hi = _mm_unpacklo_epi8(r2, r3)
+                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c]), _mm_unpacklo_epi16(lo, hi))
+                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c + 4]), _mm_unpackhi_epi16(lo, hi))
+                lo = _mm_unpackhi_epi8(r0, r1)
+                hi = _mm_unpackhi_epi8(r2, r3)
+                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c + 8]), _mm_unpacklo_epi16(lo, hi))
+                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c + 12]), _mm_unpackhi_epi16(lo, hi))
+                c += 16
+        for c in range(c, n):
+            (<uint32_t*>(dst + p.col_offset[c]))[0] = _word(codes + 4 * g * n + c, n, count)
 
 
 cdef int _packing_matches(matrix_op_t trans, int k, int n) except -1 nogil:

@@ -54,6 +54,14 @@ cdef extern from "immintrin.h" nogil:
     void _mm256_storeu_si256(__m256i* p, __m256i a)
     int _mm256_movemask_ps(__m256 a)
 
+    __m128i _mm_loadu_si128(const __m128i* p)
+    void _mm_storeu_si128(__m128i* p, __m128i a)
+    __m128i _mm_setzero_si128()
+    __m128i _mm_unpacklo_epi8(__m128i a, __m128i b)
+    __m128i _mm_unpackhi_epi8(__m128i a, __m128i b)
+    __m128i _mm_unpacklo_epi16(__m128i a, __m128i b)
+    __m128i _mm_unpackhi_epi16(__m128i a, __m128i b)
+
 
 cdef extern from *:
     void __builtin_prefetch(const void* addr) nogil

@@ -52,8 +52,8 @@ def measure(cases: dict[str, Callable[[], object]], repeats: int = 7, min_time: 
     return samples
 
 
-def _cpu_ticks() -> tuple[float, int, int] | None:
-    """(wall time, busy ticks of the whole machine, ticks of this process) on Linux."""
+def cpu_ticks() -> tuple[float, int, int] | None:
+    """(wall time, busy ticks of the whole machine, ticks of this process) on Linux, else None."""
     try:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
@@ -67,14 +67,18 @@ def _cpu_ticks() -> tuple[float, int, int] | None:
 
 def measure_with_load(cases: dict[str, Callable[[], object]], repeats: int, min_time: float) -> tuple[dict[str, list[float]], float | None]:
     """``measure`` plus the mean number of cores other processes kept busy meanwhile."""
-    start = _cpu_ticks()
+    start = cpu_ticks()
     samples = measure(cases, repeats, min_time)
-    end = _cpu_ticks()
+    return samples, foreign_load(start, cpu_ticks())
+
+
+def foreign_load(start: tuple[float, int, int] | None, end: tuple[float, int, int] | None) -> float | None:
+    """Mean number of cores that other processes kept busy between two ``cpu_ticks()`` readings."""
     if start is None or end is None:
-        return samples, None
+        return None
     ticks_per_s = os.sysconf("SC_CLK_TCK")
     foreign = (end[1] - start[1]) - (end[2] - start[2])
-    return samples, max(0.0, foreign / ticks_per_s / (end[0] - start[0]))
+    return max(0.0, foreign / ticks_per_s / (end[0] - start[0]))
 
 
 def _configs(batch_heads: Iterable[int], seq: Iterable[int], head_dim: Iterable[int], threads: Iterable[int]):

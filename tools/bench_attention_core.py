@@ -1,0 +1,149 @@
+"""Attention-core latency of the built-in backends side by side, where the int8 core's time goes, and
+the raw int8 vs fp32 GEMM speed at attention shapes. Prints markdown tables.
+
+    python tools/bench_attention_core.py                      # seq 128 and 512, batch 8, 1 and 2 threads
+    python tools/bench_attention_core.py --repeats 40 --no-gemm
+
+The attention core is what the runner and asv time (``harness.speed``): the backend's attention function
+(``harness.attention.attention_function``) called as the embedded MiniLM's first layer calls it, on seeded
+random q/k/v of shape (batch, 12 heads, seq, 32) without a mask. All backends of one (seq, threads)
+configuration are timed round-robin in this process (``harness.measure.time_interleaved``: warm-up,
+rotating order, one sample per call); cells give the median in ms, the IQR and the speed-up over dense SDPA.
+``other load`` is the mean number of cores other processes kept busy meanwhile: numbers taken while it is
+well above 0 are not to be trusted on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cython_kernels as ck  # noqa: E402
+from cython_kernels import bench  # noqa: E402
+from harness import load_registry  # noqa: E402
+from harness.measure import Timing, time_interleaved  # noqa: E402
+from harness.models import load_task_models  # noqa: E402
+from harness.runner import prepare_model  # noqa: E402
+from harness.speed import SPEED_TASK, attention_core_call, random_qkv  # noqa: E402
+
+BACKENDS = ("dense", "dense:impl=eager", "fbgemm-int8", "fbgemm-int8:pv=float", "topk:k=16",
+            "topk:k=16,scorer=fbgemm")
+REFERENCE = "dense"
+
+
+def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: int, warmup: int,
+               ) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
+    """Median-ready timings of every backend's attention core, the foreign load, and int8 phase profiles."""
+    torch.set_num_threads(threads)
+    registry = load_registry()
+    task = registry.task(SPEED_TASK)
+    models = load_task_models(None, [task])
+    base = models.model(task)
+    qkv = random_qkv(base.config, batch, seq)
+    calls = {}
+    for spec in specs:
+        backend = registry.resolve(spec)
+        calls[spec] = attention_core_call(backend, prepare_model(base, backend), qkv)
+    gc.collect()
+    gc.freeze()  # time_interleaved collects before every sample: keep that cheap
+    start = bench.cpu_ticks()
+    timings = time_interleaved(calls, repeats=repeats, warmup=warmup)
+    load = bench.foreign_load(start, bench.cpu_ticks())
+    gc.unfreeze()
+    profiles = {}
+    for pv in ("int8", "float"):
+        profile = np.zeros(len(ck.ATTENTION_PHASES))
+        q, k, v = qkv
+        for _ in range(repeats):
+            ck.attention_u8s8(q, k, v, pv=pv, profile=profile)
+        profiles[pv] = profile / repeats
+    return timings, load, profiles
+
+
+def latency_table(results: dict[tuple[int, int], tuple[dict[str, Timing], float | None, dict]], specs: list[str]) -> str:
+    configs = sorted(results)
+    head = "| backend | " + " | ".join(f"seq {s}, {t} thread{'s' if t > 1 else ''}" for s, t in configs) + " |"
+    lines = [head, "|---|" + "---:|" * len(configs)]
+    for spec in specs:
+        cells = []
+        for config in configs:
+            timing = results[config][0][spec]
+            ratio = results[config][0][REFERENCE].median / timing.median
+            cells.append(f"{timing.median * 1e3:.2f} ms ±{timing.iqr * 1e3:.2f} ({ratio:.2f}×)")
+        lines.append(f"| `{spec}` | " + " | ".join(cells) + " |")
+    loads = [results[c][1] for c in configs]
+    lines.append("| other load (cores) | " + " | ".join("n/a" if x is None else f"{x:.2f}" for x in loads) + " |")
+    return "\n".join(lines)
+
+
+def breakdown_table(results: dict, pv: str) -> str:
+    configs = sorted(results)
+    lines = ["| phase | " + " | ".join(f"seq {s}, {t}t" for s, t in configs) + " |", "|---|" + "---:|" * len(configs)]
+    totals = {c: results[c][2][pv].sum() for c in configs}
+    for i, phase in enumerate(ck.ATTENTION_PHASES):
+        if all(results[c][2][pv][i] == 0 for c in configs):
+            continue
+        cells = [f"{results[c][2][pv][i] * 1e3:.2f} ms ({100 * results[c][2][pv][i] / totals[c]:.0f} %)" for c in configs]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    lines.append("| total (thread-seconds) | " + " | ".join(f"{totals[c] * 1e3:.2f} ms" for c in configs) + " |")
+    return "\n".join(lines)
+
+
+def gemm_table(rows: list[dict]) -> str:
+    lines = ["| batch×heads | M=N | K | threads | int8 GOP/s | fp32 GOP/s | int8/fp32 | other load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        load = "n/a" if r["foreign_load"] is None else f"{r['foreign_load']:.2f}"
+        lines.append(f"| {r['batch_heads']} | {r['m']} | {r['k']} | {r['threads']} | {r['int8_gops']:.1f} | "
+                     f"{r['fp32_gops']:.1f} | {r['ratio']:.2f} | {load} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("-b", "--backend", action="append", help=f"backend specs (default: {', '.join(BACKENDS)})")
+    parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM GOP/s table")
+    args = parser.parse_args(argv)
+    if not ck.AVAILABLE:
+        sys.exit(f"cython_kernels unavailable: {ck.UNAVAILABLE_REASON}")
+    specs = args.backend or list(BACKENDS)
+    if REFERENCE not in specs:
+        specs.insert(0, REFERENCE)
+    features = ck.cpu_features()
+    print(f"FBGEMM ISA {features['isa']}, own packing {ck.own_packing()}, torch {torch.__version__}, "
+          f"batch {args.batch}, {args.repeats} interleaved samples per backend\n")
+    results = {}
+    for seq in args.seq:
+        for threads in args.threads:
+            results[seq, threads] = time_cores(specs, seq, args.batch, threads, args.repeats, args.warmup)
+    print("### Attention core latency (median ± IQR, speed-up over dense SDPA)\n")
+    print(latency_table(results, specs))
+    for pv in ("int8", "float"):
+        print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (per call, summed over threads)\n")
+        print(breakdown_table(results, pv))
+    if not args.no_gemm:
+        print("\n### Raw GEMM: int8 FBGEMM (packing included) vs fp32 torch.matmul, Q·Kᵀ shapes\n")
+        print(gemm_table(bench.gemm_gops()))
+    medians = {c: {s: results[c][0][s].median for s in specs} for c in results}
+    best = {c: max(medians[c][REFERENCE] / medians[c][s] for s in specs if s.startswith("fbgemm-int8"))
+            for c in medians}
+    print("\nbest fbgemm-int8 speed-up over dense SDPA: "
+          + ", ".join(f"seq {s} × {t}t {best[s, t]:.2f}×" for s, t in sorted(best)))
+    print(f"(median of per-config medians: {statistics.median(best.values()):.2f}×)")
+
+
+if __name__ == "__main__":
+    main()
