@@ -1,6 +1,7 @@
 """The results store: an append-only, hive-partitioned Parquet dataset of tidy rows.
 
-Layout: ``<store>/machine=<id>/date=<YYYY-MM-DD>/part-<run id>-<random>.parquet``. Each write creates new
+Layout: ``<store>/machine=<id>/date=<YYYY-MM-DD>/part-<run id>-<random>.parquet``, where ``<store>`` is a
+directory or any fsspec URL (``s3://bucket/results``, ``gcs://…``, ``file://…``). Each write creates new
 files only: the table is written to a hidden temporary name (``.``-prefixed, which readers ignore) in the
 target directory, flushed, then renamed, so a crash or two concurrent writers never corrupt or lose rows.
 ``machine`` and ``date`` live in the directory names (hive partitioning), not in the files.
@@ -19,9 +20,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from .errors import StoreError
 
@@ -66,20 +69,26 @@ SCHEMA = pa.schema([
 COLUMNS = tuple(SCHEMA.names) + PARTITIONS
 
 
-def _partition_dir(store: Path, machine: str, date: str) -> Path:
+def _filesystem(store: Path | str) -> tuple[Any, str]:
+    """``(fsspec filesystem, root path)`` of a store given as a directory or an fsspec URL (``s3://…``)."""
+    fs, root = fsspec.core.url_to_fs(str(store))
+    return fs, root.rstrip("/") or "/"
+
+
+def _partition(machine: str, date: str) -> str:
     for name, value in (("machine", machine), ("date", date)):
         if not value or "/" in value or value.startswith("."):
             raise StoreError(f"invalid {name} {value!r} for a store partition")
-    return store / f"machine={machine}" / f"date={date}"
+    return f"machine={machine}/date={date}"
 
 
-def write_rows(store: Path | str, rows: Iterable[Mapping[str, Any]], run: Mapping[str, Any]) -> list[Path]:
+def write_rows(store: Path | str, rows: Iterable[Mapping[str, Any]], run: Mapping[str, Any]) -> list[str]:
     """Append rows to the store; return the files written (one per machine × date in the rows).
 
     Each row is a mapping with the keys of :data:`SCHEMA` plus ``machine``; ``date`` is derived from the
     row's UTC ``timestamp``. Missing keys are stored as null. ``run`` is the run-level metadata (JSON-able).
+    ``store`` is a directory or an fsspec URL.
     """
-    store = Path(store)
     frame = pd.DataFrame(list(rows))
     if frame.empty:
         return []
@@ -92,29 +101,43 @@ def write_rows(store: Path | str, rows: Iterable[Mapping[str, Any]], run: Mappin
     frame["date"] = frame["timestamp"].dt.strftime("%Y-%m-%d")
     metadata = {RUN_METADATA_KEY: json.dumps(run, sort_keys=True, default=str).encode(),
                 VERSION_METADATA_KEY: str(SCHEMA_VERSION).encode()}
+    fs, root = _filesystem(store)
     written = []
     for (machine, date), group in frame.groupby(["machine", "date"], sort=True):
         table = pa.Table.from_pandas(group[list(SCHEMA.names)], schema=SCHEMA, preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-        directory = _partition_dir(store, str(machine), str(date))
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = f"{root}/{_partition(str(machine), str(date))}"
         name = f"part-{run.get('run_id', 'run')}-{uuid.uuid4().hex[:12]}.parquet"
-        written.append(_write_atomically(table, directory / name))
+        written.append(_write_atomically(fs, table, directory, name))
     return written
 
 
-def _write_atomically(table: pa.Table, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_atomically(fs: Any, table: pa.Table, directory: str, name: str) -> str:
+    """Write under a hidden temporary name (ignored by readers), then rename: readers never see a partial file.
+
+    Locally the data is fsync'ed before an atomic ``os.replace``; on object stores the final name is
+    created by ``fs.mv`` of a complete object.
+    """
+    final, tmp = f"{directory}/{name}", f"{directory}/.{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
+    fs.makedirs(directory, exist_ok=True)
     try:
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if isinstance(fs, LocalFileSystem):
+            with open(tmp, "wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        else:
+            with fs.open(tmp, "wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+            fs.mv(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            fs.rm(tmp)
+        except (FileNotFoundError, OSError):
+            pass
         raise
-    return path
+    return final if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(final)
 
 
 def _upgrade(table: pa.Table, version: int) -> pa.Table:
@@ -135,23 +158,26 @@ def _upgrade(table: pa.Table, version: int) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
-def data_files(store: Path | str) -> list[Path]:
-    """Every committed data file of the store (hidden temporary files excluded)."""
-    store = Path(store)
-    if not store.exists():
+def data_files(store: Path | str) -> list[str]:
+    """Every committed data file of the store (hidden temporary files excluded), as paths on its filesystem."""
+    fs, root = _filesystem(store)
+    if not fs.exists(root):
         return []
-    return sorted(p for p in store.rglob("*.parquet")
-                  if not any(part.startswith((".", "_")) for part in p.relative_to(store).parts))
+    found = fs.find(root)
+    return sorted(p for p in found if p.endswith(".parquet")
+                  and not any(part.startswith((".", "_")) for part in p[len(root):].split("/") if part))
 
 
 def read_run_metadata(path: Path | str) -> dict:
     """The run metadata stored in one data file's schema."""
-    metadata = pq.read_schema(path).metadata or {}
+    with fsspec.open(str(path), "rb") as handle:
+        metadata = pq.read_schema(handle).metadata or {}
     return json.loads(metadata.get(RUN_METADATA_KEY, b"{}"))
 
 
 def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
-    """All rows of the store as a tidy pandas DataFrame (columns :data:`COLUMNS`), oldest first.
+    """All rows of the store (a directory or an fsspec URL) as a tidy pandas DataFrame (columns
+    :data:`COLUMNS`), oldest first.
 
     A file that cannot be read is skipped with a warning naming it; nothing is deleted. Example::
 
@@ -159,16 +185,18 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
         df[df.category == "quality"].pivot_table(index="task", columns="backend", values="value",
                                                  aggfunc="median")
     """
+    fs, root = _filesystem(store)
     tables = []
     for path in data_files(store):
         try:
-            table = pq.read_table(path)
+            with fs.open(path, "rb") as handle:
+                table = pq.read_table(handle)
         except Exception as exc:
             warnings.warn(f"skipping unreadable results file {path}: {exc}", stacklevel=2)
             continue
         version = int((table.schema.metadata or {}).get(VERSION_METADATA_KEY, b"1"))
         table = _upgrade(table, version)
-        parts = dict(part.split("=", 1) for part in path.relative_to(store).parts[:-1] if "=" in part)
+        parts = dict(part.split("=", 1) for part in path[len(root):].split("/")[:-1] if "=" in part)
         for name in PARTITIONS:
             table = table.append_column(name, pa.array([parts.get(name)] * table.num_rows, pa.string()))
         tables.append(table)

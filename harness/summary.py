@@ -50,6 +50,23 @@ def _versus_reference(rows: pd.DataFrame, order: list[str], reference: str) -> l
     return tables
 
 
+def _throughput(rows: pd.DataFrame, order: list[str]) -> str:
+    """Per backend, over its eval cells: tokens/s, padding share and time spent outside the model."""
+    cells = rows[rows["category"] == "throughput"].pivot_table(index=["backend", "task"], columns="metric",
+                                                               values="value", aggfunc="first")
+    if cells.empty or "eval_wall_time" not in cells:
+        return ""
+    lines = ["evaluation passes (all tasks): tokens/s, padding share of the fed tokens, time outside the model"]
+    for backend in [b for b in order if b in cells.index.get_level_values(0)]:
+        part = cells.loc[backend]
+        wall = part["eval_wall_time"]
+        tokens = (part["eval_tokens_per_s"] * wall).sum()
+        lines.append(f"  {backend}: {tokens / wall.sum():,.0f} tokens/s over {tokens:,.0f} tokens in {wall.sum():.1f} s; "
+                     f"padding {100 * (part['padding_waste'] * wall).sum() / wall.sum():.1f} %; outside the model "
+                     f"{100 * (part['time_outside_model'] * wall).sum() / wall.sum():.1f} %")
+    return "\n".join(lines)
+
+
 def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
     """Quality per task × backend, agreement with the reference, and speed/memory per backend."""
     if rows.empty:
@@ -61,6 +78,9 @@ def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
         parts.append("task metrics (validation)\n" + _pivot(quality, quality["metric"].notna(), order)
                      .to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     parts.extend(_versus_reference(rows, order, reference))
+    throughput = _throughput(rows, order)
+    if throughput:
+        parts.append(throughput)
     speed = rows[rows["category"].isin(["speed", "memory"])]
     if not speed.empty:
         table = speed.pivot_table(index="backend", columns="metric", values="value", aggfunc="first", sort=False)

@@ -30,8 +30,8 @@ def test_round_trip_with_partitions_and_metadata(tmp_path):
     store = tmp_path / "store"
     files = write_rows(store, make_rows("r1", 6) + make_rows("r1", 2, machine="box-2"), {"run_id": "r1", "x": 1})
     assert len(files) == 2
-    assert {f.parent.parent.name for f in files} == {"machine=box-1", "machine=box-2"}
-    assert all(f.parent.name == "date=2026-11-23" for f in files)
+    assert {Path(f).parent.parent.name for f in files} == {"machine=box-1", "machine=box-2"}
+    assert all(Path(f).parent.name == "date=2026-11-23" for f in files)
     df = read_results(store)
     assert list(df.columns) == list(COLUMNS) and len(df) == 8
     assert sorted(df["machine"].unique()) == ["box-1", "box-2"]
@@ -119,6 +119,7 @@ def test_newer_schema_version_is_refused_clearly(tmp_path):
 
     store = tmp_path / "store"
     (file,) = write_rows(store, make_rows("r", 1), {"run_id": "r"})
+    file = Path(file)
     table = pq.read_table(file)
     pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"attnbench.schema_version": b"99"}),
                    file)
@@ -134,3 +135,18 @@ def test_rows_without_machine_are_rejected(tmp_path):
     with pytest.raises(StoreError, match="machine"):
         write_rows(tmp_path, rows, {})
     assert json.dumps(rows[0], default=str)
+
+
+def test_a_store_on_an_fsspec_filesystem(tmp_path):
+    """Any fsspec URL works as a store; here the in-memory filesystem."""
+    store = "memory://attnbench-test/store"
+    (written,) = write_rows(store, make_rows("mem", 4), {"run_id": "mem"})
+    assert written.startswith("memory://") and "machine=box-1/date=2026-11-23/part-mem-" in written
+    write_rows(store, make_rows("mem2", 2), {"run_id": "mem2"})
+    df = read_results(store)
+    assert len(df) == 6 and set(df["run_id"]) == {"mem", "mem2"} and set(df["machine"]) == {"box-1"}
+    assert read_run_metadata(written) == {"run_id": "mem"}
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    assert not [p for p in fs.find("/attnbench-test") if ".tmp" in p]  # no temporary objects left behind
