@@ -11,8 +11,8 @@ class BackendSpeed:
     params = (BACKENDS, [128, 512], [1, 2])
     param_names = ["backend", "seq_len", "threads"]
     number = 1
-    repeat = (3, 10, 20.0)
-    warmup_time = 0.5
+    repeat = (3, 7, 10.0)  # 3 to 7 samples, at most ~10 s per parameter combination
+    warmup_time = 0.3
     timeout = 300
 
     def setup(self, backend, seq_len, threads):

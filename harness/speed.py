@@ -18,6 +18,7 @@ from .data import DataSource
 from .encoding import EncodedSplit, encode, fixed_shape_inputs
 from .errors import SpecError
 from .evaluate import logits_of
+from .evaluation import prepare_model
 from .models import TaskModels, load_task_models
 from .registry import Registry, load_registry
 
@@ -85,8 +86,6 @@ def speed_case(spec: str, *, seq_len: int = 128, batch_size: int = 8, threads: i
     Raises :class:`NotImplementedError` with the reason when the backend cannot run on this machine
     (asv reports that as a skipped benchmark).
     """
-    from .runner import prepare_model  # runner imports this module
-
     if threads:
         torch.set_num_threads(threads)
     registry = registry or load_registry()

@@ -26,12 +26,12 @@ class TrackedRun:
         skipped = {b: reason for b, reason in reasons.items() if reason}
         available = [b for b in backends if b not in skipped]
         spec = RunSpec(backends=available, tasks=tasks, model=model, limit=limit, store=None, progress=False,
-                       repeats=1, warmup=0, batch_size=1, seq_len=8)
+                       speed=False)
         rows = run(spec, registry, log=lambda message: None).rows
         rows = rows[rows["task"].notna()]
         values = {(r.backend, r.task, r.metric): float(r.value) for r in rows.itertuples()}
         mains = {name: registry.task(name).main_metric for name in tasks}
-        canonical = {b: registry.resolve(b).spec for b in backends}
+        canonical = {b: registry.resolve(b).spec for b in available}
         values = {(original, task, metric): value for original, spec in canonical.items()
                   for (b, task, metric), value in values.items() if b == spec}
         return cls(values, mains, skipped)
