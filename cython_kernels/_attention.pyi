@@ -10,6 +10,7 @@ import numpy.typing as npt
 PHASES: tuple[str, ...]
 
 def own_packing() -> bool: ...
+def use_fbgemm_packing(enabled: bool) -> None: ...
 def attention_u8s8(
     q: npt.NDArray[np.float32],  # (batch, heads, seq, dim), last axis contiguous
     k: npt.NDArray[np.float32],  # same

@@ -32,26 +32,16 @@ never infinity; NaN and infinity in q, k or v are detected from their bits).
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport fabsf, fmaf
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from cython_kernels._avx cimport *
 from cython_kernels._blas cimport sgemm_
-from cython_kernels._fbgemm cimport (
-    DoNothingI32,
-    MemCopyI32,
-    PackAMatrix,
-    PackBMatrix,
-    fbgemmInstructionSet,
-    fbgemmPacked,
-    matrix_op_t,
-)
-from cython_kernels._rows cimport _exponent_carry, _rint, _s8_row, _u7_row
+from cython_kernels._fbgemm cimport DoNothingI32, MemCopyI32, PackAMatrix, fbgemmInstructionSet, fbgemmPacked, matrix_op_t
+from cython_kernels._packing cimport *
+from cython_kernels._rows cimport _s8_row, _u7_row
 from cython_kernels._simd cimport *
-
-ctypedef PackBMatrix[int8_t, int32_t] PackB
 
 cdef enum:
     ROWS = 64      # query rows per block: int32 + float scores of 64 x 512 keys stay in L2
@@ -66,11 +56,6 @@ PHASES = ("quantize_kv", "pack_kv", "quantize_q", "gemm_qk", "softmax", "quantiz
 
 cdef float MASKED = -1e30  # score of a masked key: finite, far below any real score
 cdef float LOG2E = 1.4426950408889634  # scores are kept in base 2: exp(s) = 2**(s * log2(e))
-
-
-cdef union FloatBits:
-    float f
-    int32_t i
 
 
 cdef inline double _now() noexcept nogil:
@@ -89,263 +74,16 @@ cdef inline double _lap(double* prof, int phase, double start) noexcept nogil:
     return now
 
 
-cdef inline void _prefetch_row(const float* row, int n) noexcept nogil:
-    # Prefetching past the end of an array is harmless (no fault).
-    cdef int c
-    for c in range(0, n, 16):
-        __builtin_prefetch(row + c)
-
-
-cdef inline float _hmax(__m256 v) noexcept nogil:
-    cdef float lanes[8]
-    cdef float m
-    cdef int l
-    _mm256_storeu_ps(lanes, v)
-    m = lanes[0]
-    for l in range(1, 8):
-        m = lanes[l] if lanes[l] > m else m
-    return m
-
-
-cdef inline float _hmin(__m256 v) noexcept nogil:
-    cdef float lanes[8]
-    cdef float m
-    cdef int l
-    _mm256_storeu_ps(lanes, v)
-    m = lanes[0]
-    for l in range(1, 8):
-        m = lanes[l] if lanes[l] < m else m
-    return m
-
-
-cdef inline float _hsum(__m256 v) noexcept nogil:
-    cdef float lanes[8]
-    cdef float total = 0
-    cdef int l
-    _mm256_storeu_ps(lanes, v)
-    for l in range(8):
-        total += lanes[l]
-    return total
-
-
-cdef inline __m256i _special_bits(__m256 v) noexcept nogil:
-    # Top bit set in a lane iff it holds NaN or infinity (_rows._exponent_carry, 8 lanes).
-    return _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7F800000)),
-                            _mm256_set1_epi32(0x00800000))
-
-
-cdef inline void _store_codes(__m256 a, int8_t* q) noexcept nogil:
-    # 8 integer-valued floats in -128..255 -> 8 bytes (int8 or uint8 bit patterns).
-    cdef int32_t lanes[8]
-    cdef int l
-    _mm256_storeu_si256(<__m256i*>lanes, _mm256_cvtps_epi32(a))
-    for l in range(8):
-        q[l] = <int8_t>lanes[l]
-
-
-cdef inline void _store_codes32(__m256 a, __m256 b, __m256 c, __m256 d, int8_t* q, bint unsigned_) noexcept nogil:
-    # 32 integer-valued floats in -128..255 -> 32 bytes in order (int8, or uint8 when unsigned_).
-    cdef __m256i ab = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b))
-    cdef __m256i cd = _mm256_packs_epi32(_mm256_cvtps_epi32(c), _mm256_cvtps_epi32(d))
-    cdef __m256i bytes_ = _mm256_packus_epi16(ab, cd) if unsigned_ else _mm256_packs_epi16(ab, cd)
-    # The packs work per 128-bit lane: 4-byte groups come out as a0 b0 c0 d0 a1 b1 c1 d1.
-    _mm256_storeu_si256(<__m256i*>q, _mm256_permutevar8x32_epi32(bytes_, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)))
-
-
-cdef inline bint _s8_row_avx(const float* x, const float* sub, int8_t* q, int n, float* scale_out) noexcept nogil:
-    """_rows._s8_row of (x - sub) for n % 8 == 0, bit-identical codes and scale (AVX2)."""
-    cdef __m256 amax = _mm256_setzero_ps(), v, inv_v, lo = _mm256_set1_ps(-127), hi = _mm256_set1_ps(127)
-    cdef __m256 codes[4]
-    cdef __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))
-    cdef __m256i special = _mm256_set1_epi32(0)
-    cdef float scale, inv
-    cdef int c
-    for c in range(n // 8):
-        v = _mm256_sub_ps(_mm256_loadu_ps(x + 8 * c), _mm256_loadu_ps(sub + 8 * c))
-        special = _mm256_or_si256(special, _special_bits(v))
-        amax = _mm256_max_ps(amax, _mm256_and_ps(v, absmask))
-    if _mm256_movemask_ps(_mm256_castsi256_ps(special)):
-        scale_out[0] = 0
-        return True
-    scale = _hmax(amax) / <float>127.0
-    inv = <float>1.0 / scale if scale > 0 else <float>0.0
-    if not (scale > 0) or inv > <float>3.0e38:
-        scale = 1
-        inv = 1
-    inv_v = _mm256_set1_ps(inv)
-    for c in range(n // 8):
-        v = _mm256_sub_ps(_mm256_loadu_ps(x + 8 * c), _mm256_loadu_ps(sub + 8 * c))
-        v = _mm256_round_ps(_mm256_mul_ps(v, inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(v, lo), hi)
-        if c % 4 == 3:
-            _store_codes32(codes[0], codes[1], codes[2], codes[3], q + 8 * (c - 3), False)
-    for c in range(n // 32 * 4, n // 8):
-        _store_codes(codes[c % 4], q + 8 * c)
-    scale_out[0] = scale
-    return False
-
-
-cdef inline bint _u7_row_avx(const float* x, uint8_t* q, int n, float* scale_out, int32_t* zp_out) noexcept nogil:
-    """_rows._u7_row for n % 8 == 0, bit-identical codes, scale and zero point (AVX2)."""
-    cdef __m256 vmin = _mm256_setzero_ps(), vmax = _mm256_setzero_ps(), v, inv_v, zp_v
-    cdef __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(127)
-    cdef __m256 codes[4]
-    cdef __m256i special = _mm256_set1_epi32(0)
-    cdef float lo, hi, scale, inv, zpf
-    cdef int c
-    for c in range(n // 8):
-        v = _mm256_loadu_ps(x + 8 * c)
-        special = _mm256_or_si256(special, _special_bits(v))
-        vmin = _mm256_min_ps(vmin, v)
-        vmax = _mm256_max_ps(vmax, v)
-    if _mm256_movemask_ps(_mm256_castsi256_ps(special)):
-        scale_out[0] = 0
-        zp_out[0] = 0
-        return True
-    lo = _hmin(vmin)
-    hi = _hmax(vmax)
-    scale = (hi - lo) / <float>127.0
-    inv = <float>1.0 / scale if scale > 0 else <float>0.0
-    if not (scale > 0) or inv > <float>3.0e38:
-        scale = 1
-        inv = 1
-    zpf = _rint(-lo * inv)
-    zpf = zpf if zpf > 0 else <float>0.0
-    zpf = zpf if zpf < 127 else <float>127.0
-    inv_v = _mm256_set1_ps(inv)
-    zp_v = _mm256_set1_ps(zpf)
-    for c in range(n // 8):
-        v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * c), inv_v),
-                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp_v), zero), top)
-        if c % 4 == 3:
-            _store_codes32(codes[0], codes[1], codes[2], codes[3], <int8_t*>(q + 8 * (c - 3)), True)
-    for c in range(n // 32 * 4, n // 8):
-        _store_codes(codes[c % 4], <int8_t*>(q + 8 * c))
-    scale_out[0] = scale
-    zp_out[0] = <int32_t>zpf
-    return False
-
-
-cdef struct Packed:
-    # A PackBMatrix kept for one shape (k x n, k the reduction dimension) whose buffer is rewritten
-    # in place for every head (own packing), or rebuilt by FBGEMM for every head.
-    PackB* mat
-    int k, n
-    int kcb, ncb, block_cols
-    int8_t* buf
-    Py_ssize_t* row_offset   # ((k + 3) // 4,) offset of rows 4g..4g+3 in the buffer
-    Py_ssize_t* col_offset   # (n,) offset of column c
-
-
-cdef inline Py_ssize_t _packed_offset(const Packed* p, int r, int c) noexcept nogil:
-    # Offset of B[r, c] in the packed buffer: PackBMatrix<int8_t, int32_t>::addr with a row
-    # interleave of 4 (all of FBGEMM's int32-accumulating ISAs).  own_packing() checks it.
-    return (((r // p.kcb) * p.block_cols + c // p.ncb) * p.kcb * p.ncb
-            + (r % p.kcb // 4) * p.ncb * 4 + (c % p.ncb) * 4 + r % 4)
-
-
-cdef void _free_packed(Packed* p) noexcept nogil:
-    del p.mat
-    free(p.row_offset)
-    free(p.col_offset)
-    p.mat = NULL
-    p.row_offset = NULL
-    p.col_offset = NULL
-
-
-cdef int _pack(Packed* p, matrix_op_t trans, int k, int n, const int8_t* src, int ld, bint own) except -1 nogil:
-    """Make p hold B (k x n) packed from src; with own, FBGEMM packs only when the shape changes.
-
-    Returns 1 if FBGEMM packed src, 0 if p kept its buffer (the caller writes the codes with _put*).
-    """
-    cdef int g, c
-    if own and p.mat != NULL and p.k == k and p.n == n:
-        return 0
-    _free_packed(p)
-    p.mat = new PackB(trans, k, n, src, ld, NULL, 1)
-    p.k, p.n = k, n
-    p.kcb, p.ncb, p.block_cols = p.mat.blockRowSize(), p.mat.blockColSize(), p.mat.blockCols()
-    p.buf = p.mat.getBuf(0, 0)
-    p.row_offset = <Py_ssize_t*>malloc(((k + 3) // 4) * sizeof(Py_ssize_t))
-    p.col_offset = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
-    if p.row_offset == NULL or p.col_offset == NULL:
-        _free_packed(p)
-        with gil:
-            raise MemoryError()
-    for g in range((k + 3) // 4):
-        p.row_offset[g] = _packed_offset(p, 4 * g, 0)
-    for c in range(n):
-        p.col_offset[c] = _packed_offset(p, 0, c)
-    return 1
-
-
-cdef inline uint32_t _word(const int8_t* x, Py_ssize_t stride, int count) noexcept nogil:
-    # Bytes x[0], x[stride], ... (count <= 4, missing ones 0) as one little-endian word.
-    cdef uint32_t word = 0
-    cdef int l
-    for l in range(count):
-        word = word | ((<uint32_t>(<uint8_t>x[l * stride])) << (8 * l))
-    return word
-
-
-cdef void _put_transposed(Packed* p, const int8_t* codes, int n, int k) noexcept nogil:
-    """Write B = codes^T into p's buffer; codes is (n, k) row-major (rows of K, i.e. keys)."""
-    cdef int c, g, full = k // 4
-    cdef uint32_t word
-    for c in range(n):
-        for g in range(full):
-            memcpy(&word, codes + c * k + 4 * g, 4)
-            (<uint32_t*>(p.buf + p.row_offset[g] + p.col_offset[c]))[0] = word
-        if k % 4:
-            (<uint32_t*>(p.buf + p.row_offset[full] + p.col_offset[c]))[0] = _word(codes + c * k + 4 * full, 1, k % 4)
-
-
-cdef void _put(Packed* p, const int8_t* codes, int k, int n) noexcept nogil:
-    """Write B = codes into p's buffer; codes is (k, n) row-major (rows of V, i.e. keys)."""
-    cdef int c, g, count, l
-    cdef const int8_t* rows[4]
-    cdef int8_t* dst
-    cdef __m128i r0, r1, r2, r3, lo, hi
-    cdef int8_t zeros[16]
-    memset(zeros, 0, 16)
-    for g in range((k + 3) // 4):
-        count = min(4, k - 4 * g)
-        dst = p.buf + p.row_offset[g]
-        c = 0
-        if p.ncb % 16 == 0:
-            # 16 channels of 4 keys at a time: interleave the 4 rows' bytes into 16 words; a block of
-            # NCB columns holds consecutive words, so 4 channels go in one 16-byte store.
-            for l in range(4):
-                rows[l] = codes + (4 * g + l) * n if l < count else zeros
-            while c + 16 <= n:
-                r0 = _mm_loadu_si128(<const __m128i*>(rows[0] + (c if count > 0 else 0)))
-                r1 = _mm_loadu_si128(<const __m128i*>(rows[1] + (c if count > 1 else 0)))
-                r2 = _mm_loadu_si128(<const __m128i*>(rows[2] + (c if count > 2 else 0)))
-                r3 = _mm_loadu_si128(<const __m128i*>(rows[3] + (c if count > 3 else 0)))
-                lo = _mm_unpacklo_epi8(r0, r1)
-                hi = _mm_unpacklo_epi8(r2, r3)
-                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c]), _mm_unpacklo_epi16(lo, hi))
-                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c + 4]), _mm_unpackhi_epi16(lo, hi))
-                lo = _mm_unpackhi_epi8(r0, r1)
-                hi = _mm_unpackhi_epi8(r2, r3)
-                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c + 8]), _mm_unpacklo_epi16(lo, hi))
-                _mm_storeu_si128(<__m128i*>(dst + p.col_offset[c + 12]), _mm_unpackhi_epi16(lo, hi))
-                c += 16
-        for c in range(c, n):
-            (<uint32_t*>(dst + p.col_offset[c]))[0] = _word(codes + 4 * g * n + c, n, count)
-
-
 cdef int _packing_matches(matrix_op_t trans, int k, int n) except -1 nogil:
     """1 if _put/_put_transposed write what FBGEMM's PackBMatrix writes for a k x n B, else 0."""
     cdef int8_t* codes = <int8_t*>malloc(k * n)
     cdef Packed mine
     cdef PackB* ref = NULL
+    cdef int r, c, same = 1
+    cdef Py_ssize_t off
     mine.mat = NULL
     mine.row_offset = NULL
     mine.col_offset = NULL
-    cdef int r, c, same = 1
-    cdef Py_ssize_t off
     if codes == NULL:
         with gil:
             raise MemoryError()
@@ -396,6 +134,14 @@ def own_packing() -> bool:
                 ok = ok and _packing_matches(trans, k, n) == 1
         _own_packing[isa] = 1 if ok else 0
     return _own_packing[isa] == 1
+
+
+def use_fbgemm_packing(enabled: bool) -> None:
+    """Make FBGEMM pack K and V for every head (True) or re-enable own packing after its check (False),
+    for the ISA in use.  For tests and measurements: both give the same results."""
+    cdef int isa = <int>fbgemmInstructionSet()
+    if 0 <= isa < 16:
+        _own_packing[isa] = 0 if enabled else -1
 
 
 cdef struct Work:
@@ -535,22 +281,6 @@ cdef int _quantize_v(const Head* h, Work* w) noexcept nogil:
     for j in range(h.keys, h.keys32):
         w.vscale[j] = 0
     return bad
-
-
-cdef inline __m256 _exp2_nonpositive(__m256 x) noexcept nogil:
-    # 2**x for x <= 0 (degree-6 polynomial on [-0.5, 0.5], relative error < 2e-7), exactly 0 for
-    # x < -126.5: x is clamped to -127, where n = -127 makes the bit pattern of 2**n zero.
-    cdef __m256 xc = _mm256_max_ps(x, _mm256_set1_ps(-127))
-    cdef __m256i n = _mm256_cvttps_epi32(_mm256_sub_ps(xc, _mm256_set1_ps(0.5)))  # round: xc <= 0
-    cdef __m256 f = _mm256_sub_ps(xc, _mm256_cvtepi32_ps(n))                       # in [-0.5, 0.5]
-    cdef __m256 p = _mm256_set1_ps(1.535336188319500e-4)
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3))
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3))
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2))
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1))
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1))
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0))
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23)))
 
 
 cdef float _softmax_row(const int32_t* acc, const Work* w, int keys32, int32_t zp, float qscale, float* e,

@@ -300,9 +300,9 @@ def attention_u8s8(
     unchanged), exact int32 Q.K^T, dequantized scores times ``scaling`` (default head_dim**-0.5),
     softmax in float with masked keys at weight exactly 0, then P.V:
 
-    * ``pv="int8"``: exp(S - max) coded as u8 with one scale per row chosen so that every aligned
-      pair of codes sums to <= 258, V as s8 per channel (scales from valid keys), int32 GEMM:
-      exact on AVX2 (``_arrays.PAIR_RULE``) as on VNNI;
+    * ``pv="int8"``: V as s8 per token; the weights exp(S - max) times V's token scales are coded
+      as u8 with one scale per row chosen so that every aligned pair of codes sums to <= 258, and
+      P.V runs as an int32 GEMM: exact on AVX2 (``_arrays.PAIR_RULE``) as on VNNI;
     * ``pv="float"``: MKL sgemm on the float weights and V.
 
     Every scale comes from one (batch, head) and its valid keys only, so a sequence's result does not

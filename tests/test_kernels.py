@@ -559,6 +559,24 @@ def test_attention_does_not_depend_on_threads_or_layout(pv: str) -> None:
 
 
 @needs_kernels
+def test_own_packing_equals_fbgemm_packing() -> None:
+    torch = pytest.importorskip("torch")
+    from cython_kernels import _attention
+
+    q, k, v = attention_inputs(3, 2, 75, 32, seed=9)
+    valid = key_mask([75, 75, 30], 75)  # two shapes of K and V: the packed buffers are rebuilt once
+    assert ck.own_packing()
+    own = ck.attention_u8s8(q, k, v, valid, threads=1)
+    try:
+        _attention.use_fbgemm_packing(True)
+        assert not ck.own_packing()
+        assert torch.equal(own, ck.attention_u8s8(q, k, v, valid, threads=1))
+    finally:
+        _attention.use_fbgemm_packing(False)
+    assert ck.own_packing()
+
+
+@needs_kernels
 def test_smooth_k_removes_a_common_key_offset() -> None:
     torch = pytest.importorskip("torch")
     q, k, v = attention_inputs(2, 4, 64, 32, seed=1)
