@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import KEY
+from .compare import KEY, format_param
 from .regressions import commit_order, find_regressions, per_commit_values, to_frame
 
 HISTORY_METRICS = ("latency_forward", "latency_attention_core")
@@ -61,6 +61,7 @@ def pareto_points(rows: pd.DataFrame, run_id: str) -> dict[str, pd.DataFrame]:
 
 def _pareto_figure(task: str, points: pd.DataFrame):
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     ax.scatter(points["latency"] * 1e3, points["score"], color="tab:blue")
@@ -71,7 +72,10 @@ def _pareto_figure(task: str, points: pd.DataFrame):
         ax.annotate(backend, (row["latency"] * 1e3, row["score"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("attention core latency (ms, log)")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("attention core latency (ms, log scale)")
     ax.set_ylabel(points["metric"].iloc[0])
     ax.set_title(task)
     ax.legend(fontsize=7)
@@ -127,8 +131,8 @@ def build_report(rows: pd.DataFrame, *, run_id: str | None = None, max_history: 
         for column, value in zip(KEY, key):
             if len(changes):
                 mask &= (changes[column].isna() & pd.isna(value)) | (changes[column] == value)
-        label = " · ".join(str(v) for k, v in zip(KEY, key) if k in ("backend", "metric", "threads", "seq_len")
-                           and pd.notna(v))
+        label = " · ".join(f"{k}={format_param(v)}" for k, v in zip(KEY, key)
+                           if k in ("backend", "metric", "threads", "seq_len") and pd.notna(v))
         plots.append(_figure_html(_history_figure(f"{label} ({key[1]})", history,
                                                   changes[mask] if len(changes) else changes,
                                                   series["unit"].iloc[0])))
