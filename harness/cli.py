@@ -110,7 +110,8 @@ def cmd_regressions(args: argparse.Namespace) -> int:
 
     rows = read_results(args.store)
     points = to_frame(find_regressions(rows, alpha=args.alpha, min_effect=args.min_effect,
-                                       categories=tuple(args.category) if args.category else None))
+                                       categories=tuple(args.category) if args.category else None,
+                                       relative_to=None if args.absolute_only else args.reference))
     if points.empty:
         print("no significant change points")
         return 0
@@ -118,10 +119,11 @@ def cmd_regressions(args: argparse.Namespace) -> int:
         points = points[points["kind"] == "regression"]
     print("| kind | suspected commit | previous | series | before | after | step | p (permutation) |")
     print("|---|---|---|---|---:|---:|---:|---:|")
+    points["series_kind"] = points["relative_to"].map(lambda r: f" (÷ {r} of the same run)" if r else "")
     for r in points.itertuples():
         series = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("metric", "backend", "task", "threads", "seq_len",
                                                             "machine") if pd.notna(getattr(r, k)))
-        print(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series} | {r.before:.4g} | {r.after:.4g} | "
+        print(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series}{r.series_kind} | {r.before:.4g} | {r.after:.4g} | "
               f"{r.ratio:.3f}x | {r.p_value:.3g} |")
     return 1 if (points["kind"] == "regression").any() else 0
 
@@ -212,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-effect", type=float, default=0.02, help="smallest step reported (default 0.02)")
     p.add_argument("--category", action="append", metavar="C", help="only these categories; repeatable")
     p.add_argument("--all", action="store_true", help="list improvements too")
+    p.add_argument("--reference", default="dense",
+                   help="also search speed series divided by this backend's value in the same run (default dense)")
+    p.add_argument("--absolute-only", action="store_true", help="do not search the relative series")
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
     p.set_defaults(func=cmd_regressions)
 

@@ -33,6 +33,7 @@ class ChangePoint:
     p_value: float
     direction: str
     regression: bool       # the step goes in the bad direction
+    relative_to: str | None = None  # the series was divided by this backend's value of the same run
 
 
 def commit_order(commits: list[str], repo: Path = ROOT) -> dict[str, int]:
@@ -75,13 +76,22 @@ def detect_change_points(values: np.ndarray, *, alpha: float = 0.01, min_effect:
     return found
 
 
-def find_regressions(rows: pd.DataFrame, *, alpha: float = 0.01, min_effect: float = 0.02,
-                     min_segment: int = 3, categories: tuple[str, ...] | None = None) -> list[ChangePoint]:
-    """Change points of every series that has results for at least ``2 * min_segment`` commits."""
-    rows = rows[rows["commit"].notna()]
-    if categories:
-        rows = rows[rows["category"].isin(categories)]
-    order = commit_order(list(rows["commit"].unique()))
+def relative_rows(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Speed rows divided by the same run's ``reference`` row (same machine, metric, threads and shape).
+
+    The reference is timed interleaved with the other backends of its run, so the ratio cancels what
+    slows a whole run down (a busy neighbour, a slower boot): the noise that limits absolute series.
+    """
+    speed = rows[(rows["category"] == "speed") & rows["run_id"].notna()]
+    match = ["run_id", "machine", "metric", "threads", "seq_len", "batch_size", "model"]
+    ref = speed[speed["backend"] == reference][match + ["value"]].rename(columns={"value": "reference"})
+    others = speed[speed["backend"] != reference].merge(ref, on=match, how="inner")
+    others = others.assign(value=others["value"] / others["reference"], samples=None, unit="ratio")
+    return others.drop(columns="reference")
+
+
+def _series_points(rows: pd.DataFrame, order: dict[str, int], relative_to: str | None, alpha: float,
+                   min_effect: float, min_segment: int) -> list[ChangePoint]:
     points = []
     for key, series in rows.groupby(KEY, dropna=False):
         history = per_commit_values(series, order)
@@ -90,7 +100,27 @@ def find_regressions(rows: pd.DataFrame, *, alpha: float = 0.01, min_effect: flo
                                                             min_effect=min_effect, min_segment=min_segment):
             ratio = after / before
             points.append(ChangePoint(key, history["commit"][index], history["commit"][index - 1], index, before,
-                                      after, ratio, p, direction, ratio > 1 if direction == "lower" else ratio < 1))
+                                      after, ratio, p, direction, ratio > 1 if direction == "lower" else ratio < 1,
+                                      relative_to))
+    return points
+
+
+def find_regressions(rows: pd.DataFrame, *, alpha: float = 0.01, min_effect: float = 0.02,
+                     min_segment: int = 3, categories: tuple[str, ...] | None = None,
+                     relative_to: str | None = "dense") -> list[ChangePoint]:
+    """Change points of every series that has results for at least ``2 * min_segment`` commits.
+
+    With ``relative_to``, every speed series of another backend is also searched as a ratio to that
+    backend's value in the same run (see :func:`relative_rows`); those change points carry ``relative_to``.
+    """
+    rows = rows[rows["commit"].notna()]
+    if categories:
+        rows = rows[rows["category"].isin(categories)]
+    order = commit_order(list(rows["commit"].unique()))
+    points = _series_points(rows, order, None, alpha, min_effect, min_segment)
+    if relative_to:
+        points += _series_points(relative_rows(rows, relative_to), order, relative_to, alpha, min_effect,
+                                 min_segment)
     return points
 
 
@@ -100,7 +130,7 @@ def to_frame(points: list[ChangePoint]) -> pd.DataFrame:
         record = dict(zip(KEY, point.series))
         record.update({"commit": point.commit, "previous": point.previous, "before": point.before,
                        "after": point.after, "ratio": point.ratio, "p_value": point.p_value,
-                       "direction": point.direction,
+                       "direction": point.direction, "relative_to": point.relative_to,
                        "kind": "regression" if point.regression else "improvement"})
         records.append(record)
     return pd.DataFrame(records)

@@ -1,13 +1,22 @@
 """How well does ``attnbench regressions`` find a 5 % slowdown in a 20-commit history, at this machine's noise?
 
-Each trial writes a synthetic history through the real store (20 commits, one run each, ``--samples`` timing
-samples per run) in which one backend becomes ``--step`` slower from a random commit on, reads it back with
-``read_results`` and runs the change-point search. Noise has two parts, both measured from a store of real
-runs (``--from-store``, default ``results/store``): the spread of samples within a run (CV of the samples)
-and the drift of run medians between runs of the same code (CV of the medians). The sweep multiplies the
-measured noise to show where detection breaks. Usage::
+Each trial writes a synthetic history through the real store (20 commits, one run per commit, ``--samples``
+timing samples per run) in which ``topk:k=16`` becomes ``--step`` slower from a random commit on while
+``dense`` does not change, reads it back with ``read_results`` and runs the change-point search. The noise
+model has three parts, all measured from a store of repeated real runs of one commit (``--from-store``):
 
-    python tools/synthetic_history.py [--from-store results/store] [--trials 20]
+* *common*: run-to-run drift shared by every backend of a run (the CV of dense's run medians);
+* *own*: run-to-run drift of one backend relative to dense in the same run (CV of the per-run ratio);
+* *within*: spread of the samples inside a run (median CV of the backend's samples).
+
+``--backend`` picks whose own and within noise the slowed synthetic backend gets.
+
+The sweep multiplies the measured noise to show where detection breaks, for the absolute series and for
+the series divided by dense of the same run (the default search does both). Usage::
+
+    for i in 1 2 3 4 5 6 7 8; do attnbench run -b dense -b topk:k=16 -b fbgemm-int8 --tasks sst2 --limit 8 \\
+        --fidelity-examples 0 --store results/noise; done
+    python tools/synthetic_history.py --from-store results/noise
 """
 
 from __future__ import annotations
@@ -26,64 +35,76 @@ COMMITS = 20
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def measured_noise(store: Path, metric: str = "latency_forward") -> tuple[float, float]:
-    """(within-run CV, between-run CV) of ``metric`` over the store's harness runs, per (commit, backend)."""
+def measured_noise(store: Path, backend: str, metric: str = "latency_forward",
+                   reference: str = "dense") -> dict[str, float]:
+    """Within-run, common and own noise (CVs) of ``backend``'s ``metric`` in a store of repeated runs."""
     rows = read_results(store)
     rows = rows[(rows["metric"] == metric) & (rows["source"] == "harness") & rows["samples"].notna()]
-    within = [np.std(s, ddof=1) / np.mean(s) for s in rows["samples"] if len(s) > 2]
-    between = []
-    for _, group in rows.groupby(["commit", "backend", "threads", "seq_len", "machine"]):
-        medians = [np.median(s) for s in group["samples"]]
-        if len(medians) >= 2:
-            between.append(np.std(medians, ddof=1) / np.mean(medians))
-    if not within or not between:
-        raise SystemExit(f"{store}: need at least two harness runs of the same commit with {metric} samples")
-    return float(np.median(within)), float(np.median(between))
+    per_run = rows.pivot_table(index="run_id", columns="backend", values="value", aggfunc="first")
+    if len(per_run) < 3 or reference not in per_run or backend not in per_run:
+        raise SystemExit(f"{store}: need at least three runs with {reference} and {backend}")
+    mine = rows[rows["backend"] == backend]["samples"]
+    within = float(np.median([np.std(s, ddof=1) / np.mean(s) for s in mine if len(s) > 2]))
+    common = float(per_run[reference].std() / per_run[reference].mean())
+    ratio = per_run[backend] / per_run[reference]
+    return {"within": within, "common": common, "own": float(ratio.std() / ratio.mean())}
 
 
-def trial(rng: np.random.Generator, within: float, between: float, step: float, samples: int) -> tuple[bool, int]:
-    """One synthetic history; returns (found at the injected commit, number of false flags)."""
+def trial(rng: np.random.Generator, noise: dict[str, float], step: float, samples: int,
+          runs: int) -> dict[str, tuple[bool, int]]:
+    """One synthetic history (``runs`` runs per commit); per series kind, (found at the injected commit,
+    number of false flags)."""
     change = int(rng.integers(5, COMMITS - 4))
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(COMMITS):
-            rows = []
-            for backend, base in (("dense", 0.14), ("topk:k=16", 0.3)):
-                factor = 1 + step if backend == "topk:k=16" and i >= change else 1.0
-                drift = 1 + rng.normal(0, between)
-                values = base * factor * drift * (1 + rng.normal(0, within, samples))
-                rows.append({"run_id": f"r{i}", "timestamp": T0 + timedelta(hours=i), "source": "harness",
-                             "commit": f"{i:03d}" + "0" * 37, "machine": "synthetic", "backend": backend,
-                             "metric": "latency_forward", "category": "speed", "unit": "s", "direction": "lower",
-                             "threads": 2, "seq_len": 128, "batch_size": 8, "value": float(np.median(values)),
-                             "samples": values.tolist()})
-            write_rows(tmp, rows, {"run_id": f"r{i}"})
+            for r in range(runs):
+                common = 1 + rng.normal(0, noise["common"])
+                rows = []
+                for backend, base in (("dense", 0.14), ("topk:k=16", 0.3)):
+                    factor = 1 + step if backend == "topk:k=16" and i >= change else 1.0
+                    own = 1 + rng.normal(0, noise["own"]) if backend != "dense" else 1.0
+                    values = base * factor * common * own * (1 + rng.normal(0, noise["within"], samples))
+                    rows.append({"run_id": f"r{i}-{r}", "timestamp": T0 + timedelta(hours=i, minutes=r),
+                                 "source": "harness", "commit": f"{i:03d}" + "0" * 37, "machine": "synthetic",
+                                 "backend": backend, "model": "m", "metric": "latency_forward", "category": "speed",
+                                 "unit": "s", "direction": "lower", "threads": 2, "seq_len": 128, "batch_size": 8,
+                                 "value": float(np.median(values)), "samples": values.tolist()})
+                write_rows(tmp, rows, {"run_id": f"r{i}-{r}"})
         points = find_regressions(read_results(tmp))
-    hits = [p for p in points if p.series[3] == "topk:k=16" and p.commit.startswith(f"{change:03d}") and p.regression]
-    return bool(hits), len(points) - len(hits)
+    result = {}
+    for kind, relative in (("absolute", None), ("÷ dense", "dense")):
+        mine = [p for p in points if p.relative_to == relative]
+        hits = [p for p in mine if p.series[3] == "topk:k=16" and p.commit.startswith(f"{change:03d}") and p.regression]
+        result[kind] = (bool(hits), len(mine) - len(hits))
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from-store", type=Path, default=Path("results/store"))
-    parser.add_argument("--within", type=float, help="override the measured within-run CV")
-    parser.add_argument("--between", type=float, help="override the measured between-run CV")
+    parser.add_argument("--from-store", type=Path, default=Path("results/noise"))
+    parser.add_argument("--backend", default="fbgemm-int8", help="whose measured noise the slowed backend gets")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--samples", type=int, default=10, help="timing samples per run (the runner's --repeats)")
     parser.add_argument("--step", type=float, default=0.05)
+    parser.add_argument("--runs-per-commit", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    within, between = (args.within, args.between) if args.within is not None and args.between is not None \
-        else measured_noise(args.from_store)
-    print(f"measured noise: within-run CV {within:.2%}, between-run CV {between:.2%}; "
-          f"{args.trials} histories of {COMMITS} commits, a {args.step:.0%} step at a random commit")
-    print("| noise × measured | within CV | between CV | step found at the right commit | false flags |")
-    print("|---:|---:|---:|---:|---:|")
+    noise = measured_noise(args.from_store, args.backend)
+    print(f"measured on {args.from_store} for {args.backend}: common (run-to-run) CV {noise['common']:.2%}, own (÷ dense) CV "
+          f"{noise['own']:.2%}, within-run CV {noise['within']:.2%}; {args.trials} histories of {COMMITS} commits, "
+          f"a {args.step:.0%} step of one backend at a random commit, {args.runs_per_commit} run(s) per commit")
+    print("| noise × measured | absolute series: found / false flags | ÷ dense series: found / false flags |")
+    print("|---:|---:|---:|")
     rng = np.random.default_rng(args.seed)
-    for scale in (0.5, 1, 1.5, 2, 3, 4):
-        results = [trial(rng, within * scale, between * scale, args.step, args.samples) for _ in range(args.trials)]
-        found = sum(hit for hit, _ in results)
-        false = sum(n for _, n in results)
-        print(f"| {scale:g} | {within * scale:.2%} | {between * scale:.2%} | {found}/{args.trials} | {false} |")
+    for scale in (0.25, 0.5, 1, 1.5, 2):
+        scaled = {k: v * scale for k, v in noise.items()}
+        results = [trial(rng, scaled, args.step, args.samples, args.runs_per_commit) for _ in range(args.trials)]
+        cells = []
+        for kind in ("absolute", "÷ dense"):
+            found = sum(r[kind][0] for r in results)
+            false = sum(r[kind][1] for r in results)
+            cells.append(f"{found}/{args.trials} / {false}")
+        print(f"| {scale:g} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":
