@@ -25,7 +25,8 @@ class LocalExecutor:
     name = "local"
     workers = 1
 
-    def map_unordered(self, fn: Callable, context: Any, items: Iterable) -> Iterator[CellResult]:
+    def map_unordered(self, fn: Callable, context: Any, items: Iterable,
+                      group: Callable[[Any], str] | None = None) -> Iterator[CellResult]:
         for item in items:
             try:
                 yield item, fn(context, item), None
@@ -56,11 +57,22 @@ class DaskExecutor:
             self.name = address
         self.workers = max(1, len(self.client.scheduler_info()["workers"]))
 
-    def map_unordered(self, fn: Callable, context: Any, items: Iterable) -> Iterator[CellResult]:
+    def map_unordered(self, fn: Callable, context: Any, items: Iterable,
+                      group: Callable[[Any], str] | None = None) -> Iterator[CellResult]:
+        """Submit every item; items of one ``group`` prefer the same worker (a worker that already holds a
+        task's reference logits should evaluate that task's other backends), but may be stolen when idle."""
         from distributed import as_completed
 
         context_future = self.client.scatter(context, broadcast=True)
-        futures = {self.client.submit(fn, context_future, item, pure=False): item for item in items}
+        workers = sorted(self.client.scheduler_info()["workers"])
+        homes: dict[str, str] = {}
+        futures = {}
+        for item in items:
+            options = {}
+            if group is not None and workers:
+                home = homes.setdefault(group(item), workers[len(homes) % len(workers)])
+                options = {"workers": [home], "allow_other_workers": True}
+            futures[self.client.submit(fn, context_future, item, pure=False, **options)] = item
         try:
             for future in as_completed(futures):
                 item = futures[future]

@@ -241,7 +241,8 @@ def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], 
         estimate = _estimate(cells, session, store, measured)
         log(f"{len(cells)} eval cell(s) on {executor.name} ({executor.workers} worker(s)){estimate}")
         with tqdm(total=len(cells), desc="cells", unit="cell", disable=not spec.progress) as bar:
-            for cell, rows, error in executor.map_unordered(run_eval_cell, context, cells):
+            for cell, rows, error in executor.map_unordered(run_eval_cell, context, cells,
+                                                            group=lambda c: c.task):
                 if error is not None:
                     failures[cell.id] = f"{type(error).__name__}: {error}"
                     log(f"cell {cell.id} failed: {failures[cell.id]}")
