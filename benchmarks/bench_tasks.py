@@ -13,6 +13,7 @@ class TaskQuality:
     params = (BACKENDS, TASKS)
     param_names = ["backend", "task"]
     timeout = 3600  # setup_cache: one evaluation of every backend on every task
+    processes = 1  # the values are deterministic; asv's default second round would only double the time
 
     def setup_cache(self):
         return TrackedRun.measure(BACKENDS, TASKS, limit=TRACK_LIMIT)

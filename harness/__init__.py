@@ -4,16 +4,53 @@ What a third-party backend needs is importable from here: :data:`hookimpl`, :cla
 :class:`Param` (and :class:`Task`, :class:`Metric` for new tasks).
 """
 
-from .backend import Backend, PluginInfo, ResolvedBackend
-from .errors import DataError, ModelError, ParamError, PluginError, SpecError, StoreError, UserError
-from .hookspecs import hookimpl, hookspec
-from .params import REQUIRED, Param
-from .plugins import DEFAULT_PLUGINS, get_plugin_manager
-from .registry import Registry, load_registry
-from .runner import RunResult, RunSpec, run
-from .spec import expand_grid, parse_spec
-from .store import read_results, write_rows
-from .tasks import Metric, Task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public names and the module that defines each. They are imported on first use (PEP 562), so that
+# ``import harness`` and light submodules (``harness.tracking``, ``harness.hookspecs``) do not pay for torch,
+# transformers and scikit-learn: asv starts a fresh interpreter for every parameter of every benchmark.
+_EXPORTS = {
+    "Backend": "backend", "PluginInfo": "backend", "ResolvedBackend": "backend",
+    "DataError": "errors", "ModelError": "errors", "ParamError": "errors", "PluginError": "errors",
+    "SpecError": "errors", "StoreError": "errors", "UserError": "errors",
+    "hookimpl": "hookspecs", "hookspec": "hookspecs",
+    "REQUIRED": "params", "Param": "params",
+    "DEFAULT_PLUGINS": "plugins", "get_plugin_manager": "plugins",
+    "Registry": "registry", "load_registry": "registry",
+    "RunResult": "runner", "RunSpec": "runner", "run": "runner",
+    "expand_grid": "spec", "parse_spec": "spec",
+    "read_results": "store", "write_rows": "store",
+    "Metric": "tasks", "Task": "tasks",
+}
+
+if TYPE_CHECKING:
+    from .backend import Backend, PluginInfo, ResolvedBackend
+    from .errors import DataError, ModelError, ParamError, PluginError, SpecError, StoreError, UserError
+    from .hookspecs import hookimpl, hookspec
+    from .params import REQUIRED, Param
+    from .plugins import DEFAULT_PLUGINS, get_plugin_manager
+    from .registry import Registry, load_registry
+    from .runner import RunResult, RunSpec, run
+    from .spec import expand_grid, parse_spec
+    from .store import read_results, write_rows
+    from .tasks import Metric, Task
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "Backend", "DEFAULT_PLUGINS", "DataError", "Metric", "ModelError", "Param", "ParamError", "PluginError",

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .registry import load_registry
-from .runner import RunSpec, run
-from .speed import unavailable
 
 
 @dataclass
@@ -21,6 +18,12 @@ class TrackedRun:
     def measure(cls, backends: list[str], tasks: list[str], *, limit: int | None = None,
                 model: list[str] | None = None) -> "TrackedRun":
         """Evaluate every available backend on every task once (no timing, nothing stored)."""
+        # Imported here: asv unpickles a TrackedRun in a fresh interpreter per benchmark parameter, which
+        # then needs only this module, not torch or transformers.
+        from .registry import load_registry
+        from .runner import RunSpec, run
+        from .speed import unavailable
+
         registry = load_registry()
         reasons = {b: unavailable(registry, b) for b in backends}
         skipped = {b: reason for b, reason in reasons.items() if reason}

@@ -38,3 +38,27 @@ def test_tracked_run_reads_values_and_skips(tiny_model_dir):
     assert 0 <= run.main_metric("topk:k=2", "rte") <= 1
     assert 0 <= run.value("topk:k=2", "rte", "agreement") <= 1
     assert math.isnan(run.value("dense", "rte", "agreement"))  # the reference has no agreement with itself
+
+
+def test_reading_a_tracked_run_needs_no_torch():
+    """asv starts one interpreter per parameter of a track_* benchmark and unpickles the cached TrackedRun in
+    it; that must not import torch, transformers or pandas (it made the suite's quality part ~10x slower)."""
+    import pickle
+    import subprocess
+    import sys
+
+    payload = pickle.dumps(TrackedRun({("dense", "rte", "accuracy"): 0.5}, {"rte": "accuracy"}, {}))
+    code = ("import pickle, sys; run = pickle.loads(sys.stdin.buffer.read()); "
+            "assert run.main_metric('dense', 'rte') == 0.5; "
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "[]"
+
+
+def test_harness_exports_resolve():
+    """The lazily imported public names all exist (a typo in the export table would only fail on use)."""
+    import harness
+
+    for name in harness.__all__:
+        assert getattr(harness, name) is not None, name
+    assert set(harness.__all__) <= set(dir(harness))

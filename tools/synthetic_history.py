@@ -50,26 +50,38 @@ def measured_noise(store: Path, backend: str, metric: str = "latency_forward",
     return {"within": within, "common": common, "own": float(ratio.std() / ratio.mean())}
 
 
+def write_history(store: str | Path, rng: np.random.Generator, noise: dict[str, float], step: float,
+                  samples: int, runs: int) -> int:
+    """Write a synthetic 20-commit history to ``store``; return the commit index where the step starts."""
+    change = int(rng.integers(5, COMMITS - 4))
+    for i in range(COMMITS):
+        for r in range(runs):
+            common = 1 + rng.normal(0, noise["common"])
+            rows = []
+            for backend, base in (("dense", 0.14), ("topk:k=16", 0.3)):
+                factor = 1 + step if backend == "topk:k=16" and i >= change else 1.0
+                own = 1 + rng.normal(0, noise["own"]) if backend != "dense" else 1.0
+                values = base * factor * common * own * (1 + rng.normal(0, noise["within"], samples))
+                rows.append({"run_id": f"r{i}-{r}", "timestamp": T0 + timedelta(hours=i, minutes=r),
+                             "source": "harness", "commit": commit_id(i), "machine": "synthetic",
+                             "backend": backend, "model": "m", "metric": "latency_forward", "category": "speed",
+                             "unit": "s", "direction": "lower", "threads": 2, "seq_len": 128, "batch_size": 8,
+                             "value": float(np.median(values)), "samples": values.tolist()})
+            write_rows(store, rows, {"run_id": f"r{i}-{r}"})
+    return change
+
+
+def commit_id(i: int) -> str:
+    """The synthetic commit hash of history position ``i`` (its index, zero-padded)."""
+    return f"{i:03d}" + "0" * 37
+
+
 def trial(rng: np.random.Generator, noise: dict[str, float], step: float, samples: int,
           runs: int) -> dict[str, tuple[bool, int]]:
     """One synthetic history (``runs`` runs per commit); per series kind, (found at the injected commit,
     number of false flags)."""
-    change = int(rng.integers(5, COMMITS - 4))
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(COMMITS):
-            for r in range(runs):
-                common = 1 + rng.normal(0, noise["common"])
-                rows = []
-                for backend, base in (("dense", 0.14), ("topk:k=16", 0.3)):
-                    factor = 1 + step if backend == "topk:k=16" and i >= change else 1.0
-                    own = 1 + rng.normal(0, noise["own"]) if backend != "dense" else 1.0
-                    values = base * factor * common * own * (1 + rng.normal(0, noise["within"], samples))
-                    rows.append({"run_id": f"r{i}-{r}", "timestamp": T0 + timedelta(hours=i, minutes=r),
-                                 "source": "harness", "commit": f"{i:03d}" + "0" * 37, "machine": "synthetic",
-                                 "backend": backend, "model": "m", "metric": "latency_forward", "category": "speed",
-                                 "unit": "s", "direction": "lower", "threads": 2, "seq_len": 128, "batch_size": 8,
-                                 "value": float(np.median(values)), "samples": values.tolist()})
-                write_rows(tmp, rows, {"run_id": f"r{i}-{r}"})
+        change = write_history(tmp, rng, noise, step, samples, runs)
         points = find_regressions(read_results(tmp))
     result = {}
     for kind, relative in (("absolute", None), ("÷ dense", "dense")):
@@ -88,8 +100,17 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=0.05)
     parser.add_argument("--runs-per-commit", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--example", type=Path, metavar="STORE",
+                        help="write one history at the measured noise to STORE (for `attnbench regressions "
+                             "--store STORE`) instead of running the trials")
     args = parser.parse_args()
     noise = measured_noise(args.from_store, args.backend)
+    if args.example:
+        change = write_history(args.example, np.random.default_rng(args.seed), noise, args.step, args.samples,
+                               args.runs_per_commit)
+        print(f"wrote a 20-commit history to {args.example}: topk:k=16 is {args.step:.0%} slower from commit "
+              f"{commit_id(change)[:8]} (position {change}) on; noise {noise}")
+        return
     print(f"measured on {args.from_store} for {args.backend}: common (run-to-run) CV {noise['common']:.2%}, own (÷ dense) CV "
           f"{noise['own']:.2%}, within-run CV {noise['within']:.2%}; {args.trials} histories of {COMMITS} commits, "
           f"a {args.step:.0%} step of one backend at a random commit, {args.runs_per_commit} run(s) per commit")
