@@ -10,16 +10,22 @@ a significant (or exact) change in the bad direction larger than the threshold.
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .asv_import import PARAM_COLUMNS
 from .errors import UserError
+from .provenance import ROOT
 
 KEY = ["source", "machine", "model", "backend", "task", "metric", "threads", "seq_len", "batch_size",
-       "data_source"]
+       "data_source", "variant"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +40,14 @@ class Comparison:
 
 
 def select(rows: pd.DataFrame, ref: str) -> tuple[pd.DataFrame, str]:
-    """Rows of a run id, or of a commit given by a prefix of at least 4 hex digits."""
+    """Rows of a run id, of a commit given by a prefix of at least 4 hex digits, or of a git revision of
+    the attnbench checkout (``HEAD~1``, a branch or tag name), as ``asv compare`` accepts."""
     by_run = rows[rows["run_id"] == ref]
     if not by_run.empty:
         return by_run, f"run {ref}"
+    asked = ref
+    if not re.fullmatch(r"[0-9a-fA-F]{4,40}", ref):
+        ref = rev_parse(ref) or ref
     if len(ref) >= 4:
         by_commit = rows[rows["commit"].fillna("").str.startswith(ref)]
         commits = by_commit["commit"].unique()
@@ -48,7 +58,43 @@ def select(rows: pd.DataFrame, ref: str) -> tuple[pd.DataFrame, str]:
             return by_commit, f"commit {commits[0][:10]}"
     recent = rows.sort_values("timestamp").drop_duplicates("run_id", keep="last").tail(5)
     hint = "; ".join(f"{r.run_id} (commit {str(r.commit)[:10]})" for r in recent.itertuples())
-    raise UserError(f"no results for {ref!r} in the store; give a run id or a commit (prefix). Recent: {hint or 'none'}")
+    resolved = f" (commit {ref[:10]})" if ref != asked else ""
+    raise UserError(f"no results for {asked!r}{resolved} in the store; give a run id, a commit (prefix) or a git "
+                    f"revision with results. Recent: {hint or 'none'}")
+
+
+def with_variant(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the ``variant`` column of :data:`KEY`: the asv benchmark parameters that have no column
+    of their own (``Gemm``'s ``impl`` and ``head_dim``, say) as canonical JSON, ``""`` for every other row.
+    Without it, different parameter combinations of one asv benchmark would be pooled into one series."""
+    if "variant" in rows:
+        return rows
+    variant = pd.Series("", index=rows.index, dtype=object)
+    asv = rows["source"].eq("asv") & rows["extra"].notna() if "extra" in rows else rows["source"].eq("_")
+    if asv.any():
+        variant[asv] = [_variant(extra) for extra in rows.loc[asv, "extra"]]
+    return rows.assign(variant=variant)
+
+
+def _variant(extra: str) -> str:
+    params = json.loads(extra).get("params") or {}
+    rest = {k: v for k, v in params.items() if k not in PARAM_COLUMNS}
+    return json.dumps(rest, sort_keys=True) if rest else ""
+
+
+def _hashable(key: tuple) -> tuple:
+    """A group key usable for dict lookups: NaN != NaN, so missing values become None."""
+    return tuple(None if pd.isna(v) else v for v in key)
+
+
+def rev_parse(revision: str, repo: Path = ROOT) -> str | None:
+    """The full sha of a git revision of ``repo``, or None when it is not one (or git is unavailable)."""
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def _pool(group: pd.DataFrame) -> np.ndarray:
@@ -97,12 +143,13 @@ def compare_samples(a: np.ndarray, b: np.ndarray, direction: str, *, threshold: 
 
 def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.05, alpha: float = 0.05) -> Comparison:
     """Pair the rows of A and B and compare every measurement both have."""
+    rows = with_variant(rows)
     side_a, label_a = select(rows, ref_a)
     side_b, label_b = select(rows, ref_b)
-    groups_a = {k: g for k, g in side_a.groupby(KEY, dropna=False)}
+    groups_a = {_hashable(k): g for k, g in side_a.groupby(KEY, dropna=False)}
     out = []
     for key, group_b in side_b.groupby(KEY, dropna=False):
-        group_a = groups_a.get(key)
+        group_a = groups_a.get(_hashable(key))
         if group_a is None:
             continue
         direction = group_b["direction"].iloc[0]
@@ -144,6 +191,8 @@ def to_markdown(comparison: Comparison, *, threshold: float, only_changes: bool 
     for r in table.itertuples():
         params = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("backend", "task", "threads", "seq_len")
                            if getattr(r, k) is not None and pd.notna(getattr(r, k)))
+        if r.variant:
+            params = ", ".join([params, *(f"{k}={v}" for k, v in json.loads(r.variant).items())]).strip(", ")
         ci = f" [{r.ci_low:.3f}, {r.ci_high:.3f}]" if np.isfinite(r.ci_low) else ""
         p = f"{r.p_value:.2g}" if np.isfinite(r.p_value) else r.kind
         mark = {"regression": "❌ regression", "improvement": "✅ improvement"}.get(r.verdict, r.verdict)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .changepoints import e_divisive
-from .compare import KEY
+from .compare import KEY, with_variant
 from .provenance import ROOT
 
 
@@ -113,7 +113,7 @@ def find_regressions(rows: pd.DataFrame, *, alpha: float = 0.01, min_effect: flo
     With ``relative_to``, every speed series of another backend is also searched as a ratio to that
     backend's value in the same run (see :func:`relative_rows`); those change points carry ``relative_to``.
     """
-    rows = rows[rows["commit"].notna()]
+    rows = with_variant(rows[rows["commit"].notna()])
     if categories:
         rows = rows[rows["category"].isin(categories)]
     order = commit_order(list(rows["commit"].unique()))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import KEY, format_param
+from .compare import KEY, format_param, with_variant
 from .regressions import commit_order, find_regressions, per_commit_values, to_frame
 
 HISTORY_METRICS = ("latency_forward", "latency_attention_core")
@@ -120,7 +120,7 @@ def build_report(rows: pd.DataFrame, *, run_id: str | None = None, max_history: 
                         f"{html.escape(str(meta['commit'])[:10])}; the orange line is the Pareto front.</p>"
                         f"<div class='grid'>{figures or '<p>No latency and task rows in this run.</p>'}</div>")
     changes = to_frame(find_regressions(rows))
-    speed = rows[rows["metric"].isin(HISTORY_METRICS) | rows["metric"].str.startswith("bench_speed.")]
+    speed = with_variant(rows[rows["metric"].isin(HISTORY_METRICS) | rows["metric"].str.startswith("bench_speed.")])
     order = commit_order(list(speed["commit"].dropna().unique()))
     plots = []
     for key, series in speed[speed["commit"].notna()].groupby(KEY, dropna=False):

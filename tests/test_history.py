@@ -14,6 +14,7 @@ import pytest
 from harness.changepoints import e_divisive
 from harness.cli import main
 from harness.compare import compare, compare_samples
+from harness.errors import UserError
 from harness.regressions import find_regressions
 from harness.report import build_report, pareto_front
 from harness.store import read_results, write_rows
@@ -74,6 +75,23 @@ def test_compare_through_the_store_and_cli_exit_codes(tmp_path, capsys):
     assert "no results for 'zzzz'" in capsys.readouterr().err
 
 
+def test_compare_accepts_git_revisions(tmp_path):
+    """``attnbench compare HEAD~1 HEAD`` works like ``asv compare``: revisions resolve to commits in the store."""
+    from harness.compare import rev_parse, select
+
+    head = rev_parse("HEAD")
+    if head is None:
+        pytest.skip("not a git checkout")
+    rng = np.random.default_rng(1)
+    store = tmp_path / "store"
+    write_rows(store, timing_rows("run-h", head, {"dense": rng.normal(0.1, 0.002, 5)}, T0), {"run_id": "run-h"})
+    rows, label = select(read_results(store), "HEAD")
+    assert label == f"commit {head[:10]}" and set(rows["commit"]) == {head}
+    assert rev_parse("no-such-revision-xyz") is None
+    with pytest.raises(UserError, match="no results for 'HEAD~0\\^'"):
+        select(read_results(store), "HEAD~0^")  # a real revision with no results
+
+
 def test_e_divisive_finds_a_step_and_nothing_in_noise():
     rng = np.random.default_rng(11)
     series = 1 + rng.normal(0, 0.005, 20)
@@ -121,6 +139,39 @@ def test_asv_results_fixture_imports_idempotently(tmp_path, capsys):
     assert speed["samples"].map(lambda s: s is not None and len(s) > 1).all()  # recorded with --record-samples
     stats = json.loads(speed["extra"].iloc[0])["stats"]
     assert {"q_25", "q_75"} <= set(stats)
+
+
+def test_compare_pairs_imported_asv_commits(tmp_path):
+    """asv rows have no model (NaN in the key): they must still pair, one row per parameter combination."""
+    store = tmp_path / "store"
+    assert main(["import-asv", str(ASV_FIXTURE), "--store", str(store)]) == 0
+    rows = read_results(store)
+    a, b = sorted(rows["commit"].unique())
+    table = compare(rows, a[:8], b[:8]).table
+    combos = rows[rows["commit"] == b][["backend", "threads", "seq_len"]].drop_duplicates()
+    assert len(table) == len(combos) > 1
+
+
+def test_asv_parameters_without_a_column_keep_series_apart(tmp_path):
+    """Gemm's impl and head_dim have no column of their own: int8 and fp32 must not be pooled."""
+    from harness.compare import with_variant
+
+    def row(commit, impl, value):
+        return {"run_id": f"asv-{commit}", "timestamp": T0, "source": "asv", "commit": commit * 40,
+                "machine": "box", "metric": "bench_kernels.Gemm.time_gemm", "category": "speed", "unit": "seconds",
+                "direction": "lower", "threads": 1, "value": value, "samples": [value] * 5,
+                "extra": json.dumps({"params": {"impl": impl, "head_dim": "32", "threads": "1"}})}
+
+    store = tmp_path / "store"
+    for commit, scale in (("a", 1.0), ("b", 1.5)):
+        write_rows(store, [row(commit, "int8-fbgemm", 1.0 * scale), row(commit, "fp32-matmul", 2.0)],
+                   {"run_id": f"asv-{commit}"})
+    rows = read_results(store)
+    assert set(with_variant(rows)["variant"]) == {'{"head_dim": "32", "impl": "int8-fbgemm"}',
+                                                  '{"head_dim": "32", "impl": "fp32-matmul"}'}
+    table = compare(rows, "aaaa", "bbbb").table.set_index("variant")
+    assert table.loc['{"head_dim": "32", "impl": "int8-fbgemm"}', "ratio"] == pytest.approx(1.5)
+    assert table.loc['{"head_dim": "32", "impl": "fp32-matmul"}', "ratio"] == pytest.approx(1.0)
 
 
 def test_asv_import_needs_benchmarks_json(tmp_path, capsys):
