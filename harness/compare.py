@@ -70,7 +70,9 @@ def with_variant(rows: pd.DataFrame) -> pd.DataFrame:
     if "variant" in rows:
         return rows
     variant = pd.Series("", index=rows.index, dtype=object)
-    asv = rows["source"].eq("asv") & rows["extra"].notna() if "extra" in rows else rows["source"].eq("_")
+    if "extra" not in rows:
+        return rows.assign(variant=variant)
+    asv = rows["source"].eq("asv") & rows["extra"].notna()
     if asv.any():
         variant[asv] = [_variant(extra) for extra in rows.loc[asv, "extra"]]
     return rows.assign(variant=variant)
