@@ -22,7 +22,7 @@ from scipy import stats
 
 from .asv_import import PARAM_COLUMNS
 from .errors import UserError
-from .provenance import ROOT
+from .provenance import ROOT, git
 
 KEY = ["source", "machine", "model", "backend", "task", "metric", "threads", "seq_len", "batch_size",
        "data_source", "variant"]
@@ -92,11 +92,9 @@ def _hashable(key: tuple) -> tuple:
 def rev_parse(revision: str, repo: Path = ROOT) -> str | None:
     """The full sha of a git revision of ``repo``, or None when it is not one (or git is unavailable)."""
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
-                             capture_output=True, text=True, timeout=10)
+        return git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", repo=repo) or None
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def _pool(group: pd.DataFrame) -> np.ndarray:

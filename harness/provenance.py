@@ -22,17 +22,20 @@ class Commit:
     dirty: bool | None
 
 
+def git(*args: str, repo: Path = ROOT, timeout: float = 10) -> str:
+    """Output of ``git -C repo ARGS`` (stripped); raises ``OSError`` or ``subprocess.SubprocessError``."""
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          timeout=timeout).stdout.strip()
+
+
 def git_commit(path: Path = ROOT) -> Commit:
     """The checked-out commit of the attnbench source tree and whether it has uncommitted changes.
 
     ``Commit(None, None)`` when the code does not run from a git checkout (an installed wheel).
     """
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
     try:
-        sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        sha = git("rev-parse", "HEAD", repo=path)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", repo=path))
         return Commit(sha, dirty)
     except (OSError, subprocess.SubprocessError):
         return Commit(None, None)

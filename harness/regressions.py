@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from .changepoints import e_divisive
 from .compare import KEY, with_variant
-from .provenance import ROOT
+from .provenance import ROOT, git
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,7 @@ def commit_order(commits: list[str], repo: Path = ROOT) -> dict[str, int]:
     """Position of each commit in ``git rev-list --topo-order --reverse --all``. Commits unknown to the
     repository all get the same last position, so their results are ordered by time."""
     try:
-        listed = subprocess.run(["git", "-C", str(repo), "rev-list", "--topo-order", "--reverse", "--all"],
-                                capture_output=True, text=True, check=True, timeout=30).stdout.split()
+        listed = git("rev-list", "--topo-order", "--reverse", "--all", repo=repo, timeout=30).split()
     except (OSError, subprocess.SubprocessError):
         listed = []
     position = {sha: i for i, sha in enumerate(listed)}

@@ -119,8 +119,9 @@ def build_report(rows: pd.DataFrame, *, run_id: str | None = None, max_history: 
                         f"<p>Machine {html.escape(str(meta['machine']))}, {meta['threads']} thread(s), commit "
                         f"{html.escape(str(meta['commit'])[:10])}; the orange line is the Pareto front.</p>"
                         f"<div class='grid'>{figures or '<p>No latency and task rows in this run.</p>'}</div>")
+    rows = with_variant(rows)  # once, for find_regressions and the series below
     changes = to_frame(find_regressions(rows))
-    speed = with_variant(rows[rows["metric"].isin(HISTORY_METRICS) | rows["metric"].str.startswith("bench_speed.")])
+    speed = rows[rows["metric"].isin(HISTORY_METRICS) | rows["metric"].str.startswith("bench_speed.")]
     order = commit_order(list(speed["commit"].dropna().unique()))
     plots = []
     for key, series in speed[speed["commit"].notna()].groupby(KEY, dropna=False):
