@@ -13,30 +13,30 @@ from typing import TYPE_CHECKING, Any
 # ``import harness`` and light submodules (``harness.tracking``, ``harness.hookspecs``) do not pay for torch,
 # transformers and scikit-learn: asv starts a fresh interpreter for every parameter of every benchmark.
 _EXPORTS = {
-    "Backend": "backend", "PluginInfo": "backend", "ResolvedBackend": "backend",
+    "Backend": "backends.contract", "PluginInfo": "backends.contract", "ResolvedBackend": "backends.contract",
     "DataError": "errors", "ModelError": "errors", "ParamError": "errors", "PluginError": "errors",
     "SpecError": "errors", "StoreError": "errors", "UserError": "errors",
     "hookimpl": "hookspecs", "hookspec": "hookspecs",
-    "REQUIRED": "params", "Param": "params",
-    "DEFAULT_PLUGINS": "plugins", "get_plugin_manager": "plugins",
-    "Registry": "registry", "load_registry": "registry",
-    "RunResult": "runner", "RunSpec": "runner", "run": "runner",
-    "expand_grid": "spec", "parse_spec": "spec",
-    "read_results": "store", "write_rows": "store",
-    "Metric": "tasks", "Task": "tasks",
+    "REQUIRED": "backends.params", "Param": "backends.params",
+    "DEFAULT_PLUGINS": "backends.manager", "get_plugin_manager": "backends.manager",
+    "Registry": "backends.registry", "load_registry": "backends.registry",
+    "RunResult": "execution.runner", "RunSpec": "execution.runner", "run": "execution.runner",
+    "expand_grid": "backends.spec", "parse_spec": "backends.spec",
+    "read_results": "history.store", "write_rows": "history.store",
+    "Metric": "tasks.contract", "Task": "tasks.contract",
 }
 
 if TYPE_CHECKING:
-    from .backend import Backend, PluginInfo, ResolvedBackend
+    from .backends.contract import Backend, PluginInfo, ResolvedBackend
     from .errors import DataError, ModelError, ParamError, PluginError, SpecError, StoreError, UserError
     from .hookspecs import hookimpl, hookspec
-    from .params import REQUIRED, Param
-    from .plugins import DEFAULT_PLUGINS, get_plugin_manager
-    from .registry import Registry, load_registry
-    from .runner import RunResult, RunSpec, run
-    from .spec import expand_grid, parse_spec
-    from .store import read_results, write_rows
-    from .tasks import Metric, Task
+    from .backends.params import REQUIRED, Param
+    from .backends.manager import DEFAULT_PLUGINS, get_plugin_manager
+    from .backends.registry import Registry, load_registry
+    from .execution.runner import RunResult, RunSpec, run
+    from .backends.spec import expand_grid, parse_spec
+    from .history.store import read_results, write_rows
+    from .tasks.contract import Metric, Task
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ EXIT_USAGE = 2
 
 
 def _registry():
-    from .registry import load_registry
+    from .backends.registry import load_registry
 
     return load_registry()
 
@@ -59,8 +59,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import RunSpec, run
-    from .summary import run_summary
+    from .execution.runner import RunSpec, run
+    from .execution.summary import run_summary
 
     spec = RunSpec(backends=args.backend or ["dense"], tasks=_split(args.tasks), model=args.model, data=args.data,
                    limit=args.limit, max_tokens=args.max_tokens or None, eval_batch_size=args.eval_batch_size,
@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_import_asv(args: argparse.Namespace) -> int:
-    from .asv_import import import_asv
+    from .history.asv_import import import_asv
 
     summary = import_asv(args.results, args.store)
     print(f"{summary.files} asv result file(s): {summary.imported} imported ({summary.rows} rows), "
@@ -92,8 +92,8 @@ def cmd_import_asv(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, to_markdown
-    from .store import read_results
+    from .history.compare import compare, to_markdown
+    from .history.store import read_results
 
     rows = read_results(args.store)
     if args.category:
@@ -104,9 +104,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
-    from .compare import format_param
-    from .regressions import find_regressions, to_frame
-    from .store import read_results
+    from .history.compare import format_param
+    from .history.regressions import find_regressions, to_frame
+    from .history.store import read_results
 
     rows = read_results(args.store)
     points = to_frame(find_regressions(rows, alpha=args.alpha, min_effect=args.min_effect,
@@ -129,8 +129,8 @@ def cmd_regressions(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .store import read_results
+    from .history.report import write_report
+    from .history.store import read_results
 
     path = write_report(read_results(args.store), args.output, run_id=args.run)
     print(f"wrote {path}")

@@ -1,7 +1,7 @@
 """The plugin API of attnbench: pluggy markers and hook specifications.
 
 A plugin is any module or object with functions decorated by :data:`hookimpl` whose names match the
-hooks below. Built-in plugins (``plugins/*``, ``harness.glue``) and third-party plugins (installed
+hooks below. Built-in plugins (``plugins/*``, ``plugins.glue``) and third-party plugins (installed
 packages exposing an entry point in the group ``attnbench.backends``) are registered the same way.
 
 Each hook's docstring is its contract.
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from .backend import Backend
-    from .tasks import Task
+    from .backends.contract import Backend
+    from .tasks.contract import Task
 
 PROJECT_NAME = "attnbench"
 ENTRY_POINT_GROUP = "attnbench.backends"
@@ -43,7 +43,7 @@ def register_backends(register: Callable[[type["Backend"]], None]) -> None:
 
 @hookspec
 def register_tasks(register: Callable[["Task"], None]) -> None:
-    """Register evaluation tasks (the built-in plugin ``harness.glue`` registers the nine GLUE tasks).
+    """Register evaluation tasks (the built-in plugin ``plugins.glue`` registers the nine GLUE tasks).
 
     Called once per plugin manager, when the registry is first built.
 

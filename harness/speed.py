@@ -12,15 +12,15 @@ from typing import Callable
 
 import torch
 
-from .attention import attention_function, attention_modules
-from .backend import ResolvedBackend
-from .data import DataSource
-from .encoding import EncodedSplit, encode, fixed_shape_inputs
+from .backends.attention_interface import attention_function, attention_modules
+from .backends.contract import ResolvedBackend
+from .tasks.data import DataSource
+from .tasks.encoding import EncodedSplit, encode, fixed_shape_inputs
 from .errors import SpecError
-from .evaluate import logits_of
-from .evaluation import prepare_model
-from .models import TaskModels, load_task_models
-from .registry import Registry, load_registry
+from .execution.forward import logits_of
+from .execution.eval_cells import prepare_model
+from .models.loading import TaskModels, load_task_models
+from .backends.registry import Registry, load_registry
 
 SPEED_TASK = "sst2"  # whose tokens fill the fixed-shape batches of speed cases built outside a run
 

@@ -20,8 +20,8 @@ class TrackedRun:
         """Evaluate every available backend on every task once (no timing, nothing stored)."""
         # Imported here: asv unpickles a TrackedRun in a fresh interpreter per benchmark parameter, which
         # then needs only this module, not torch or transformers.
-        from .registry import load_registry
-        from .runner import RunSpec, run
+        from .backends.registry import load_registry
+        from .execution.runner import RunSpec, run
         from .speed import unavailable
 
         registry = load_registry()

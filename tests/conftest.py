@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
 from harness import load_registry
-from harness.probe import embedded_model_dir
+from harness.models.embedded import embedded_model_dir
 
 
 def tiny_config(num_labels: int = 2, **overrides) -> BertConfig:

@@ -8,8 +8,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from harness.attention import attach
-from harness.runner import prepare_model
+from harness.backends.attention_interface import attach
+from harness.execution.runner import prepare_model
 
 from conftest import tiny_classifier
 
@@ -67,7 +67,7 @@ def test_attention_registered_without_mask_builder_ignores_padding():
     seen.clear()
     model = copy.deepcopy(tiny_classifier())
     from harness import Backend
-    from harness.backend import PluginInfo, ResolvedBackend
+    from harness.backends.contract import PluginInfo, ResolvedBackend
 
     class Spy(Backend):
         name = "spy"

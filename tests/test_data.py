@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from harness.data import SAMPLE_DIR, DataSource, sample_manifest
+from harness.tasks.data import SAMPLE_DIR, DataSource, sample_manifest
 from harness.errors import DataError
-from harness.glue import GLUE_TASKS
+from plugins.glue import GLUE_TASKS
 
 SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 

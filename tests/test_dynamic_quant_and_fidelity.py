@@ -10,9 +10,9 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from transformers import BertForSequenceClassification
 
 from harness import Backend, SpecError
-from harness.backend import PluginInfo, ResolvedBackend
-from harness.fidelity import attention_fidelity, captured_attention, reference_outputs
-from harness.runner import prepare_model
+from harness.backends.contract import PluginInfo, ResolvedBackend
+from harness.execution.fidelity import attention_fidelity, captured_attention, reference_outputs
+from harness.execution.runner import prepare_model
 from plugins.dynamic_quant import linear_layers
 
 from conftest import tiny_classifier, tiny_config

@@ -15,7 +15,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import cython_kernels as ck
 from harness import RunSpec, run
-from harness.runner import prepare_model
+from harness.execution.runner import prepare_model
 from plugins.fbgemm_int8 import FbgemmInt8, key_padding
 
 from conftest import tiny_classifier

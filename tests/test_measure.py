@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.measure import Timing, peak_allocated_bytes, time_interleaved
+from harness.execution.sampling import Timing, peak_allocated_bytes, time_interleaved
 
 
 def test_interleaved_timing_rotates_and_keeps_every_sample():

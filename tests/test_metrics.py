@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from harness.glue import GLUE_TASKS
+from plugins.glue import GLUE_TASKS
 
 REFERENCE = {
     "accuracy": skm.accuracy_score,

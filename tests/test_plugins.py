@@ -14,7 +14,7 @@ import pytest
 
 from harness import Backend, Param, hookimpl, load_registry
 from harness.cli import main
-from harness.plugins import PLUGINS_ENV
+from harness.backends.manager import PLUGINS_ENV
 
 EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
 

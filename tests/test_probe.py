@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import probe
-from harness.glue import GLUE_TASKS
-from harness.models import EmbeddedProbe
-from harness.probe import LinearHead, fit_linear_head, load_or_fit_head, pooled_features
+from harness.models import embedded as probe
+from plugins.glue import GLUE_TASKS
+from harness.models.loading import EmbeddedProbe
+from harness.models.embedded import LinearHead, fit_linear_head, load_or_fit_head, pooled_features
 
 from conftest import tiny_encoder
 
@@ -74,9 +74,9 @@ def test_embedded_model_excludes_its_fitting_rows_and_beats_chance():
     models = EmbeddedProbe([task])
     excluded = models.excluded_idx(task)
     assert len(excluded) == 1000
-    from harness.data import DataSource
-    from harness.encoding import encode
-    from harness.evaluate import predict
+    from harness.tasks.data import DataSource
+    from harness.tasks.encoding import encode
+    from harness.execution.forward import predict
 
     rows = DataSource.parse("sample").load(task)
     assert not set(rows["idx"]) & set(excluded.tolist())

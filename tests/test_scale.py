@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from harness import RunSpec, read_results, run
-from harness import evaluation
+from harness.execution import eval_cells as evaluation
 from harness.errors import UserError
-from harness.executors import make_executor
+from harness.execution.executors import make_executor
 
 
 def sweep(store, model_dir, **overrides) -> RunSpec:

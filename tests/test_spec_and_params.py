@@ -1,7 +1,7 @@
 import pytest
 
 from harness import Param, ParamError, SpecError, expand_grid, parse_spec
-from harness.spec import format_spec
+from harness.backends.spec import format_spec
 
 
 def test_parse_single_and_composite():

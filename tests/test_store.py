@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.store import COLUMNS, SCHEMA, data_files, read_results, read_run_metadata, write_rows
+from harness.history.store import COLUMNS, SCHEMA, data_files, read_results, read_run_metadata, write_rows
 
 
 def make_rows(run_id: str, n: int, machine: str = "box-1", when: datetime | None = None) -> list[dict]:
@@ -70,7 +70,7 @@ def test_a_crash_mid_write_leaves_the_store_readable(tmp_path):
     crash = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from harness import store
+        from harness.history import store
         from test_store import make_rows
 
         def die(*args, **kwargs):

@@ -8,7 +8,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import cython_kernels as ck
 from harness import ParamError
-from harness.runner import prepare_model
+from harness.execution.runner import prepare_model
 from plugins.topk import TopK, fake_quantize, key_validity, select_keys
 
 from conftest import tiny_classifier

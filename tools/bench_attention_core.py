@@ -5,9 +5,9 @@ the raw int8 vs fp32 GEMM speed at attention shapes. Prints markdown tables.
     python tools/bench_attention_core.py --repeats 40 --no-gemm
 
 The attention core is what the runner and asv time (``harness.speed``): the backend's attention function
-(``harness.attention.attention_function``) called as the embedded MiniLM's first layer calls it, on seeded
+(``harness.backends.attention_interface.attention_function``) called as the embedded MiniLM's first layer calls it, on seeded
 random q/k/v of shape (batch, 12 heads, seq, 32) without a mask. All backends of one (seq, threads)
-configuration are timed round-robin in this process (``harness.measure.time_interleaved``: warm-up,
+configuration are timed round-robin in this process (``harness.execution.sampling.time_interleaved``: warm-up,
 rotating order, one sample per call); cells give the median in ms, the IQR and the speed-up over dense SDPA.
 ``other load`` is the mean number of cores other processes kept busy meanwhile: numbers taken while it is
 well above 0 are not to be trusted on a 2-core machine.
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cython_kernels as ck  # noqa: E402
 from cython_kernels import bench  # noqa: E402
 from harness import load_registry  # noqa: E402
-from harness.measure import Timing, time_interleaved  # noqa: E402
-from harness.models import load_task_models  # noqa: E402
-from harness.runner import prepare_model  # noqa: E402
+from harness.execution.sampling import Timing, time_interleaved  # noqa: E402
+from harness.models.loading import load_task_models  # noqa: E402
+from harness.execution.runner import prepare_model  # noqa: E402
 from harness.speed import SPEED_TASK, attention_core_call, random_qkv  # noqa: E402
 
 BACKENDS = ("dense", "dense:impl=eager", "fbgemm-int8", "fbgemm-int8:pv=float", "topk:k=16",

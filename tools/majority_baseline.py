@@ -14,8 +14,8 @@ import sys
 import numpy as np
 
 from harness import read_results
-from harness.data import DataSource
-from harness.glue import GLUE_TASKS
+from harness.tasks.data import DataSource
+from plugins.glue import GLUE_TASKS
 
 
 def main(store: str = "results/store") -> None:

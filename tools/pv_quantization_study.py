@@ -22,9 +22,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import load_registry  # noqa: E402
-from harness.data import DataSource  # noqa: E402
-from harness.encoding import encode, fixed_shape_inputs  # noqa: E402
-from harness.models import load_task_models  # noqa: E402
+from harness.tasks.data import DataSource  # noqa: E402
+from harness.tasks.encoding import encode, fixed_shape_inputs  # noqa: E402
+from harness.models.loading import load_task_models  # noqa: E402
 
 
 def capture(model: torch.nn.Module, inputs: dict) -> list[tuple[torch.Tensor, ...]]:

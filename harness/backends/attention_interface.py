@@ -15,7 +15,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from .backend import ResolvedBackend
+from .contract import ResolvedBackend
 
 REFERENCE_IMPLEMENTATION = "sdpa"
 _MASK_BUILDERS = {"bool": sdpa_mask, "additive": eager_mask}

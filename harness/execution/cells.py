@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import read_results
+from ..history.store import read_results
 
 
 @dataclass(frozen=True)

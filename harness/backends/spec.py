@@ -13,7 +13,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from .errors import SpecError
+from ..errors import SpecError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import EncodedSplit
+from ..tasks.encoding import EncodedSplit
 
 
 def logits_of(output: object) -> torch.Tensor:

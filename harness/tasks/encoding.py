@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 import torch
 
-from .tasks import Task
+from .contract import Task
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``--model`` values:
 
-* ``embedded`` (default) — the packaged MiniLM with fitted linear heads (:mod:`harness.probe`);
+* ``embedded`` (default) — the packaged MiniLM with fitted linear heads (:mod:`harness.models.embedded`);
 * ``ID_OR_DIR`` — one ``*ForSequenceClassification`` checkpoint (hub id or local directory) for every task;
 * ``TASK=ID_OR_DIR`` (repeatable, or comma-separated) — one checkpoint per task.
 
@@ -21,9 +21,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import ModelError
-from .probe import EMBEDDED_PACKAGE, ProbeClassifier, embedded_model_dir, load_or_fit_head
-from .tasks import Task
+from ..errors import ModelError
+from .embedded import EMBEDDED_PACKAGE, ProbeClassifier, embedded_model_dir, load_or_fit_head
+from ..tasks.contract import Task
 
 EMBEDDED = "embedded"
 DEFAULT_MAX_LENGTH = 512

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import datasets
 
-from .errors import DataError
-from .tasks import Task
+from ..errors import DataError
+from .contract import Task
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "glue_sample"
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import metrics
-from .hookspecs import hookimpl
-from .tasks import Metric, Task
+from harness import Metric, Task, hookimpl
+from harness.tasks import metrics
 
 GLUE = "nyu-mll/glue"
 _ACC = Metric("accuracy", metrics.accuracy)

@@ -21,8 +21,8 @@ import pandas as pd
 from scipy import stats
 
 from .asv_import import PARAM_COLUMNS
-from .errors import UserError
-from .provenance import ROOT, git
+from ..errors import UserError
+from ..provenance import ROOT, git
 
 KEY = ["source", "machine", "model", "backend", "task", "metric", "threads", "seq_len", "batch_size",
        "data_source", "variant"]

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import StoreError
+from ..errors import StoreError
 
 SCHEMA_VERSION = 2
 RUN_METADATA_KEY = b"attnbench.run"

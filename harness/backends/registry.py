@@ -15,11 +15,11 @@ from typing import Any
 
 import pluggy
 
-from .backend import Backend, PluginInfo, ResolvedBackend
-from .errors import ParamError, PluginError, SpecError, UserError
-from .plugins import PluginFailure, _format_error, get_plugin_manager, plugin_distribution
+from .contract import Backend, PluginInfo, ResolvedBackend
+from ..errors import ParamError, PluginError, SpecError, UserError
+from .manager import PluginFailure, _format_error, get_plugin_manager, plugin_distribution
 from .spec import parse_spec
-from .tasks import Task
+from ..tasks.contract import Task
 
 _BACKEND_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -141,6 +141,6 @@ class Registry:
 
 def load_registry(*, entry_points: bool = True, extra_plugins: tuple[object, ...] = (),
                   env: dict[str, str] | None = None) -> Registry:
-    """Build a fresh plugin manager and registry (see :func:`harness.plugins.get_plugin_manager`)."""
+    """Build a fresh plugin manager and registry (see :func:`harness.backends.manager.get_plugin_manager`)."""
     pm, failures = get_plugin_manager(entry_points=entry_points, extra_plugins=extra_plugins, env=env)
     return Registry.from_plugin_manager(pm, failures)

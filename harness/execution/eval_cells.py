@@ -18,20 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attention import attach
-from .backend import ResolvedBackend
+from ..backends.attention_interface import attach
+from ..backends.contract import ResolvedBackend
 from .cells import EvalCell
-from .data import DataSource
-from .encoding import EncodedSplit, encode
-from .errors import UserError
-from .evaluate import PassStats, agreement, predict
+from ..tasks.data import DataSource
+from ..tasks.encoding import EncodedSplit, encode
+from ..errors import UserError
+from .forward import PassStats, agreement, predict
 from .fidelity import METRICS as FIDELITY_METRICS
 from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
-from .models import TaskModels, load_task_models
-from .registry import Registry, load_registry
+from ..models.loading import TaskModels, load_task_models
+from ..backends.registry import Registry, load_registry
 from .rows import process_fields, row
-from .store import write_rows
-from .tasks import Task
+from ..history.store import write_rows
+from ..tasks.contract import Task
 
 PREPARED_CACHE = 8  # prepared models kept per process (a backend's copy is reused across tasks)
 

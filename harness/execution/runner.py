@@ -26,22 +26,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .backend import ResolvedBackend
+from ..backends.contract import ResolvedBackend
 from .cells import EvalCell, SpeedCell, completed_cells, plan_id
-from .data import DataSource
-from .errors import UserError
-from .evaluation import EvalContext, EvalSession, adopt_session, prepare_model, run_eval_cell
+from ..tasks.data import DataSource
+from ..errors import UserError
+from .eval_cells import EvalContext, EvalSession, adopt_session, prepare_model, run_eval_cell
 from .executors import make_executor
-from .measure import Timing, cpu_count, peak_allocated_bytes, time_interleaved
-from .models import parse_model_args
-from .paths import DEFAULT_STORE
-from .provenance import cpu_facts, git_commit, library_versions, machine_id
-from .registry import Registry, load_registry
+from .sampling import Timing, cpu_count, peak_allocated_bytes, time_interleaved
+from ..models.loading import parse_model_args
+from ..paths import DEFAULT_STORE
+from ..provenance import cpu_facts, git_commit, library_versions, machine_id
+from ..backends.registry import Registry, load_registry
 from .rows import process_fields, row
-from .spec import expand_grid
-from .speed import build_speed_case
-from .store import read_results, write_rows
-from .tasks import Task
+from ..backends.spec import expand_grid
+from ..speed import build_speed_case
+from ..history.store import read_results, write_rows
+from ..tasks.contract import Task
 
 REFERENCE = "dense"
 __all__ = ["REFERENCE", "RunResult", "RunSpec", "prepare_model", "resolve_backends", "resolve_tasks", "run"]
@@ -53,7 +53,7 @@ class RunSpec:
 
     backends: list[str] = field(default_factory=lambda: [REFERENCE])
     tasks: list[str] | None = None          # None: every registered task (or the tasks named in ``model``)
-    model: list[str] | None = None          # see harness.models; None: the embedded default
+    model: list[str] | None = None          # see harness.models.loading; None: the embedded default
     data: str = "sample"                    # "sample", "hub" or a directory
     limit: int | None = None                # evaluate at most this many examples per task
     max_tokens: int | None = 4096           # evaluation batches: padded tokens per batch …

@@ -1,0 +1,9 @@
+"""History layer: the results store and what is computed from it.
+
+* :mod:`.store` — the Parquet store: :func:`~harness.write_rows`, :func:`~harness.read_results`, the row schema;
+* :mod:`.asv_import` — asv results JSON → store rows;
+* :mod:`.compare` — two runs or commits side by side, with significance tests;
+* :mod:`.changepoints` — E-divisive change-point detection;
+* :mod:`.regressions` — change points in per-commit series;
+* :mod:`.report` — the self-contained HTML report.
+"""
