@@ -1,7 +1,12 @@
 """attnbench: an asv-style benchmark harness for attention backends of BERT-family models on GLUE.
 
-What a third-party backend needs is importable from here: :data:`hookimpl`, :class:`Backend`,
-:class:`Param` (and :class:`Task`, :class:`Metric` for new tasks).
+Layers (each a subpackage): :mod:`harness.backends` (the plugin contract, plugin manager, registry,
+transformers wiring) → :mod:`harness.tasks` (tasks, metrics, data) → :mod:`harness.models` → 
+:mod:`harness.execution` (runner, cells, measurement) → :mod:`harness.history` (store, compare, regressions,
+report) → :mod:`harness.cli`.
+
+The plugin API — everything a third-party backend or task plugin may import — is :data:`PLUGIN_API`;
+every other name is internal and may move between versions.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ _EXPORTS = {
     "read_results": "history.store", "write_rows": "history.store",
     "Metric": "tasks.contract", "Task": "tasks.contract",
 }
+
+#: The names a third-party plugin may import from ``harness`` (stable across versions), plus the metric
+#: functions of :mod:`harness.tasks.metrics` for task plugins. Hooks: :mod:`harness.hookspecs`.
+PLUGIN_API: tuple[str, ...] = ("hookimpl", "Backend", "Param", "REQUIRED", "ParamError", "Task", "Metric",
+                               "DataError", "ModelError")
 
 if TYPE_CHECKING:
     from .backends.contract import Backend, PluginInfo, ResolvedBackend
@@ -53,7 +63,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Backend", "DEFAULT_PLUGINS", "DataError", "Metric", "ModelError", "Param", "ParamError", "PluginError",
+    "Backend", "DEFAULT_PLUGINS", "PLUGIN_API", "DataError", "Metric", "ModelError", "Param", "ParamError", "PluginError",
     "PluginInfo", "REQUIRED", "Registry", "ResolvedBackend", "RunResult", "RunSpec", "SpecError", "StoreError", "Task",
     "UserError", "expand_grid", "get_plugin_manager", "hookimpl", "hookspec", "load_registry", "parse_spec",
     "read_results", "run", "write_rows",

@@ -22,11 +22,13 @@ def _registry():
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
+    from .backends.contract import ask_unavailable_reason
+
     registry = _registry()
     listing = []
     for name in sorted(registry.backends):
         entry = registry.backends[name]
-        reason = entry.cls.unavailable_reason()
+        reason = ask_unavailable_reason(entry.cls)
         listing.append({"name": name, "description": entry.cls.description, "plugin": entry.plugin.name,
                         "distribution": entry.plugin.dist, "version": entry.plugin.version,
                         "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,

@@ -41,7 +41,7 @@ class DynamicQuant(Backend):
     )
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
+    def unavailable_reason(cls, values=None) -> str | None:
         missing = {"x86", "fbgemm"} - set(torch.backends.quantized.supported_engines)
         return f"this torch build lacks quantized engine(s) {', '.join(sorted(missing))}" if missing else None
 

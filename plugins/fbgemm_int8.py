@@ -59,7 +59,7 @@ class FbgemmInt8(Backend):
     )
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
+    def unavailable_reason(cls, values=None) -> str | None:
         return None if ck.AVAILABLE else ck.UNAVAILABLE_REASON
 
     def run_facts(self) -> dict[str, str]:

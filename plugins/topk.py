@@ -151,9 +151,10 @@ class TopK(Backend):
                              f"cannot apply; write 'topk:k={k},scorer=fbgemm' (no bits) or "
                              f"'topk:k={k},bits={bits}' (the fake scorer)")
 
-    def availability(self) -> str | None:
-        """``scorer=fbgemm`` needs the compiled kernels; the fake scorer runs everywhere."""
-        if self.values["scorer"] == "fbgemm" and not ck.AVAILABLE:
+    @classmethod
+    def unavailable_reason(cls, values=None) -> str | None:
+        """``scorer=fbgemm`` needs the compiled kernels; the fake scorer (and so the backend) runs everywhere."""
+        if values is not None and values["scorer"] == "fbgemm" and not ck.AVAILABLE:
             return f"scorer=fbgemm needs cython_kernels: {ck.UNAVAILABLE_REASON}"
         return None
 

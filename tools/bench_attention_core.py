@@ -16,7 +16,6 @@ well above 0 are not to be trusted on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +26,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cython_kernels as ck  # noqa: E402
-from cython_kernels import bench  # noqa: E402
 from harness import load_registry  # noqa: E402
 from harness.execution.sampling import Timing, time_interleaved  # noqa: E402
 from harness.models.loading import load_task_models  # noqa: E402
@@ -52,12 +50,8 @@ def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: in
     for spec in specs:
         backend = registry.resolve(spec)
         calls[spec] = attention_core_call(backend, prepare_model(base, backend), qkv)
-    gc.collect()
-    gc.freeze()  # time_interleaved collects before every sample: keep that cheap
-    start = bench.cpu_ticks()
     timings = time_interleaved(calls, repeats=repeats, warmup=warmup)
-    load = bench.foreign_load(start, bench.cpu_ticks())
-    gc.unfreeze()
+    load = next(iter(timings.values())).foreign_load
     profiles = {}
     for pv in ("int8", "float"):
         profile = np.zeros(len(ck.ATTENTION_PHASES))

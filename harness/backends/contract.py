@@ -1,21 +1,16 @@
-"""The backend contract: what a plugin implements, and a configured (possibly composed) backend.
+"""The backend contract: what a plugin implements (:class:`Backend`), and a configured, possibly composed
+backend (:class:`ResolvedBackend`).
 
-A backend changes how a BERT-family model computes attention, in one or both of two ways:
-
-* a **whole-model transform** — :meth:`Backend.prepare` receives a private copy of the model and
-  returns the model to evaluate (e.g. dynamic int8 quantization of ``nn.Linear``);
-* an **attention function** — :meth:`Backend.attention`, with transformers' ``AttentionInterface``
-  signature; the harness registers it (and a matching padding-mask builder) with transformers and
-  selects it on the model copy with ``set_attn_implementation``.
-
-Backends without an attention function run with the dense SDPA attention of the reference.
+This module's docstrings, with :mod:`harness.hookspecs`, are the plugin API: a backend can be written from
+them alone. The names a third-party plugin may import are listed in :data:`harness.PLUGIN_API`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import torch
 
@@ -23,35 +18,53 @@ from ..errors import ParamError, SpecError
 from .params import Param, format_value
 
 MaskKind = Literal["bool", "additive"]
+AttentionOutput = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
 class Backend:
-    """Base class of attention backends. Subclass it and register the class with ``register_backends``.
+    """Base class of attention backends. Subclass it and register the class with the ``register_backends`` hook.
 
-    Class attributes a subclass sets:
+    A backend changes how a BERT-family model computes attention in one or both of two ways:
 
-    * ``name`` — unique spec name (lower-case letters, digits, ``-``), e.g. ``"topk"``.
+    * a **whole-model transform**, :meth:`prepare` (e.g. dynamic int8 quantization of ``nn.Linear``);
+    * an **attention function**, :meth:`attention`, called by every self-attention layer in place of dense
+      attention. A backend that does not override :meth:`attention` keeps the reference's dense SDPA.
+
+    **Class attributes** a subclass sets:
+
+    * ``name`` — unique spec name: lower-case letters, digits and ``-`` (e.g. ``"topk"``); users write
+      ``name:param=value,...`` (see :func:`harness.parse_spec`).
     * ``description`` — one line for ``attnbench backends``.
-    * ``params`` — tuple of :class:`~harness.Param`; values arrive validated in ``self.values``.
-    * ``mask_kind`` — padding mask the attention function receives: ``"bool"`` (``True`` = attend,
-      shape ``(batch, 1, q_len, k_len)``, built by transformers' ``sdpa_mask``) or ``"additive"``
-      (float, ``0`` or the dtype's minimum, built by ``eager_mask``). The mask is ``None`` when no
-      sequence in the batch has padding. An instance may set ``self.mask_kind`` in :meth:`check_values`
-      when it depends on a parameter.
+    * ``params`` — tuple of :class:`~harness.Param`; validated values arrive in ``self.values`` (a dict).
+    * ``mask_kind`` — the padding mask :meth:`attention` receives (see there): ``"bool"`` or ``"additive"``.
+      An instance may set ``self.mask_kind`` in :meth:`check_values` when it depends on a parameter.
 
-    Methods a subclass may override: :meth:`unavailable_reason`, :meth:`availability`, :meth:`prepare`,
+    **Methods** a subclass may override: :meth:`check_values`, :meth:`unavailable_reason`, :meth:`prepare`,
     :meth:`attention`, :meth:`run_facts`, :meth:`fidelity_stats`.
+
+    **Rules every backend follows** (the conformance tests in ``tests/test_backend_conformance.py`` check them
+    for every registered backend):
+
+    * Padding never influences valid positions: the output rows of valid queries depend only on valid keys.
+    * Non-finite inputs never become finite outputs: if a query row's inputs (its query, or a valid key or
+      value) hold NaN or ±inf, its output row is not all finite; finite inputs give finite outputs. The
+      harness checks this on every evaluated batch (outside timed regions) and fails the eval cell otherwise.
+    * Parameters that cannot apply are refused in :meth:`check_values` (a :class:`~harness.ParamError` that
+      says how to fix the spec), not silently ignored.
+    * A configuration that cannot run on this machine says why in :meth:`unavailable_reason`; the harness
+      skips it with that reason (asv reports it as skipped). Never fake a result.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     mask_kind: ClassVar[MaskKind] = "bool"
-    #: Set by a subclass that defines an attention function (the method below); ``None`` means "use dense SDPA".
-    attention: ClassVar[Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None] = None
 
     def __init__(self, **values: Any) -> None:
-        """Validate parameter values (Python-typed); missing ones take their defaults."""
+        """Validate parameter values (Python-typed, e.g. ``k=8``); missing ones take their defaults.
+
+        :raises ParamError: unknown parameter, missing required parameter, or a value out of its range.
+        """
         declared = {p.name: p for p in self.params}
         unknown = set(values) - set(declared)
         if unknown:
@@ -66,38 +79,89 @@ class Backend:
             for p in self.params}
         self.check_values()
 
+    @classmethod
+    def has_attention(cls) -> bool:
+        """Whether this backend class overrides :meth:`attention` (otherwise dense SDPA is used)."""
+        return cls.attention is not Backend.attention
+
     def check_values(self) -> None:
-        """Override to check constraints between parameters; raise :class:`~harness.ParamError`."""
+        """Override to check constraints between parameters (``self.values``); raise :class:`~harness.ParamError`
+        with a message that says how to fix the spec. May set ``self.mask_kind``."""
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """Why no configuration of this backend can run on this machine (missing extension, CPU feature), or
-        ``None``. Shown by ``attnbench backends``."""
+    def unavailable_reason(cls, values: Mapping[str, Any] | None = None) -> str | None:
+        """Why this backend cannot run on this machine, or ``None`` when it can.
+
+        The one availability question of the contract, asked at two levels:
+
+        * ``values is None`` — the backend as a whole (``attnbench backends`` lists it): answer only for
+          reasons that stop every configuration (a missing compiled extension, a CPU feature, a torch build
+          without a quantized engine).
+        * ``values`` given (a configured instance's ``self.values``) — this configuration; override to answer
+          for reasons that depend on a parameter (e.g. ``topk:scorer=fbgemm`` needs the extension while the
+          default scorer runs everywhere).
+
+        Return one line that says what is missing and, where possible, how to get it. Must be cheap and must
+        not raise. The harness asks before measuring and skips the configuration with this reason.
+        """
         return None
 
-    def availability(self) -> str | None:
-        """Why *this configuration* cannot run here, or ``None``. Defaults to :meth:`unavailable_reason`;
-        override when it depends on a parameter (e.g. an optional native scorer)."""
-        return type(self).unavailable_reason()
-
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Transform a private copy of the model before evaluation; return the model to use.
+        """Transform the model before evaluation; return the model to evaluate (the same object or a new one).
 
-        The harness passes a deep copy, so in-place changes are fine; the dense reference is never touched.
+        :param model: a private deep copy of the dense model (a transformers ``PreTrainedModel``, or the
+            embedded default's wrapper around one), in ``eval()`` mode, float32, on the CPU. In-place changes
+            are fine: the dense reference is never touched.
+
+        May: replace or wrap submodules (quantized ``nn.Linear``, fused layers), change weights' storage.
+        Must not: change the model's inputs or outputs (shapes, label order), its tokenizer, its attention
+        implementation (the harness selects :meth:`attention` after ``prepare``), or put it in training mode.
+        Raise ``ValueError`` with a clear message when the model has nothing this backend can transform.
         """
         return model
 
+    def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  **kwargs: Any) -> AttentionOutput:
+        """Compute self-attention for one layer (transformers' ``AttentionInterface`` signature).
+
+        The harness registers this method with ``transformers.AttentionInterface`` (and a matching padding-mask
+        builder with ``AttentionMaskInterface``, so that padding reaches it) and selects it on the model.
+
+        :param module: the calling ``BertSelfAttention`` (attributes ``scaling``, ``is_causal``, ``config``).
+            May be ``None`` when the harness times the attention core on its own: do not depend on it.
+        :param query: ``(batch, heads, q_len, head_dim)``; ``key``, ``value``: ``(batch, heads, k_len,
+            head_dim)``. Floating point (float32 on the CPU), possibly non-contiguous views; self-attention,
+            so ``q_len == k_len``.
+        :param attention_mask: ``None`` when no sequence of the batch has padding; otherwise
+            ``(batch, 1, q_len, k_len)``, broadcast over heads, of this backend's ``mask_kind``:
+            ``"bool"`` — ``torch.bool``, ``True`` = attend (built by transformers' ``sdpa_mask``);
+            ``"additive"`` — the query's float dtype, ``0`` to attend and the dtype's minimum to mask
+            (``eager_mask``). BERT's padding mask is the same for every query row. The rows of padded query
+            positions are computed but ignored by the harness.
+        :param scaling: the softmax scale (``head_dim ** -0.5`` for BERT); ``None`` means that default.
+        :param dropout: attention dropout probability; ``0.0`` in evaluation. An inference-only backend
+            raises ``NotImplementedError`` for a non-zero value.
+        :returns: ``(output, weights)``: ``output`` of shape ``(batch, q_len, heads, head_dim)`` (note the
+            transposition) in the query's dtype; ``weights`` ``(batch, heads, q_len, k_len)`` or ``None``
+            (return ``None`` unless you have them anyway).
+        :raises TypeError: for an input dtype or mask kind the backend does not implement (say which it takes).
+        """
+        raise NotImplementedError(f"{self.name} has no attention function (it uses dense SDPA)")
+
     def run_facts(self) -> dict[str, str]:
-        """Facts about this configured backend worth recording with every result (e.g. the int8 engine)."""
+        """Facts about this configured backend recorded with every result row (e.g. ``{"fbgemm_isa": "avx2"}``):
+        what a reader needs to interpret a number that the spec string alone does not say."""
         return {}
 
     def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                        scaling: float) -> dict[str, float] | None:
-        """Optional extra fidelity figures of the attention function on one layer's real inputs.
+        """Optional extra fidelity figures of :meth:`attention` on one layer's real inputs.
 
-        Called by the harness's fidelity pass with the arguments the attention function received (same
-        shapes, mask of this backend's ``mask_kind``). Return per-name means over the valid query rows
-        (e.g. ``{"topk_recall": 0.93}``); the harness averages them over layers and batches, weighted by rows.
+        Called by the harness's fidelity pass with the arguments :meth:`attention` received (same shapes,
+        mask of this backend's ``mask_kind``). Return per-name means over the valid query rows (e.g.
+        ``{"topk_recall": 0.93}``); the harness averages them over layers and batches, weighted by rows,
+        and stores them as ``fidelity`` rows. ``None``: nothing extra.
         """
         return None
 
@@ -110,6 +174,17 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec}>"
+
+
+def ask_unavailable_reason(cls: type[Backend], values: Mapping[str, Any] | None = None) -> str | None:
+    """``cls.unavailable_reason(values)``; plugins written before the ``values`` argument existed override it
+    without one, and are asked without it."""
+    method = cls.unavailable_reason
+    try:
+        inspect.signature(method).bind(values)
+    except TypeError:
+        return method()
+    return method(values)
 
 
 def _param_list(params: tuple[Param, ...]) -> str:
@@ -136,7 +211,7 @@ class ResolvedBackend:
     plugins: tuple[PluginInfo, ...]
 
     def __post_init__(self) -> None:
-        with_attention = [p for p in self.parts if type(p).attention is not None]
+        with_attention = [p for p in self.parts if p.has_attention()]
         if len(with_attention) > 1:
             names = " and ".join(repr(p.name) for p in with_attention)
             raise SpecError(f"cannot compose {names}: both replace the attention function; compose at most one "
@@ -159,7 +234,7 @@ class ResolvedBackend:
 
     @property
     def attention_part(self) -> Backend | None:
-        return next((p for p in self.parts if type(p).attention is not None), None)
+        return next((p for p in self.parts if p.has_attention()), None)
 
     @property
     def mask_kind(self) -> MaskKind:
@@ -167,8 +242,10 @@ class ResolvedBackend:
         return part.mask_kind if part is not None else "bool"
 
     def unavailable_reason(self) -> str | None:
+        """Why this configuration cannot run here (the first part's :meth:`Backend.unavailable_reason`
+        for its values, prefixed with the part's name), or ``None``."""
         for part in self.parts:
-            reason = part.availability()
+            reason = ask_unavailable_reason(type(part), part.values)
             if reason:
                 return f"{part.name}: {reason}"
         return None

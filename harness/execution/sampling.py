@@ -1,7 +1,13 @@
-"""Timing and memory measurements: warmed up, repeated, interleaved across candidates, raw samples kept.
+"""The one sampling API of attnbench: warm-up, interleaving across candidates, raw samples, pluggable clocks.
 
-The machines are noisy (±15 % between single medians), so candidates are timed round-robin — each
-repetition times every candidate once, in a rotated order — and every sample is kept for later tests.
+Every figure attnbench times — the runner's speed cells, the asv suite's helpers, the kernel micro-benchmarks
+(:mod:`harness.kernels_bench`) and the scripts in ``tools/`` — goes through :func:`time_interleaved`. What a
+sample *measures* is the :class:`Clock`'s business: :class:`WallClock` (``time.perf_counter``, seconds) is the
+default; other clocks (instruction counts under callgrind, CUDA events) implement the same protocol and
+plug in without a new timer.
+
+The machines are noisy (±15 % between single medians), so candidates are sampled round-robin — each
+repetition samples every candidate once, in a rotated order — and every sample is kept for later tests.
 """
 
 from __future__ import annotations
@@ -12,16 +18,52 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
 
+class Clock(Protocol):
+    """What a sample measures. ``measure(fn, number)`` calls ``fn`` ``number`` times and returns the figure per
+    call in :attr:`unit` (e.g. seconds). A clock may synchronise a device or toggle instrumentation around the
+    calls; it must not call ``fn`` more than ``number`` times."""
+
+    name: str
+    unit: str
+
+    def measure(self, fn: Callable[[], object], number: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class WallClock:
+    """Wall-clock seconds per call from ``time.perf_counter`` (CPU work; synchronous calls only)."""
+
+    name: str = "wall"
+    unit: str = "s"
+
+    def measure(self, fn: Callable[[], object], number: int) -> float:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - start) / number
+
+
+WALL_CLOCK = WallClock()
+
+
 @dataclass(frozen=True)
 class Timing:
-    """Raw wall-clock samples in seconds, with their median and interquartile range."""
+    """Raw samples of one candidate (each the mean over ``number`` calls, in ``unit``), with summary statistics.
+
+    ``foreign_load``: the mean number of CPU cores that *other* processes kept busy while the samples were
+    taken (from ``/proc/stat``; ``None`` where it cannot be read). High values mean a disturbed measurement.
+    """
 
     samples: tuple[float, ...]
+    unit: str = "s"
+    clock: str = "wall"
+    number: int = 1
+    foreign_load: float | None = None
 
     @property
     def median(self) -> float:
@@ -33,9 +75,27 @@ class Timing:
         return float(q3 - q1)
 
 
+def calibrate_number(fn: Callable[[], object], min_time: float, clock: Clock = WALL_CLOCK) -> int:
+    """Calls per sample so that one sample lasts at least ``min_time`` seconds (as ``timeit.autorange``; ≥ 1).
+    Calls ``fn`` once, timed by the wall clock whatever ``clock`` is."""
+    once = WALL_CLOCK.measure(fn, 1)
+    return max(1, int(min_time / max(once, 1e-9)))
+
+
 def time_interleaved(candidates: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
+                     clock: Clock = WALL_CLOCK, number: int | None = 1, min_time: float | None = None,
                      on_round: Callable[[], None] | None = None) -> dict[str, Timing]:
-    """Time every callable ``repeats`` times, round-robin with a rotating start, after ``warmup`` rounds.
+    """Sample every callable ``repeats`` times, round-robin with a rotating start, after ``warmup`` rounds.
+
+    :param candidates: name → zero-argument callable (the whole measured work; its result is discarded).
+    :param repeats: samples per candidate (≥ 1).
+    :param warmup: unmeasured rounds first (JIT-generated kernels, allocations, page faults).
+    :param clock: what a sample measures (:class:`WallClock` by default).
+    :param number: calls per sample; ``None`` with ``min_time``: calibrated per candidate so that a sample lasts
+        at least ``min_time`` seconds (short kernels would otherwise measure the timer).
+    :param on_round: called after every measured round (progress bars).
+    :returns: name → :class:`Timing` with ``repeats`` raw samples in the clock's unit.
+    :raises ValueError: ``repeats < 1``, or neither ``number`` nor ``min_time`` given.
 
     The garbage collector is run once, existing objects are frozen out of its reach and collection is
     disabled while sampling, so no sample pays for a collection another candidate caused (a full collection
@@ -43,26 +103,53 @@ def time_interleaved(candidates: Mapping[str, Callable[[], object]], *, repeats:
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
+    if number is None and min_time is None:
+        raise ValueError("give number (calls per sample) or min_time (seconds per sample)")
     names = list(candidates)
     for _ in range(warmup):
         for name in names:
             candidates[name]()
+    numbers = {name: number if number is not None else calibrate_number(candidates[name], min_time, clock)
+               for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     gc.collect()
     gc.freeze()
     gc.disable()
+    start = cpu_ticks()
     try:
         for r in range(repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                start = time.perf_counter()
-                candidates[name]()
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(clock.measure(candidates[name], numbers[name]))
             if on_round:
                 on_round()
     finally:
         gc.enable()
         gc.unfreeze()
-    return {name: Timing(tuple(values)) for name, values in samples.items()}
+    load = foreign_load(start, cpu_ticks())
+    return {name: Timing(tuple(values), clock.unit, clock.name, numbers[name], load)
+            for name, values in samples.items()}
+
+
+def cpu_ticks() -> tuple[float, int, int] | None:
+    """(wall time, busy ticks of the whole machine, ticks of this process) on Linux, else ``None``."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    return time.perf_counter(), busy, int(own[11]) + int(own[12])  # utime + stime, all threads
+
+
+def foreign_load(start: tuple[float, int, int] | None, end: tuple[float, int, int] | None) -> float | None:
+    """Mean number of cores that other processes kept busy between two :func:`cpu_ticks` readings."""
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    foreign = (end[1] - start[1]) - (end[2] - start[2])
+    return max(0.0, foreign / ticks_per_s / (end[0] - start[0]))
 
 
 @contextmanager
