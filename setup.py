@@ -1,4 +1,9 @@
-"""Build the Cython extensions of ``cython_kernels``; all metadata is in pyproject.toml.
+"""Build the Cython extensions of ``cython_kernels`` where they can be built; all metadata is in pyproject.toml.
+
+attnbench installs everywhere: where the extensions cannot be built (no Cython or torch in the build
+environment, a torch wheel without FBGEMM's headers as on macOS or ARM, a compiler error), setup prints one
+line saying why and installs the pure-Python project; the int8 backends then report themselves unavailable
+with the reason (``attnbench backends``).
 
 The extensions compile against the FBGEMM headers that the torch CPU wheel
 ships (``torch/include/fbgemm``) and link to ``libtorch_cpu`` (which exports
@@ -13,22 +18,31 @@ the installed ``torch==2.13.0`` CPU wheel is used::
 
 from __future__ import annotations
 
+import platform
 import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
 
 
+class SkipExtensions(Exception):
+    """The extensions cannot be built here; the message says why."""
+
+
+def _skip(reason: str) -> list[Extension]:
+    print(f"attnbench: building without cython_kernels' extensions: {reason}. The fbgemm-int8 backend and "
+          "topk's fbgemm scorer will be unavailable; the rest of attnbench works.", file=sys.stderr)
+    return []
+
+
 def _need(module: str):
     try:
         return __import__(module)
     except ImportError as exc:
-        sys.exit(
-            f"error: building cython_kernels needs {module!r} in the build environment ({exc}).\n"
-            "Install the build requirements into the environment you build in "
-            "(pip install 'Cython>=3,<4' numpy setuptools wheel torch==2.13.0) and build "
-            "without isolation: pip install --no-build-isolation -e ."
-        )
+        raise SkipExtensions(
+            f"{module!r} is not importable in the build environment ({exc}); to build them, install "
+            "'Cython>=3,<4' numpy setuptools wheel torch==2.13.0 and build without isolation: "
+            "pip install --no-build-isolation -e .") from None
 
 
 def _extensions() -> list[Extension]:
@@ -39,7 +53,9 @@ def _extensions() -> list[Extension]:
     torch_dir = Path(torch.__file__).resolve().parent
     torch_lib = torch_dir / "lib"
     if not (torch_dir / "include" / "fbgemm" / "Fbgemm.h").is_file():
-        sys.exit(f"error: {torch_dir}/include/fbgemm/Fbgemm.h not found: this torch wheel does not ship FBGEMM")
+        raise SkipExtensions(f"{torch_dir}/include/fbgemm/Fbgemm.h not found: this torch wheel does not ship FBGEMM")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise SkipExtensions(f"the kernels need an x86-64 CPU (AVX2); this is {platform.machine()}")
 
     # Link torch's own libgomp (same soname, libgomp.so.1) rather than the
     # compiler's, so the symbol versions we need are the ones torch provides.
@@ -55,7 +71,8 @@ def _extensions() -> list[Extension]:
     link_args = [*openmp_link, *(f"-Wl,-rpath,{p}" for p in rpaths)]
 
     def extension(name: str, extra_compile_args: tuple[str, ...] = (), **kwargs) -> Extension:
-        return Extension(f"cython_kernels.{name}", [f"cython_kernels/{name}.pyx"], language="c++",
+        # optional: a compiler error is reported as a warning and the install goes on without the module.
+        return Extension(f"cython_kernels.{name}", [f"cython_kernels/{name}.pyx"], language="c++", optional=True,
                          include_dirs=[str(torch_dir / "include")],
                          extra_compile_args=[*compile_args, *extra_compile_args], extra_link_args=list(link_args),
                          **kwargs)
@@ -75,4 +92,11 @@ def _extensions() -> list[Extension]:
     return cythonize([gemm, quant, attention], language_level=3, build_dir="build/cython")
 
 
-setup(ext_modules=_extensions())
+def _extensions_or_none() -> list[Extension]:
+    try:
+        return _extensions()
+    except SkipExtensions as exc:
+        return _skip(str(exc))
+
+
+setup(ext_modules=_extensions_or_none())
