@@ -20,6 +20,7 @@ class Dense(Backend):
     description = "dense attention as transformers computes it (the reference)"
     params = (Param("impl", str, "sdpa", "PyTorch scaled_dot_product_attention or BERT's eager path",
                     choices=("sdpa", "eager")),)
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
     def check_values(self) -> None:
         self.mask_kind = "bool" if self.values["impl"] == "sdpa" else "additive"

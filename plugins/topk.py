@@ -144,7 +144,11 @@ class TopK(Backend):
               choices=SCORERS),
     )
 
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
     def check_values(self) -> None:
+        if self.values["scorer"] == "fbgemm":
+            self.dtypes = (torch.float32,)  # FBGEMM's quantizers take float32
         if self.values["scorer"] == "fbgemm" and self.values["bits"] != FBGEMM_BITS:
             k, bits = self.values["k"], self.values["bits"]
             raise ParamError(f"topk: scorer=fbgemm scores with FBGEMM's fixed 7-bit Q and 8-bit K, so bits={bits} "

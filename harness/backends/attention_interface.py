@@ -3,7 +3,7 @@
 transformers (5.x) looks attention functions up by ``config._attn_implementation`` in
 ``AttentionInterface`` — and, separately, builds the padding mask with the function registered under the
 same name in ``AttentionMaskInterface``. A name registered only in the first receives
-``attention_mask=None`` and silently attends to padding (DESIGN.md §4), so both are always registered.
+``attention_mask=None`` and silently attends to padding (verified with transformers 5.x: padding is then silently ignored), so both are always registered.
 """
 
 from __future__ import annotations
@@ -33,9 +33,25 @@ def implementation_name(backend: ResolvedBackend) -> str:
 
 
 def attention_function(backend: ResolvedBackend) -> AttentionFn:
-    """The callable that computes attention for this backend (transformers' SDPA if it has none)."""
+    """The callable that computes attention for this backend (transformers' SDPA if it has none).
+
+    It refuses q/k/v of a dtype outside the backend's declared ``dtypes`` with a ``TypeError`` that names them,
+    before the backend sees them (one tuple lookup per call).
+    """
     part = backend.attention_part
-    return part.attention if part is not None else sdpa_attention_forward
+    if part is None:
+        return sdpa_attention_forward
+    inner, dtypes, spec = part.attention, tuple(part.dtypes), part.spec
+
+    def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if query.dtype not in dtypes or key.dtype != query.dtype or value.dtype != query.dtype:
+            raise TypeError(f"backend {spec!r} takes query, key and value of one dtype among "
+                            f"{', '.join(str(d).removeprefix('torch.') for d in dtypes)}; got "
+                            f"{', '.join(str(t.dtype).removeprefix('torch.') for t in (query, key, value))}")
+        return inner(module, query, key, value, attention_mask, *args, **kwargs)
+
+    return attention
 
 
 def attach(model: torch.nn.Module, backend: ResolvedBackend) -> str:

@@ -38,6 +38,9 @@ class Backend:
     * ``params`` — tuple of :class:`~harness.Param`; validated values arrive in ``self.values`` (a dict).
     * ``mask_kind`` — the padding mask :meth:`attention` receives (see there): ``"bool"`` or ``"additive"``.
       An instance may set ``self.mask_kind`` in :meth:`check_values` when it depends on a parameter.
+    * ``dtypes`` — the floating dtypes :meth:`attention` accepts for q/k/v (default ``(torch.float32,)``); the
+      harness refuses any other dtype with a ``TypeError`` before calling it. The output has the input's
+      dtype. An instance may narrow it in :meth:`check_values` (e.g. an int8 scorer that takes float32 only).
 
     **Methods** a subclass may override: :meth:`check_values`, :meth:`unavailable_reason`, :meth:`prepare`,
     :meth:`attention`, :meth:`run_facts`, :meth:`fidelity_stats`.
@@ -59,6 +62,7 @@ class Backend:
     description: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     mask_kind: ClassVar[MaskKind] = "bool"
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
 
     def __init__(self, **values: Any) -> None:
         """Validate parameter values (Python-typed, e.g. ``k=8``); missing ones take their defaults.
@@ -128,11 +132,11 @@ class Backend:
         The harness registers this method with ``transformers.AttentionInterface`` (and a matching padding-mask
         builder with ``AttentionMaskInterface``, so that padding reaches it) and selects it on the model.
 
-        :param module: the calling ``BertSelfAttention`` (attributes ``scaling``, ``is_causal``, ``config``).
-            May be ``None`` when the harness times the attention core on its own: do not depend on it.
+        :param module: the calling ``BertSelfAttention`` (attributes ``scaling``, ``is_causal``, ``training``,
+            ``config``); the attention-core timings pass the model's first such module.
         :param query: ``(batch, heads, q_len, head_dim)``; ``key``, ``value``: ``(batch, heads, k_len,
-            head_dim)``. Floating point (float32 on the CPU), possibly non-contiguous views; self-attention,
-            so ``q_len == k_len``.
+            head_dim)``. One of :attr:`dtypes` (float32 on the CPU), possibly non-contiguous views;
+            self-attention, so ``q_len == k_len``.
         :param attention_mask: ``None`` when no sequence of the batch has padding; otherwise
             ``(batch, 1, q_len, k_len)``, broadcast over heads, of this backend's ``mask_kind``:
             ``"bool"`` — ``torch.bool``, ``True`` = attend (built by transformers' ``sdpa_mask``);
@@ -145,7 +149,8 @@ class Backend:
         :returns: ``(output, weights)``: ``output`` of shape ``(batch, q_len, heads, head_dim)`` (note the
             transposition) in the query's dtype; ``weights`` ``(batch, heads, q_len, k_len)`` or ``None``
             (return ``None`` unless you have them anyway).
-        :raises TypeError: for an input dtype or mask kind the backend does not implement (say which it takes).
+        :raises TypeError: for a mask kind the backend does not implement (say which it takes). Dtypes outside
+            :attr:`dtypes` never arrive: the harness refuses them first.
         """
         raise NotImplementedError(f"{self.name} has no attention function (it uses dense SDPA)")
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from ..backends.attention_interface import attention_modules, implementation_name
+from ..backends.attention_interface import attention_function, attention_modules, implementation_name
 from ..backends.contract import Backend, ResolvedBackend
 from ..tasks.encoding import EncodedSplit
 
@@ -52,7 +52,7 @@ def observed_stats(model: torch.nn.Module, backend: ResolvedBackend,
     if part is None or type(part).fidelity_stats is Backend.fidelity_stats:
         yield
         return
-    inner = part.attention
+    inner = attention_function(backend)
 
     def wrapper(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         stats = part.fidelity_stats(query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None

@@ -13,7 +13,7 @@ class LowPrecisionSDPA(Backend):
 
     def attention(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         dtype = getattr(torch, self.values["dtype"])
-        query, key, value = (t.to(dtype).to(torch.float32) for t in (query, key, value))
+        query, key, value = (t.to(dtype).to(query.dtype) for t in (query, key, value))
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
 
