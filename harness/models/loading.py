@@ -24,6 +24,7 @@ import torch
 from ..errors import ModelError
 from .embedded import EMBEDDED_PACKAGE, ProbeClassifier, embedded_model_dir, load_or_fit_head
 from ..tasks.contract import Task
+from ..tasks.data import DataSource
 
 EMBEDDED = "embedded"
 DEFAULT_MAX_LENGTH = 512
@@ -92,7 +93,7 @@ def _load_pretrained(loader, source: str, **kwargs):
 class EmbeddedProbe(TaskModels):
     """The packaged MiniLM encoder with one linear head per task config, fitted on first use and cached."""
 
-    def __init__(self, tasks: list[Task]) -> None:
+    def __init__(self, tasks: list[Task], source: DataSource | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         path = embedded_model_dir()
@@ -101,7 +102,7 @@ class EmbeddedProbe(TaskModels):
         heads = {}
         for task in tasks:
             if task.config not in heads:
-                heads[task.config] = load_or_fit_head(task, encoder, self._tokenizer, DEFAULT_MAX_LENGTH)
+                heads[task.config] = load_or_fit_head(task, encoder, self._tokenizer, DEFAULT_MAX_LENGTH, source)
         self._heads = heads
         self._model = ProbeClassifier(encoder, heads).eval()
 
@@ -174,9 +175,13 @@ def parse_model_args(values: list[str] | None) -> dict[str, str]:
     return sources
 
 
-def load_task_models(values: list[str] | None, tasks: list[Task]) -> TaskModels:
-    """Build the :class:`TaskModels` for ``--model`` values (``None`` or ``["embedded"]``: the default)."""
+def load_task_models(values: list[str] | None, tasks: list[Task], source: DataSource | None = None) -> TaskModels:
+    """Build the :class:`TaskModels` for ``--model`` values (``None`` or ``["embedded"]``: the default).
+
+    ``source`` is the data source of the run: the embedded default fits a head for a task outside GLUE on that
+    task's training split there.
+    """
     sources = parse_model_args(values)
     if not sources or sources == {"*": EMBEDDED}:
-        return EmbeddedProbe(tasks)
+        return EmbeddedProbe(tasks, source)
     return HuggingFaceModels(sources, tasks)

@@ -1,4 +1,10 @@
-"""The task contract: what to evaluate (data columns and split) and how to score it."""
+"""The task contract: what to evaluate (data columns and splits) and how to score it.
+
+A task plugin registers :class:`Task` instances through the ``register_tasks`` hook; the README's "Writing a
+task" section has a complete plugin. Data for a task comes from a data source (``--data``): a directory
+laid out as ``<config>/<split>.parquet``, the Hugging Face hub (``dataset``/``config``), or the bundled GLUE
+sample.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Metric:
-    """A named score of predictions against labels; ``direction`` says whether higher or lower is better."""
+    """A named score of predictions against labels; ``direction`` says whether higher or lower is better.
+
+    ``fn(labels, predictions) -> float`` takes two 1-D NumPy arrays of equal length: int64 class ids (or
+    float32 scores for regression) and the task's predictions (:meth:`Task.predictions`). Reuse the functions
+    of :mod:`harness.tasks.metrics` (scikit-learn / SciPy) where they fit.
+    """
 
     name: str
     fn: Callable[[np.ndarray, np.ndarray], float]
@@ -21,14 +32,23 @@ class Metric:
 class Task:
     """A sequence classification (``num_labels >= 2``) or regression (``num_labels == 1``) task.
 
-    :param name: unique task name used on the CLI and in results (``"mnli-m"``).
-    :param dataset: Hugging Face dataset id (``"nyu-mll/glue"``).
-    :param config: dataset configuration, also the directory name in local data (``"mnli"``).
+    :param name: unique task name used on the CLI and in results (lower-case, e.g. ``"mnli-m"``).
+    :param dataset: Hugging Face dataset id (``"nyu-mll/glue"``), used by ``--data hub``.
+    :param config: dataset configuration, also the directory name in local data (``"mnli"``): ``--data DIR``
+        reads ``DIR/<config>/<split>.parquet``.
     :param split: evaluation split (``"validation_matched"``).
-    :param text_fields: one column (single sentence) or two (sentence pair).
-    :param num_labels: number of classes, or 1 for regression.
+    :param text_fields: the text column (single sentence) or two columns (sentence pair, encoded as one
+        sequence ``[CLS] a [SEP] b [SEP]``).
+    :param num_labels: number of classes (labels are int ids ``0 .. num_labels-1``), or 1 for regression
+        (float labels).
     :param metrics: the official metrics; the first is the task's main metric.
-    :param label_names: class names, for display.
+    :param label_names: class names in label-id order; a checkpoint whose ``id2label`` names its classes is
+        matched to them by name.
+    :param description: one line for ``attnbench tasks``.
+    :param label_field: the label column (default ``"label"``). An optional ``idx`` column identifies rows
+        (row numbers are used without it).
+    :param train_split: the split that a model without a head for this task fits one on (the embedded
+        default, see the README), or ``None`` if the task has none.
     """
 
     name: str
@@ -40,6 +60,8 @@ class Task:
     metrics: tuple[Metric, ...]
     label_names: tuple[str, ...] = ()
     description: str = ""
+    label_field: str = "label"
+    train_split: str | None = "train"
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.text_fields) <= 2:

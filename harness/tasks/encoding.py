@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .contract import Task
 
 
@@ -130,7 +131,7 @@ def from_tokenized(task: Task, tokenized: datasets.Dataset, pad_token_id: int) -
     else:
         type_ids = np.zeros_like(ids)
     start = offsets[0]
-    labels = table.column("label").to_numpy()
+    labels = table.column(task.label_field).to_numpy()
     idx = table.column("idx").to_numpy() if "idx" in table.column_names else np.arange(len(labels))
     return EncodedSplit(ids[start:offsets[-1]], type_ids[start:offsets[-1]], offsets - start,
                         labels.astype(np.float32 if task.is_regression else np.int64), idx.astype(np.int64),
@@ -138,7 +139,15 @@ def from_tokenized(task: Task, tokenized: datasets.Dataset, pad_token_id: int) -
 
 
 def encode(task: Task, rows: datasets.Dataset, tokenizer, max_length: int) -> EncodedSplit:
-    """Tokenize (cached) and load a split as an :class:`EncodedSplit`."""
+    """Tokenize (cached) and load a split as an :class:`EncodedSplit`.
+
+    :raises DataError: the rows lack a text column or the label column of ``task``.
+    """
+    missing = [c for c in (*task.text_fields, task.label_field) if c not in rows.column_names]
+    if missing:
+        raise DataError(f"task {task.name!r}: the data has no column(s) {', '.join(map(repr, missing))} (it has "
+                        f"{', '.join(rows.column_names)}); the task reads text from {', '.join(task.text_fields)} "
+                        f"and labels from {task.label_field!r}")
     return from_tokenized(task, tokenize(task, rows, tokenizer, max_length), tokenizer.pad_token_id or 0)
 
 
