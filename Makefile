@@ -19,7 +19,7 @@ test: $(STAMP)
 venv: $(STAMP)
 
 # Build requirements first, then the project without build isolation so that cython_kernels compiles
-# against the installed CPU torch (an isolated build would install torch again; DESIGN.md §6).
+# against the installed CPU torch (an isolated build would install torch again: asv.conf.json does the same).
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard cython_kernels/*.pyx cython_kernels/*.pxd)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

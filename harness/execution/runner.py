@@ -199,6 +199,8 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     measured: list[dict[str, Any]] = []
     # The speed cells (and, with the local executor, the eval cells) share this process's session.
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
+    for note in getattr(session.models, "notes", []) if session else []:
+        log(note)
     if speed_todo:
         measured += _run_speed_cells(spec, session, speed_todo, context, log)
     failures = _run_eval_cells(spec, context, eval_todo, session, measured, log, store)

