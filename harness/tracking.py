@@ -22,7 +22,7 @@ class TrackedRun:
         # then needs only this module, not torch or transformers.
         from .backends.registry import load_registry
         from .execution.runner import RunSpec, run
-        from .speed import unavailable
+        from .execution.speed_cases import unavailable
 
         registry = load_registry()
         reasons = {b: unavailable(registry, b) for b in backends}

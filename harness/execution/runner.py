@@ -39,7 +39,7 @@ from ..provenance import cpu_facts, git_commit, library_versions, machine_id
 from ..backends.registry import Registry, load_registry
 from .rows import process_fields, row
 from ..backends.spec import expand_grid
-from ..speed import build_speed_case
+from .speed_cases import build_speed_case
 from ..history.store import read_results, write_rows
 from ..tasks.contract import Task
 
