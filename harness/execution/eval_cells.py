@@ -172,7 +172,8 @@ class EvalSession:
             n = min(self.context.fidelity_examples, len(encoded))
             for name, value in figures.items():
                 unit, direction = FIDELITY_METRICS.get(name, ("ratio", "higher"))
-                out.append(row({**common, "n_examples": n, "fidelity_examples": self.context.fidelity_examples}, backend, "fidelity", name, value, unit, direction))
+                out.append(row({**common, "n_examples": n, "fidelity_examples": self.context.fidelity_examples},
+                               backend, "fidelity", name, value, unit, direction))
         return out
 
 

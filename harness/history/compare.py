@@ -3,7 +3,9 @@
 Rows are paired by the key of the row schema (:data:`harness.history.schema.KEY`): what is measured (source,
 backend, task, metric) and every setting it was measured with (machine, model, data, limit, batching, threads,
 shape, …). Rows that measure the same thing with different settings get the verdict ``settings differ``,
-naming the settings, and never a regression or improvement. Where both sides have repeated samples (timings), the ratio of
+naming the settings, and never a regression or improvement.
+
+Where both sides have repeated samples (timings), the ratio of
 medians gets a bootstrap 95 % confidence interval (``scipy.stats.bootstrap``) and a two-sided Mann–Whitney
 U test; a change is *significant* when p < alpha and the interval excludes 1. Values without samples
 (task metrics, which are deterministic for a given code and data) are compared exactly. A *regression* is

@@ -76,7 +76,8 @@ COLUMN_DEFS: tuple[Column, ...] = (
     # schema 3: every run setting that can change a measured value, on the rows it can change
     Column("limit", pa.int32(), SETTING, "--limit: examples per task (eval rows; null: all)"),
     Column("max_tokens", pa.int32(), SETTING, "--max-tokens: padded tokens per eval batch (eval rows; null: no limit)"),
-    Column("eval_batch_size", pa.int32(), SETTING, "--eval-batch-size: examples per eval batch (eval rows; null: no limit)"),
+    Column("eval_batch_size", pa.int32(), SETTING,
+           "--eval-batch-size: examples per eval batch (eval rows; null: no limit)"),
     Column("fidelity_examples", pa.int32(), SETTING, "--fidelity-examples (fidelity rows)"),
     Column("warmup", pa.int32(), SETTING, "--warmup: untimed rounds before the timed ones (speed rows)"),
     Column("executor", pa.string(), SETTING, "--executor the eval pass ran on (throughput rows)"),

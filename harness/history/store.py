@@ -1,14 +1,17 @@
 """The results store: an append-only, hive-partitioned Parquet dataset of tidy rows.
 
 Layout: ``<store>/machine=<id>/date=<YYYY-MM-DD>/part-<run id>-<random>.parquet``, where ``<store>`` is a
-directory or any fsspec URL (``s3://bucket/results``, ``gcs://…``, ``file://…``). Each write creates new
-files only: the table is written to a hidden temporary name (``.``-prefixed, which readers ignore) in the
-target directory, flushed, then renamed, so a crash or two concurrent writers never corrupt or lose rows.
+directory or any fsspec URL (``s3://bucket/results``, ``gcs://…``, ``file://…``), parsed by
+:func:`parse_store` for every command; the columns are defined in :mod:`harness.history.schema`. Each write
+creates new files only: the table is written to a hidden temporary name (``.``-prefixed, which readers
+ignore) in the target directory, flushed, then renamed, so a crash or two concurrent writers never corrupt
+or lose rows.
 ``machine`` and ``date`` live in the directory names (hive partitioning), not in the files.
 
 Run-level metadata (command, spec, machine facts, versions) is also stored as JSON in each file's Parquet
 schema metadata under ``attnbench.run``. :func:`read_results` is the one reader: it upgrades older schema
-versions and returns a pandas DataFrame ready for ``pivot_table``.
+versions, skips (with a warning) files it cannot read or upgrade, and returns a pandas DataFrame ready for
+``pivot_table``.
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ def _upgrade(table: pa.Table, version: int, run: Mapping[str, Any]) -> pa.Table:
 
 
 def _upgrade_to_3(table: pa.Table, spec: Mapping[str, Any]) -> pa.Table:
-    """Schema 2 → 3 for harness rows: settings from the stored spec; eval rows' ``batch_size`` → ``eval_batch_size``."""
+    """Schema 2 → 3 for harness rows: settings from the stored spec; eval rows' ``batch_size`` moves to
+    ``eval_batch_size``."""
     harness = pc.fill_null(pc.equal(table["source"], "harness"), False)
     category = table["category"]
     eval_rows = pc.and_(harness, pc.fill_null(pc.is_in(category, pa.array(EVAL_CATEGORIES)), False))
