@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--category", action="append", metavar="C",
                    help="only these categories (quality, agreement, fidelity, speed, memory); repeatable")
-    p.add_argument("--only-changed", action="store_true", help="list only regressions and improvements")
+    p.add_argument("--only-changed", action="store_true", help="list only regressions, improvements and rows whose settings differ")
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_compare)
 

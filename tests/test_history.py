@@ -226,6 +226,8 @@ def test_runs_with_different_settings_are_not_paired_as_comparable(tmp_path, cap
     assert main(["compare", "run-c", "run-a", "--threshold", "0.03", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert "settings differ: n_examples 16 → 32, limit 16 → 32" in out and "❌" not in out
+    assert main(["compare", "run-c", "run-a", "--only-changed", "--store", str(store)]) == 0
+    assert capsys.readouterr().out.count("settings differ: n_examples 16 → 32") == 2  # not hidden by --only-changed
 
 
 @pytest.mark.parametrize("setting, a, b", [("eval_batch_size", 8, 32), ("max_tokens", 4096, 512),

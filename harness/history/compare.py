@@ -29,7 +29,7 @@ from .asv_import import PARAM_COLUMNS
 from ..errors import UserError
 from ..provenance import ROOT, git
 
-KEY = schema.KEY  # identity columns, then settings columns: the one definition of what pairs rows
+KEY = schema.KEY  # identity and settings columns of the row schema: the one definition of what pairs rows
 SETTINGS_DIFFER = "settings differ"
 
 
@@ -209,7 +209,7 @@ def to_markdown(comparison: Comparison, *, threshold: float, only_changes: bool 
     """A table for a pull request: regressions first."""
     table = comparison.table
     if only_changes:
-        table = table[table["verdict"].isin(["regression", "improvement"])]
+        table = table[table["verdict"].isin(["regression", "improvement", SETTINGS_DIFFER])]
     counts = comparison.table["verdict"].value_counts()
     lines = [f"**{comparison.label_b}** vs **{comparison.label_a}** (B/A; threshold {threshold:.0%}): "
              + ", ".join(f"{n} {v}" for v, n in counts.items()), "",
