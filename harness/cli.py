@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 
@@ -68,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    limit=args.limit, max_tokens=args.max_tokens or None, eval_batch_size=args.eval_batch_size,
                    batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads, repeats=args.repeats,
                    warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
-                   executor=args.executor, resume=args.resume, store=None if args.no_store else Path(args.store),
+                   executor=args.executor, resume=args.resume, store=None if args.no_store else args.store,
                    progress=not args.no_progress)
     result = run(spec)
     print(run_summary(result.rows))
@@ -194,10 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
-    store_help = f"results store (default {DEFAULT_STORE})"
+    store_help = f"results store, a directory or an fsspec URL such as s3://bucket/results (default {DEFAULT_STORE})"
     p = sub.add_parser("import-asv", help="import asv's results JSON into the Parquet store (idempotent)")
     p.add_argument("results", nargs="?", default="results/asv", help="asv results directory (default results/asv)")
-    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_import_asv)
 
     p = sub.add_parser("compare", help="B/A per benchmark with confidence intervals; exit 1 on a regression")
@@ -207,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--category", action="append", metavar="C",
                    help="only these categories (quality, agreement, fidelity, speed, memory); repeatable")
-    p.add_argument("--only-changed", action="store_true", help="list only regressions and improvements")
-    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.add_argument("--only-changed", action="store_true", help="list only regressions, improvements and rows whose settings differ")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("regressions", help="change points over the commit history of every series")
@@ -219,13 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="dense",
                    help="also search speed series divided by this backend's value in the same run (default dense)")
     p.add_argument("--absolute-only", action="store_true", help="do not search the relative series")
-    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_regressions)
 
     p = sub.add_parser("report", help="write a self-contained HTML report with plots")
     p.add_argument("--output", default="results/html/report.html", help="default results/html/report.html")
     p.add_argument("--run", metavar="RUN_ID", help="run for the Pareto plots (default: the latest harness run)")
-    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_report)
     return parser
 

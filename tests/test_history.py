@@ -202,3 +202,81 @@ def test_report_renders_pareto_and_history_plots(tmp_path):
     assert "<script" not in page and "http" not in page  # self-contained
     assert main(["report", "--store", str(store), "--output", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").read_text().count("<img") >= 3
+
+
+def quality_rows(run_id: str, commit: str, values: dict[str, float], when: datetime, **settings) -> list:
+    """Accuracy rows of one sst2 eval run (as the runner writes them) with the given settings."""
+    fields = {"limit": 32, "n_examples": 32, "max_tokens": 4096, "data_source": "sample@abc", "split": "validation",
+              "model": "embedded", "threads": 2, **settings}
+    return [{"run_id": run_id, "timestamp": when, "source": "harness", "commit": commit, "machine": "box",
+             "backend": backend, "task": "sst2", "metric": "accuracy", "category": "quality", "unit": "score",
+             "direction": "higher", "value": value, **fields} for backend, value in values.items()]
+
+
+def test_runs_with_different_settings_are_not_paired_as_comparable(tmp_path, capsys):
+    """Issue 11 item 2: same commit, run A --limit 32, run C --limit 16: `compare C A` gave a regression, exit 1."""
+    store = tmp_path / "store"
+    commit = "d" * 40
+    write_rows(store, quality_rows("run-a", commit, {"dense": 0.875, "dynamic-quant": 0.875}, T0), {})
+    write_rows(store, quality_rows("run-c", commit, {"dense": 0.844, "dynamic-quant": 0.875}, T0 + timedelta(hours=1),
+                                   limit=16, n_examples=16), {})
+    result = compare(read_results(store), "run-c", "run-a", threshold=0.03)
+    assert set(result.table["verdict"]) == {"settings differ"} and result.regressions.empty
+    assert set(result.table["settings"]) == {"n_examples 16 → 32, limit 16 → 32"}
+    assert main(["compare", "run-c", "run-a", "--threshold", "0.03", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "settings differ: n_examples 16 → 32, limit 16 → 32" in out and "❌" not in out
+    assert main(["compare", "run-c", "run-a", "--only-changed", "--store", str(store)]) == 0
+    assert capsys.readouterr().out.count("settings differ: n_examples 16 → 32") == 2  # not hidden by --only-changed
+
+
+@pytest.mark.parametrize("setting, a, b", [("eval_batch_size", 8, 32), ("max_tokens", 4096, 512),
+                                           ("data_source", "sample@abc", "hub"), ("model", "embedded", "bert"),
+                                           ("fidelity_examples", 64, 16), ("split", "validation", "test"),
+                                           ("threads", 2, 4), ("executor", "local", "processes:2")])
+def test_every_setting_column_keeps_runs_apart(tmp_path, setting, a, b):
+    store = tmp_path / "store"
+    write_rows(store, quality_rows("run-a", "a" * 40, {"dense": 0.875}, T0, **{setting: a}), {})
+    write_rows(store, quality_rows("run-b", "b" * 40, {"dense": 0.5}, T0, **{setting: b}), {})
+    (verdict,) = compare(read_results(store), "run-a", "run-b").table["verdict"]
+    assert verdict == "settings differ"
+
+
+def test_the_key_is_derived_from_the_schema_roles():
+    """Every stored column is a setting (in the key) unless declared identity, descriptive or value."""
+    from harness.history import compare as compare_module, regressions, report, schema
+
+    assert compare_module.KEY is schema.KEY and regressions.KEY is schema.KEY and report.KEY is schema.KEY
+    for name in ("limit", "max_tokens", "eval_batch_size", "fidelity_examples", "warmup", "executor", "machine",
+                 "model", "data_source", "split", "threads", "seq_len", "batch_size", "n_examples"):
+        assert name in schema.SETTINGS and name in schema.KEY
+    assert not {"run_id", "commit", "timestamp", "value", "samples", "versions"} & set(schema.KEY)
+    assert set(schema.KEY) == {c.name for c in schema.COLUMN_DEFS if c.role in (schema.IDENTITY, schema.SETTING)}
+
+
+def test_every_run_setting_is_recorded_or_declared_not_to_change_values():
+    """A new RunSpec field must be given a column (a setting) or a reason here: silent settings pair runs wrongly."""
+    from dataclasses import fields
+
+    from harness import RunSpec
+    from harness.history.schema import SETTINGS
+
+    recorded = {"backends": "backend", "tasks": "task", "model": "model", "data": "data_source", "limit": "limit",
+                "max_tokens": "max_tokens", "eval_batch_size": "eval_batch_size", "batch_size": "batch_size",
+                "seq_len": "seq_len", "threads": "threads", "warmup": "warmup",
+                "fidelity_examples": "fidelity_examples", "executor": "executor"}
+    no_effect = {"repeats": "the number of samples (len(samples)); statistics account for it",
+                 "speed": "whether speed cells run", "resume": "which cells run", "store": "where rows go",
+                 "progress": "terminal output"}
+    assert {f.name for f in fields(RunSpec)} == set(recorded) | set(no_effect)
+    assert {c for c in recorded.values() if c not in ("backend", "task")} <= set(SETTINGS)
+
+
+def test_a_settings_change_is_not_a_change_point(tmp_path):
+    """regressions: the series of a setting are separate; a history whose --limit changed has no step."""
+    store = tmp_path / "store"
+    for i in range(16):
+        limited = {"limit": 16, "n_examples": 16} if i >= 8 else {}
+        write_rows(store, quality_rows(f"run-{i}", f"{i:02d}" + "e" * 38, {"dense": 0.844 if i >= 8 else 0.875},
+                                       T0 + timedelta(hours=i), **limited), {})
+    assert find_regressions(read_results(store), min_effect=0.01) == []

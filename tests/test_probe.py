@@ -85,6 +85,6 @@ def test_fallback_head_excludes_its_fitting_rows_and_beats_chance(monkeypatch):
     rows = DataSource.parse("sample").load(task)
     assert not set(rows["idx"]) & set(excluded.tolist())
     encoded = encode(task, rows.select(range(96)), models.tokenizer(task), models.max_length(task))
-    logits = predict(models.model(task), encoded, max_examples=32, forward_kwargs=models.forward_kwargs(task),
+    logits = predict(models.model(task), encoded, eval_batch_size=32, forward_kwargs=models.forward_kwargs(task),
                      progress=False)
     assert task.score(encoded.labels, task.predictions(logits))["accuracy"] > 0.55

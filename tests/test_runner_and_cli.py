@@ -37,6 +37,17 @@ def test_run_writes_every_kind_of_row_to_the_store(tmp_path, tiny_model_dir):
     assert row["source"] == "harness" and row["data_source"].startswith("sample@") and row["threads"] >= 1
     assert row["model"] == str(tiny_model_dir) and json.loads(row["versions"])["torch"].startswith("2.13")
     assert df["n_examples"].dropna().max() == 24
+    # the eval batch limit has its own column; batch_size is the latency batch only (layout issue)
+    evals = df[df["task"].notna()]
+    assert (evals["eval_batch_size"] == 8).all() and evals["batch_size"].isna().all()
+    assert (speed["batch_size"] == 2).all() and speed["eval_batch_size"].isna().all()
+    # every setting that changes a measured value is recorded, on the rows it can change
+    assert (evals["limit"] == 24).all() and (evals["max_tokens"] == 4096).all() and speed["limit"].isna().all()
+    assert (speed["warmup"] == 1).all() and evals["warmup"].isna().all()
+    fidelity = df[df["category"] == "fidelity"]
+    assert (fidelity["fidelity_examples"] == 64).all()
+    assert df.loc[df["category"] != "fidelity", "fidelity_examples"].isna().all()
+    assert set(df.loc[df["category"] == "throughput", "executor"]) == {"local"}
 
 
 def test_per_task_models_default_the_task_list(tmp_path, tiny_model_dir, tiny_regression_dir):
@@ -98,3 +109,19 @@ def test_run_command_prints_the_tables(tmp_path, tiny_model_dir, capsys):
     assert "task metrics (validation)" in out and "flip rate % (changed predictions) vs dense" in out
     assert "attention core" in out
     assert f"written to {tmp_path / 's'}" in out
+
+
+def test_compare_of_runs_with_different_limits_says_settings_differ(tmp_path, tiny_model_dir, capsys):
+    """Issue 11 item 2 end to end: same commit, --limit 16 then --limit 8; compare gives no verdict, exit 0."""
+    store = tmp_path / "store"
+    argv = ["run", "-b", "dense", "-b", "dynamic-quant", "--tasks", "sst2", "--no-speed", "--fidelity-examples", "0",
+            "--model", str(tiny_model_dir), "--no-progress", "--store", str(store)]
+    assert main(argv + ["--limit", "16"]) == 0
+    assert main(argv + ["--limit", "8"]) == 0
+    rows = read_results(store)
+    first, second = rows.sort_values("timestamp")["run_id"].unique()
+    capsys.readouterr()
+    assert main(["compare", second, first, "--threshold", "0.03", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "settings differ: n_examples 8 → 16, limit 8 → 16" in out and "❌" not in out
+    assert "regression" not in out.split("\n", 1)[0]

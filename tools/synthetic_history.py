@@ -35,7 +35,7 @@ COMMITS = 20
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def measured_noise(store: Path, backend: str, metric: str = "latency_forward",
+def measured_noise(store: Path | str, backend: str, metric: str = "latency_forward",
                    reference: str = "dense") -> dict[str, float]:
     """Within-run, common and own noise (CVs) of ``backend``'s ``metric`` in a store of repeated runs."""
     rows = read_results(store)
@@ -93,14 +93,15 @@ def trial(rng: np.random.Generator, noise: dict[str, float], step: float, sample
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from-store", type=Path, default=Path("results/noise"))
+    parser.add_argument("--from-store", default="results/noise", metavar="DIR|URL",
+                        help="store of repeated runs (a directory or an fsspec URL)")
     parser.add_argument("--backend", default="fbgemm-int8", help="whose measured noise the slowed backend gets")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--samples", type=int, default=10, help="timing samples per run (the runner's --repeats)")
     parser.add_argument("--step", type=float, default=0.05)
     parser.add_argument("--runs-per-commit", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--example", type=Path, metavar="STORE",
+    parser.add_argument("--example", metavar="STORE",
                         help="write one history at the measured noise to STORE (for `attnbench regressions "
                              "--store STORE`) instead of running the trials")
     args = parser.parse_args()

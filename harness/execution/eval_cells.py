@@ -45,7 +45,7 @@ class EvalContext:
     data: str
     limit: int | None
     max_tokens: int | None
-    max_examples: int | None
+    eval_batch_size: int | None
     fidelity_examples: int
     reference: str
     threads: int | None
@@ -55,6 +55,7 @@ class EvalContext:
     timestamp: datetime
     run_meta: dict
     progress: bool = False
+    executor: str = "local"  # where the eval cells run (recorded on throughput rows)
 
 
 def prepare_model(base: torch.nn.Module, backend: ResolvedBackend) -> torch.nn.Module:
@@ -116,7 +117,7 @@ class EvalSession:
 
     def _predict(self, task: Task, backend: ResolvedBackend, stats: PassStats | None) -> np.ndarray:
         return predict(self.prepared(task, backend), self.encoded(task), max_tokens=self.context.max_tokens,
-                       max_examples=self.context.max_examples, forward_kwargs=self.models.forward_kwargs(task),
+                       eval_batch_size=self.context.eval_batch_size, forward_kwargs=self.models.forward_kwargs(task),
                        desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
 
     def reference_logits(self, task: Task) -> np.ndarray:
@@ -128,7 +129,7 @@ class EvalSession:
     def reference_fidelity(self, task: Task) -> tuple[list, list]:
         if task.name not in self._reference_outputs:
             batches = fidelity_batches(self.encoded(task), self.context.fidelity_examples, self.context.max_tokens,
-                                       self.context.max_examples)
+                                       self.context.eval_batch_size)
             reference = self.prepared(task, self.backend(self.context.reference))
             self._reference_outputs[task.name] = (batches, reference_outputs(reference, batches,
                                                                              self.models.forward_kwargs(task)))
@@ -148,15 +149,17 @@ class EvalSession:
         common = {"run_id": self.context.run_id, "timestamp": self.context.timestamp, "plan_id": self.context.plan_id,
                   "cell_id": cell.id, **process_fields(torch.get_num_threads()),
                   "data_source": self.source.label, "model": self.models.name(task), "task": task.name,
-                  "split": task.split, "n_examples": len(encoded), "batch_size": self.context.max_examples}
+                  "split": task.split, "n_examples": len(encoded), "limit": self.context.limit,
+                  "max_tokens": self.context.max_tokens, "eval_batch_size": self.context.eval_batch_size}
         predictions = task.predictions(logits)
         out = [row(common, backend, "quality", m.name, m.fn(encoded.labels, predictions), "score", m.direction)
                for m in task.metrics]
+        timed = {**common, "executor": self.context.executor}  # concurrent workers change throughput
         out += [
-            row(common, backend, "throughput", "eval_tokens_per_s", stats.tokens_per_second, "tokens/s", "higher"),
-            row(common, backend, "throughput", "eval_wall_time", stats.wall_time, "s", "lower"),
-            row(common, backend, "throughput", "padding_waste", stats.padding_waste, "ratio", "lower"),
-            row(common, backend, "throughput", "time_outside_model", stats.outside_model, "ratio", "lower"),
+            row(timed, backend, "throughput", "eval_tokens_per_s", stats.tokens_per_second, "tokens/s", "higher"),
+            row(timed, backend, "throughput", "eval_wall_time", stats.wall_time, "s", "lower"),
+            row(timed, backend, "throughput", "padding_waste", stats.padding_waste, "ratio", "lower"),
+            row(timed, backend, "throughput", "time_outside_model", stats.outside_model, "ratio", "lower"),
         ]
         if is_reference:
             return out
@@ -170,7 +173,8 @@ class EvalSession:
             n = min(self.context.fidelity_examples, len(encoded))
             for name, value in figures.items():
                 unit, direction = FIDELITY_METRICS.get(name, ("ratio", "higher"))
-                out.append(row({**common, "n_examples": n}, backend, "fidelity", name, value, unit, direction))
+                out.append(row({**common, "n_examples": n, "fidelity_examples": self.context.fidelity_examples},
+                               backend, "fidelity", name, value, unit, direction))
         return out
 
 

@@ -87,10 +87,10 @@ def reference_outputs(model: torch.nn.Module, batches: list[dict[str, torch.Tens
 
 
 def fidelity_batches(encoded: EncodedSplit, n_examples: int, max_tokens: int | None,
-                     max_examples: int | None = None) -> list[dict[str, torch.Tensor]]:
+                     eval_batch_size: int | None = None) -> list[dict[str, torch.Tensor]]:
     """The first ``n_examples`` of the split (a fixed, task-specific set), length-sorted into batches."""
     subset = encoded.subset(np.arange(min(n_examples, len(encoded))))
-    return [batch for _, batch in subset.batches(max_tokens, max_examples)]
+    return [batch for _, batch in subset.batches(max_tokens, eval_batch_size)]
 
 
 def attention_fidelity(model: torch.nn.Module, backend: ResolvedBackend, batches: list[dict[str, torch.Tensor]],

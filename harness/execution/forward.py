@@ -42,16 +42,16 @@ class PassStats:
 
 
 def predict(model: torch.nn.Module, encoded: EncodedSplit, *, max_tokens: int | None = None,
-            max_examples: int | None = None, forward_kwargs: dict | None = None, desc: str | None = None,
+            eval_batch_size: int | None = None, forward_kwargs: dict | None = None, desc: str | None = None,
             progress: bool = True, stats: PassStats | None = None) -> np.ndarray:
     """Logits for every example, in the split's order, from length-sorted batches under ``inference_mode``.
 
-    Batches hold at most ``max_tokens`` padded tokens and ``max_examples`` examples. Pass a
+    Batches hold at most ``max_tokens`` padded tokens and ``eval_batch_size`` examples. Pass a
     :class:`PassStats` to have the pass's cost recorded in it.
     """
     out: np.ndarray | None = None
     forward_kwargs = forward_kwargs or {}
-    batches = encoded.batch_rows(max_tokens, max_examples)
+    batches = encoded.batch_rows(max_tokens, eval_batch_size)
     stats = stats if stats is not None else PassStats()
     started = time.perf_counter()
     with torch.inference_mode():

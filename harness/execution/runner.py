@@ -40,7 +40,7 @@ from ..backends.registry import Registry, load_registry
 from .rows import process_fields, row
 from ..backends.spec import expand_grid
 from .speed_cases import build_speed_case
-from ..history.store import read_results, write_rows
+from ..history.store import parse_store, read_results, write_rows
 from ..tasks.contract import Task
 
 REFERENCE = "dense"
@@ -158,6 +158,7 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     spec.validate()
+    store = None if spec.store is None else parse_store(spec.store)  # a bad store fails before any work
     registry = registry or load_registry()
     for failure in registry.failures:
         log(f"warning: {failure}")
@@ -173,7 +174,6 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     source = DataSource.parse(spec.data)
     threads = spec.threads or cpu_count()
     torch.set_num_threads(threads)
-    store = None if spec.store is None else str(spec.store)
 
     plan = plan_id(_plan_definition(spec, backends, tasks, source, threads))
     speed_cells, eval_cells = plan_cells(spec, backends, tasks, threads)
@@ -192,10 +192,10 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
             "spec": {**asdict(spec), "store": store}, "argv": sys.argv, "skipped": skipped}
     context = EvalContext(model=tuple(spec.model) if spec.model else None, tasks=tuple(t.name for t in tasks),
                           data=spec.data, limit=spec.limit, max_tokens=spec.max_tokens,
-                          max_examples=spec.eval_batch_size, fidelity_examples=spec.fidelity_examples,
+                          eval_batch_size=spec.eval_batch_size, fidelity_examples=spec.fidelity_examples,
                           reference=REFERENCE, threads=_worker_threads(spec.executor, threads), store=store,
                           run_id=run_id, plan_id=plan,
-                          timestamp=now, run_meta=meta, progress=False)
+                          timestamp=now, run_meta=meta, progress=False, executor=spec.executor)
     measured: list[dict[str, Any]] = []
     # The speed cells (and, with the local executor, the eval cells) share this process's session.
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
@@ -284,8 +284,9 @@ def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
                   "cell_id": cell.id, **process_fields(cell.threads), "model": session.models.name(task),
                   "task": None, "split": None, "n_examples": cell.batch_size, "batch_size": cell.batch_size,
                   "seq_len": cell.seq_len, "data_source": session.source.label}
-        rows = [_timing_row(common, backend, "latency_forward", forward[cell.backend]),
-                _timing_row(common, backend, "latency_attention_core", core[cell.backend]),
+        timed = {**common, "warmup": spec.warmup}
+        rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
+                _timing_row(timed, backend, "latency_attention_core", core[cell.backend]),
                 row(common, backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward), "bytes",
                     "lower"),
                 row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]

@@ -1,6 +1,7 @@
 """History layer: the results store and what is computed from it.
 
-* :mod:`.store` — the Parquet store: :func:`~harness.write_rows`, :func:`~harness.read_results`, the row schema;
+* :mod:`.schema` — the row schema: columns, types, roles (identity, setting, descriptive, value) and the pairing key;
+* :mod:`.store` — the Parquet store: :func:`~harness.write_rows`, :func:`~harness.read_results`, ``parse_store``;
 * :mod:`.asv_import` — asv results JSON → store rows;
 * :mod:`.compare` — two runs or commits side by side, with significance tests;
 * :mod:`.changepoints` — E-divisive change-point detection;

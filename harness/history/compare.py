@@ -1,7 +1,11 @@
 """Compare two commits or runs: per benchmark, the ratio B/A with a confidence interval and a verdict.
 
-Rows are paired by everything that defines a measurement (source, machine, model, backend, task, metric,
-threads, shape), never across machines. Where both sides have repeated samples (timings), the ratio of
+Rows are paired by the key of the row schema (:data:`harness.history.schema.KEY`): what is measured (source,
+backend, task, metric) and every setting it was measured with (machine, model, data, limit, batching, threads,
+shape, …). Rows that measure the same thing with different settings get the verdict ``settings differ``,
+naming the settings, and never a regression or improvement.
+
+Where both sides have repeated samples (timings), the ratio of
 medians gets a bootstrap 95 % confidence interval (``scipy.stats.bootstrap``) and a two-sided Mann–Whitney
 U test; a change is *significant* when p < alpha and the interval excludes 1. Values without samples
 (task metrics, which are deterministic for a given code and data) are compared exactly. A *regression* is
@@ -20,12 +24,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import schema
 from .asv_import import PARAM_COLUMNS
 from ..errors import UserError
 from ..provenance import ROOT, git
 
-KEY = ["source", "machine", "model", "backend", "task", "metric", "threads", "seq_len", "batch_size",
-       "data_source", "variant"]
+KEY = schema.KEY  # identity and settings columns of the row schema: the one definition of what pairs rows
+SETTINGS_DIFFER = "settings differ"
 
 
 @dataclass(frozen=True)
@@ -151,18 +156,39 @@ def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.
     for key, group_b in side_b.groupby(KEY, dropna=False):
         group_a = groups_a.get(_hashable(key))
         if group_a is None:
+            differing = _settings_differ(groups_a, _hashable(key), group_b)
+            if differing is not None:
+                out.append(differing)
             continue
         direction = group_b["direction"].iloc[0]
         result = compare_samples(_pool(group_a), _pool(group_b), direction, threshold=threshold, alpha=alpha)
         out.append({**dict(zip(KEY, key)), "unit": group_b["unit"].iloc[0], "direction": direction, **result})
     if not out:
-        raise UserError(f"{label_a} and {label_b} have no measurement in common (same machine, backend, task, "
-                        "metric and shape)")
+        raise UserError(f"{label_a} and {label_b} have no measurement in common (same source, backend, task "
+                        "and metric)")
     table = pd.DataFrame(out)
-    order = {"regression": 0, "improvement": 1, "within threshold": 2, "not significant": 3, "no change": 4, "n/a": 5}
+    order = {"regression": 0, "improvement": 1, SETTINGS_DIFFER: 2, "within threshold": 3, "not significant": 4,
+             "no change": 5, "n/a": 6}
     table = table.sort_values(["verdict", "metric", "backend", "task"], key=lambda s: s.map(order) if s.name ==
                               "verdict" else s, kind="stable").reset_index(drop=True)
     return Comparison(table, label_a, label_b)
+
+
+def _settings_differ(groups_a: dict[tuple, pd.DataFrame], key_b: tuple, group_b: pd.DataFrame) -> dict | None:
+    """The ``settings differ`` row for a measurement of B that A has only with other settings (the A group
+    whose settings differ least), or None when A does not measure it at all."""
+    named_b = dict(zip(KEY, key_b))
+    identity = [KEY.index(name) for name in schema.IDENTITY_COLUMNS]
+    candidates = [k for k in groups_a if all(k[i] == key_b[i] for i in identity)]
+    if not candidates:
+        return None
+    key_a = min(candidates, key=lambda k: len(schema.differing_settings(dict(zip(KEY, k)), named_b)))
+    differences = schema.differing_settings(dict(zip(KEY, key_a)), named_b)
+    a, b = _pool(groups_a[key_a]), _pool(group_b)
+    return {**named_b, "unit": group_b["unit"].iloc[0], "direction": group_b["direction"].iloc[0],
+            "a": float(np.median(a)), "b": float(np.median(b)), "ratio": float("nan"), "ci_low": float("nan"),
+            "ci_high": float("nan"), "p_value": float("nan"), "n_a": len(a), "n_b": len(b), "kind": "settings",
+            "verdict": SETTINGS_DIFFER, "settings": schema.describe_differences(differences)}
 
 
 def _fmt(value: float, unit: str | None) -> str:
@@ -183,7 +209,7 @@ def to_markdown(comparison: Comparison, *, threshold: float, only_changes: bool 
     """A table for a pull request: regressions first."""
     table = comparison.table
     if only_changes:
-        table = table[table["verdict"].isin(["regression", "improvement"])]
+        table = table[table["verdict"].isin(["regression", "improvement", SETTINGS_DIFFER])]
     counts = comparison.table["verdict"].value_counts()
     lines = [f"**{comparison.label_b}** vs **{comparison.label_a}** (B/A; threshold {threshold:.0%}): "
              + ", ".join(f"{n} {v}" for v, n in counts.items()), "",
@@ -196,6 +222,9 @@ def to_markdown(comparison: Comparison, *, threshold: float, only_changes: bool 
         ci = f" [{r.ci_low:.3f}, {r.ci_high:.3f}]" if np.isfinite(r.ci_low) else ""
         p = f"{r.p_value:.2g}" if np.isfinite(r.p_value) else r.kind
         mark = {"regression": "❌ regression", "improvement": "✅ improvement"}.get(r.verdict, r.verdict)
+        ratio = f"{r.ratio:.3f}{ci}"
+        if r.verdict == SETTINGS_DIFFER:  # not comparable: no ratio, the settings instead
+            mark, ratio, p = f"⚠️ settings differ: {r.settings}", "-", "-"
         lines.append(f"| {mark} | {r.metric} ({r.direction} is better) | {params} | {_fmt(r.a, r.unit)} | "
-                     f"{_fmt(r.b, r.unit)} | {r.ratio:.3f}{ci} | {p} |")
+                     f"{_fmt(r.b, r.unit)} | {ratio} | {p} |")
     return "\n".join(lines)

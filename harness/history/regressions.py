@@ -1,6 +1,7 @@
 """Change points in the commit history of every measured series.
 
-A series is one measurement (source, machine, model, backend, task, metric, threads, shape) over commits.
+A series is one measurement over commits: the rows sharing the row schema's key (what is measured and every
+setting it was measured with, :data:`harness.history.schema.KEY`).
 Per commit, its value is the median of the pooled raw samples (or of the values, for unsampled metrics).
 E-divisive with a permutation test (:mod:`harness.history.changepoints`) finds the change points; a change is
 reported when significant (``p < alpha``) and larger than ``min_effect``. Working on per-commit values,
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from .changepoints import e_divisive
 from .compare import KEY, with_variant
+from .schema import SETTINGS
 from ..provenance import ROOT, git
 
 
@@ -76,13 +78,13 @@ def detect_change_points(values: np.ndarray, *, alpha: float = 0.01, min_effect:
 
 
 def relative_rows(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Speed rows divided by the same run's ``reference`` row (same machine, metric, threads and shape).
+    """Speed rows divided by the same run's ``reference`` row (same metric and settings).
 
     The reference is timed interleaved with the other backends of its run, so the ratio cancels what
     slows a whole run down (a busy neighbour, a slower boot): the noise that limits absolute series.
     """
     speed = rows[(rows["category"] == "speed") & rows["run_id"].notna()]
-    match = ["run_id", "machine", "metric", "threads", "seq_len", "batch_size", "model"]
+    match = ["run_id", "source", "metric", *SETTINGS]
     ref = speed[speed["backend"] == reference][match + ["value"]].rename(columns={"value": "reference"})
     others = speed[speed["backend"] != reference].merge(ref, on=match, how="inner")
     others = others.assign(value=others["value"] / others["reference"], samples=None, unit="ratio")

@@ -134,7 +134,7 @@ def build_report(rows: pd.DataFrame, *, run_id: str | None = None, max_history: 
                 mask &= (changes[column].isna() & pd.isna(value)) | (changes[column] == value)
         label = " · ".join(f"{k}={format_param(v)}" for k, v in zip(KEY, key)
                            if k in ("backend", "metric", "threads", "seq_len") and pd.notna(v))
-        plots.append(_figure_html(_history_figure(f"{label} ({key[1]})", history,
+        plots.append(_figure_html(_history_figure(f"{label} ({dict(zip(KEY, key))['machine']})", history,
                                                   changes[mask] if len(changes) else changes,
                                                   series["unit"].iloc[0])))
         if len(plots) >= max_history:

@@ -1,20 +1,24 @@
 """The results store: an append-only, hive-partitioned Parquet dataset of tidy rows.
 
 Layout: ``<store>/machine=<id>/date=<YYYY-MM-DD>/part-<run id>-<random>.parquet``, where ``<store>`` is a
-directory or any fsspec URL (``s3://bucket/results``, ``gcs://…``, ``file://…``). Each write creates new
-files only: the table is written to a hidden temporary name (``.``-prefixed, which readers ignore) in the
-target directory, flushed, then renamed, so a crash or two concurrent writers never corrupt or lose rows.
+directory or any fsspec URL (``s3://bucket/results``, ``gcs://…``, ``file://…``), parsed by
+:func:`parse_store` for every command; the columns are defined in :mod:`harness.history.schema`. Each write
+creates new files only: the table is written to a hidden temporary name (``.``-prefixed, which readers
+ignore) in the target directory, flushed, then renamed, so a crash or two concurrent writers never corrupt
+or lose rows.
 ``machine`` and ``date`` live in the directory names (hive partitioning), not in the files.
 
 Run-level metadata (command, spec, machine facts, versions) is also stored as JSON in each file's Parquet
 schema metadata under ``attnbench.run``. :func:`read_results` is the one reader: it upgrades older schema
-versions and returns a pandas DataFrame ready for ``pivot_table``.
+versions, skips (with a warning) files it cannot read or upgrade, and returns a pandas DataFrame ready for
+``pivot_table``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 import warnings
 from pathlib import Path
@@ -23,55 +27,65 @@ from typing import Any, Iterable, Mapping
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations
 
 from ..errors import StoreError
+from .schema import COLUMNS, PARTITIONS, SCHEMA, SCHEMA_VERSION
 
-SCHEMA_VERSION = 2
 RUN_METADATA_KEY = b"attnbench.run"
 VERSION_METADATA_KEY = b"attnbench.schema_version"
-PARTITIONS = ("machine", "date")
 
-#: Columns stored in every file (the partition columns ``machine`` and ``date`` are added on reading).
-SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-    ("source", pa.string()),            # "harness" or "asv"
-    ("commit", pa.string()),            # attnbench commit measured (None outside a git checkout)
-    ("dirty", pa.bool_()),              # uncommitted changes in the measured tree
-    ("cpu", pa.string()),               # JSON: model, cores, SIMD features
-    ("threads", pa.int32()),
-    ("versions", pa.string()),          # JSON: python and library versions
-    ("plugin", pa.string()),
-    ("plugin_dist", pa.string()),
-    ("plugin_version", pa.string()),
-    ("model", pa.string()),
-    ("backend", pa.string()),           # canonical spec, e.g. "topk:k=8,bits=4"
-    ("backend_name", pa.string()),      # spec without parameters, e.g. "topk"
-    ("backend_params", pa.string()),    # canonical JSON of every parameter value
-    ("task", pa.string()),              # None for task-independent rows (latency, memory)
-    ("split", pa.string()),
-    ("data_source", pa.string()),
-    ("n_examples", pa.int64()),
-    ("batch_size", pa.int32()),
-    ("seq_len", pa.int32()),
-    ("category", pa.string()),          # quality | agreement | fidelity | speed | memory
-    ("metric", pa.string()),
-    ("value", pa.float64()),
-    ("unit", pa.string()),
-    ("direction", pa.string()),         # "higher" or "lower" is better
-    ("samples", pa.list_(pa.float64())),  # raw samples where they exist (timings)
-    ("extra", pa.string()),             # JSON: backend run facts and anything source-specific
-    ("plan_id", pa.string()),           # hash of the run's definition (schema 2); resuming matches on it
-    ("cell_id", pa.string()),           # the cell that produced the row (schema 2)
-])
-COLUMNS = tuple(SCHEMA.names) + PARTITIONS
+#: Categories of the rows an eval cell writes (speed cells write ``speed`` and ``memory`` rows).
+EVAL_CATEGORIES = ("quality", "agreement", "fidelity", "throughput")
+_URL_COLLAPSED = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/(?!/)")
+
+
+def parse_store(store: Path | str) -> str:
+    """The one parser of ``--store`` values: a local directory or an fsspec URL (``s3://bucket/results``,
+    ``gcs://…``, ``memory://…``, ``simplecache::s3://…``), returned as the string every store function takes.
+
+    Raises :class:`~harness.errors.StoreError` for a URL whose filesystem is not installed (naming the
+    package to install), for an unknown protocol, and for a URL whose ``//`` was collapsed by
+    :class:`pathlib.Path` (``Path("s3://b/x")`` is ``s3:/b/x``): such a store would silently become a
+    local folder.
+    """
+    text = os.fspath(store)
+    if not text:
+        raise StoreError("empty store location: give a directory or an fsspec URL such as s3://bucket/results")
+    collapsed = _URL_COLLAPSED.match(text)
+    if collapsed and collapsed.group(1).lower() in set(fsspec.available_protocols()):
+        fixed = f"{collapsed.group(1)}://{text[collapsed.end():]}"
+        raise StoreError(f"store {text!r} looks like the URL {fixed!r} with its '//' collapsed (by pathlib.Path); "
+                         "pass the store URL as a string")
+    protocol, _ = fsspec.core.split_protocol(text)
+    for name in (protocol or "").split("::"):
+        if name:
+            _check_protocol(name, text)
+    return text
+
+
+def _check_protocol(protocol: str, store: str) -> None:
+    """Raise a :class:`StoreError` naming the package to install when ``protocol``'s filesystem is missing."""
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise StoreError(f"store {store!r}: unknown URL protocol {protocol!r}; use a directory or an fsspec URL "
+                         f"(e.g. s3://, gcs://, az://, file://, memory://)") from None
+    except ImportError as exc:
+        known = known_implementations.get(protocol, {})
+        module = known.get("class", "").split(".", 1)[0]
+        install = f"pip install {module.replace('_', '-')}" if module and module != "fsspec" else \
+            "install the packages it names"
+        raise StoreError(f"store {store!r}: the filesystem for {protocol}:// is not installed "
+                         f"({known.get('err') or exc}); {install}") from None
 
 
 def _filesystem(store: Path | str) -> tuple[Any, str]:
     """``(fsspec filesystem, root path)`` of a store given as a directory or an fsspec URL (``s3://…``)."""
-    fs, root = fsspec.core.url_to_fs(str(store))
+    fs, root = fsspec.core.url_to_fs(parse_store(store))
     return fs, root.rstrip("/") or "/"
 
 
@@ -140,22 +154,55 @@ def _write_atomically(fs: Any, table: pa.Table, directory: str, name: str) -> st
     return final if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(final)
 
 
-def _upgrade(table: pa.Table, version: int) -> pa.Table:
+def _upgrade(table: pa.Table, version: int, run: Mapping[str, Any]) -> pa.Table:
     """Bring a table written with an older schema version to the current :data:`SCHEMA`.
 
-    Version 2 added ``plan_id`` and ``cell_id``; version-1 files read with nulls there. Later versions add a
-    step here. Columns missing from a file are null.
+    Version 2 added ``plan_id`` and ``cell_id``; version-1 files read with nulls there. Version 3 added the
+    settings columns: for harness rows they are filled from the run's spec stored in the file (``run``), on
+    the rows each setting applies to, and old eval rows' ``batch_size`` (then the eval batch limit) moves to
+    ``eval_batch_size``. Columns missing from a file are null. Raises when a column cannot be cast (the
+    caller skips the file).
     """
     if version > SCHEMA_VERSION:
-        raise StoreError(f"a store file has schema version {version}, newer than this attnbench "
-                         f"({SCHEMA_VERSION}); upgrade attnbench")
+        raise StoreError(f"schema version {version} is newer than this attnbench's ({SCHEMA_VERSION}); "
+                         "upgrade attnbench to read it")
     columns = []
     for field in SCHEMA:
         if field.name in table.column_names:
             columns.append(table[field.name].cast(field.type))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+    table = pa.Table.from_arrays(columns, schema=SCHEMA)
+    if version < 3:
+        table = _upgrade_to_3(table, run.get("spec") or {})
+    return table
+
+
+def _upgrade_to_3(table: pa.Table, spec: Mapping[str, Any]) -> pa.Table:
+    """Schema 2 → 3 for harness rows: settings from the stored spec; eval rows' ``batch_size`` moves to
+    ``eval_batch_size``."""
+    harness = pc.fill_null(pc.equal(table["source"], "harness"), False)
+    category = table["category"]
+    eval_rows = pc.and_(harness, pc.fill_null(pc.is_in(category, pa.array(EVAL_CATEGORIES)), False))
+
+    def rows_of(*categories: str) -> pa.Array:
+        return pc.and_(harness, pc.fill_null(pc.is_in(category, pa.array(categories)), False))
+
+    def put(name: str, mask: pa.Array, values: Any) -> None:
+        nonlocal table
+        kind = SCHEMA.field(name).type
+        values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.scalar(values, kind)
+        index = SCHEMA.get_field_index(name)
+        table = table.set_column(index, name, pc.if_else(mask, values, table[name]).cast(kind))
+
+    put("eval_batch_size", eval_rows, table["batch_size"])
+    put("batch_size", eval_rows, pa.scalar(None, pa.int32()))
+    put("limit", eval_rows, spec.get("limit"))
+    put("max_tokens", eval_rows, spec.get("max_tokens"))
+    put("fidelity_examples", rows_of("fidelity"), spec.get("fidelity_examples"))
+    put("executor", rows_of("throughput"), spec.get("executor"))
+    put("warmup", rows_of("speed"), spec.get("warmup"))
+    return table
 
 
 def data_files(store: Path | str) -> list[str]:
@@ -179,7 +226,9 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     """All rows of the store (a directory or an fsspec URL) as a tidy pandas DataFrame (columns
     :data:`COLUMNS`), oldest first.
 
-    A file that cannot be read is skipped with a warning naming it; nothing is deleted. Example::
+    Files of older schema versions are upgraded. A file that cannot be read or upgraded, for any reason
+    (corrupt, a column of the wrong type, a newer schema version), is skipped with a warning naming it;
+    nothing is deleted. Example::
 
         df = read_results("results/store")
         df[df.category == "quality"].pivot_table(index="task", columns="backend", values="value",
@@ -189,21 +238,28 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     tables = []
     for path in data_files(store):
         try:
-            with fs.open(path, "rb") as handle:
-                table = pq.read_table(handle)
-        except Exception as exc:
-            warnings.warn(f"skipping unreadable results file {path}: {exc}", stacklevel=2)
-            continue
-        version = int((table.schema.metadata or {}).get(VERSION_METADATA_KEY, b"1"))
-        table = _upgrade(table, version)
-        parts = dict(part.split("=", 1) for part in path[len(root):].split("/")[:-1] if "=" in part)
-        for name in PARTITIONS:
-            table = table.append_column(name, pa.array([parts.get(name)] * table.num_rows, pa.string()))
-        tables.append(table)
+            tables.append(_read_file(fs, root, path))
+        except Exception as exc:  # any file that cannot be read or upgraded: skip it, keep the rest
+            warnings.warn(f"skipping results file {path} (left in place): it cannot be read or upgraded: "
+                          f"{type(exc).__name__}: {exc}", stacklevel=2)
     if not tables:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in COLUMNS})
     frame = pa.concat_tables(tables).to_pandas()
     return frame.sort_values(["timestamp", "run_id"], kind="stable").reset_index(drop=True)
+
+
+def _read_file(fs: Any, root: str, path: str) -> pa.Table:
+    """One data file, upgraded to the current schema, with its partition columns."""
+    with fs.open(path, "rb") as handle:
+        table = pq.read_table(handle)
+    metadata = table.schema.metadata or {}
+    version = int(metadata.get(VERSION_METADATA_KEY, b"1"))
+    run = json.loads(metadata.get(RUN_METADATA_KEY, b"{}")) if version < SCHEMA_VERSION else {}
+    table = _upgrade(table, version, run if isinstance(run, dict) else {})
+    parts = dict(part.split("=", 1) for part in path[len(root):].split("/")[:-1] if "=" in part)
+    for name in PARTITIONS:
+        table = table.append_column(name, pa.array([parts.get(name)] * table.num_rows, pa.string()))
+    return table
 
 
 def _pandas_dtype(column: str) -> str:

@@ -1,0 +1,135 @@
+"""The row schema of the results store: one definition of every column, its Arrow type and its role.
+
+Roles decide what pairs rows in ``compare``, ``regressions`` and ``report``:
+
+* ``identity`` — *what* is measured (backend, task, metric, …);
+* ``setting`` — *how* it was measured (machine, model, data, limit, batching, threads, shape, …). Rows are
+  comparable only when every setting matches; a new column is a setting (and so joins the pairing key
+  everywhere) unless it is declared otherwise here;
+* ``descriptive`` — recorded, never part of the key (run id, time, commit, provenance, derived fields);
+* ``value`` — the measurement itself.
+
+A setting is recorded only on the rows it can change (``limit`` on eval rows, ``warmup`` on latency rows, …)
+and is null elsewhere; nulls pair with nulls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pandas as pd
+import pyarrow as pa
+
+IDENTITY, SETTING, DESCRIPTIVE, VALUE = "identity", "setting", "descriptive", "value"
+
+#: Bumped whenever columns change; :func:`harness.history.store.read_results` upgrades older files.
+#: 1: first layout; 2: ``plan_id``, ``cell_id``; 3: settings columns (``limit``, ``max_tokens``,
+#: ``eval_batch_size``, ``fidelity_examples``, ``warmup``, ``executor``), and the eval batch limit moves out
+#: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``.
+SCHEMA_VERSION = 3
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the row schema."""
+
+    name: str
+    type: pa.DataType
+    role: str = SETTING
+    doc: str = ""
+    stored: bool = True       # False: a hive partition (``machine``, ``date``) or derived on reading (``variant``)
+
+
+#: Every column, in stored order, then the partition and derived columns.
+COLUMN_DEFS: tuple[Column, ...] = (
+    Column("run_id", pa.string(), DESCRIPTIVE),
+    Column("timestamp", pa.timestamp("us", tz="UTC"), DESCRIPTIVE),
+    Column("source", pa.string(), IDENTITY, '"harness" or "asv"'),
+    Column("commit", pa.string(), DESCRIPTIVE, "attnbench commit measured (None outside a git checkout)"),
+    Column("dirty", pa.bool_(), DESCRIPTIVE, "uncommitted changes in the measured tree"),
+    Column("cpu", pa.string(), DESCRIPTIVE, "JSON: model, cores, SIMD features (the machine id covers it)"),
+    Column("threads", pa.int32(), SETTING, "torch threads of the measuring process"),
+    Column("versions", pa.string(), DESCRIPTIVE, "JSON: python and library versions"),
+    Column("plugin", pa.string(), DESCRIPTIVE),
+    Column("plugin_dist", pa.string(), DESCRIPTIVE),
+    Column("plugin_version", pa.string(), DESCRIPTIVE),
+    Column("model", pa.string(), SETTING, "checkpoint (or 'embedded') the task was measured with"),
+    Column("backend", pa.string(), IDENTITY, 'canonical spec, e.g. "topk:k=8,bits=4"'),
+    Column("backend_name", pa.string(), DESCRIPTIVE, 'spec without parameters, e.g. "topk"'),
+    Column("backend_params", pa.string(), DESCRIPTIVE, "canonical JSON of every parameter value"),
+    Column("task", pa.string(), IDENTITY, "None for task-independent rows (latency, memory)"),
+    Column("split", pa.string(), SETTING),
+    Column("data_source", pa.string(), SETTING, "sample@<hash>, hub or a directory"),
+    Column("n_examples", pa.int64(), SETTING, "examples evaluated (latency rows: the batch)"),
+    Column("batch_size", pa.int32(), SETTING, "latency shape: batch (speed and memory rows)"),
+    Column("seq_len", pa.int32(), SETTING, "latency shape: tokens (speed and memory rows)"),
+    Column("category", pa.string(), DESCRIPTIVE, "quality | agreement | fidelity | throughput | speed | memory"),
+    Column("metric", pa.string(), IDENTITY),
+    Column("value", pa.float64(), VALUE),
+    Column("unit", pa.string(), DESCRIPTIVE),
+    Column("direction", pa.string(), DESCRIPTIVE, '"higher" or "lower" is better'),
+    Column("samples", pa.list_(pa.float64()), VALUE, "raw samples where they exist (timings)"),
+    Column("extra", pa.string(), DESCRIPTIVE, "JSON: backend run facts and anything source-specific"),
+    Column("plan_id", pa.string(), DESCRIPTIVE, "hash of the run's definition; resuming matches on it"),
+    Column("cell_id", pa.string(), DESCRIPTIVE, "the cell that produced the row"),
+    # schema 3: every run setting that can change a measured value, on the rows it can change
+    Column("limit", pa.int32(), SETTING, "--limit: examples per task (eval rows; null: all)"),
+    Column("max_tokens", pa.int32(), SETTING, "--max-tokens: padded tokens per eval batch (eval rows; null: no limit)"),
+    Column("eval_batch_size", pa.int32(), SETTING,
+           "--eval-batch-size: examples per eval batch (eval rows; null: no limit)"),
+    Column("fidelity_examples", pa.int32(), SETTING, "--fidelity-examples (fidelity rows)"),
+    Column("warmup", pa.int32(), SETTING, "--warmup: untimed rounds before the timed ones (speed rows)"),
+    Column("executor", pa.string(), SETTING, "--executor the eval pass ran on (throughput rows)"),
+    # hive partitions (directory names, not in the files) and derived columns
+    Column("machine", pa.string(), SETTING, "machine id; rows of different machines never pair", stored=False),
+    Column("date", pa.string(), DESCRIPTIVE, "UTC date of the row's timestamp", stored=False),
+    Column("variant", pa.string(), IDENTITY, "asv parameters without a column of their own (compare.with_variant)",
+           stored=False),
+)
+
+_BY_NAME = {c.name: c for c in COLUMN_DEFS}
+PARTITIONS = ("machine", "date")
+#: The Arrow schema of a stored file.
+SCHEMA = pa.schema([(c.name, c.type) for c in COLUMN_DEFS if c.stored])
+#: Columns of :func:`~harness.history.store.read_results`' frame: stored columns, then the partitions.
+COLUMNS = tuple(SCHEMA.names) + PARTITIONS
+#: What is measured.
+IDENTITY_COLUMNS = tuple(c.name for c in COLUMN_DEFS if c.role == IDENTITY)
+#: How it was measured: every column not declared otherwise.
+SETTINGS = tuple(c.name for c in COLUMN_DEFS if c.role == SETTING)
+#: Where key columns sit in a series' key tuple: these first (the order of schema 2, which positional users of
+#: ``ChangePoint.series`` rely on), then every other key column in definition order.
+_KEY_ORDER = ("source", "machine", "model", "backend", "task", "metric", "threads", "seq_len", "batch_size",
+              "data_source", "variant")
+#: What pairs rows: every identity and setting column. Rows are compared only when all of it matches.
+KEY = sorted(IDENTITY_COLUMNS + SETTINGS,
+             key=lambda name: (_KEY_ORDER.index(name) if name in _KEY_ORDER else len(_KEY_ORDER),
+                               [c.name for c in COLUMN_DEFS].index(name)))
+
+
+def column(name: str) -> Column:
+    """The definition of one column (raises ``KeyError`` for an unknown name)."""
+    return _BY_NAME[name]
+
+
+def differing_settings(key_a: Mapping[str, Any], key_b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{setting: (value in A, value in B)}`` for every setting of :data:`SETTINGS` whose values differ
+    (nulls are equal to nulls)."""
+    out = {}
+    for name in SETTINGS:
+        a, b = key_a.get(name), key_b.get(name)
+        a, b = (None if a is None or (not isinstance(a, str) and pd.isna(a)) else a,
+                None if b is None or (not isinstance(b, str) and pd.isna(b)) else b)
+        if a != b:
+            out[name] = (a, b)
+    return out
+
+
+def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
+    """``"limit 32 → 16, n_examples 32 → 16"``: differing settings for a report line."""
+    def text(value: Any) -> str:
+        if value is None:
+            return "none"
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return ", ".join(f"{name} {text(a)} → {text(b)}" for name, (a, b) in differences.items())
