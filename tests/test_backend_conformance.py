@@ -7,7 +7,7 @@ ones are refused with a clear ``TypeError``, and whole-model transforms keep pad
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,12 @@ from harness.execution.runner import prepare_model
 
 from conftest import tiny_encoder
 
-sys.path.insert(0, str(Path(__file__).parent / "example_plugin"))
-import attnbench_example  # noqa: E402
+# Loaded from its file, not through sys.path: its directory holds an .egg-info whose entry point would
+# otherwise register it in every other test's registry.
+_SPEC = importlib.util.spec_from_file_location(
+    "attnbench_example", Path(__file__).parent / "example_plugin" / "attnbench_example" / "__init__.py")
+attnbench_example = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(attnbench_example)
 
 REGISTRY = load_registry(entry_points=False, extra_plugins=(attnbench_example,))
 #: Specs to check for backends whose defaults are not enough (a required parameter, a second code path).
