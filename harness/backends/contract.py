@@ -118,11 +118,20 @@ def _param_list(params: tuple[Param, ...]) -> str:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """Where a backend or task came from: plugin name and the distribution that installed it."""
+    """Where a backend or task came from: plugin name and the distribution that installed it.
+
+    A field the plugin's metadata does not state (``None`` or empty) is recorded as ``"unknown"``.
+    """
 
     name: str
     dist: str
     version: str
+
+    def __post_init__(self) -> None:
+        for field_ in ("name", "dist", "version"):
+            value = getattr(self, field_)
+            if not isinstance(value, str) or not value.strip():
+                object.__setattr__(self, field_, "unknown" if value is None or not str(value).strip() else str(value))
 
 
 @dataclass(frozen=True)
