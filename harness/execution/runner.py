@@ -1,6 +1,7 @@
 """The runner: a run of backends × tasks as a set of cells, written to the results store cell by cell.
 
-1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason.
+1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason;
+   refuse evaluation data with unlabelled or out-of-range labels before anything is measured.
 2. Plan the cells: one *speed* cell per backend at the latency shape, one *eval* cell per backend × task.
    The plan id hashes everything that defines the results; with ``resume``, cells of the latest run of the
    same plan that are already in the store are not run again.
@@ -171,6 +172,8 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     model_sources = parse_model_args(spec.model)
     tasks = resolve_tasks(registry, spec.tasks, model_sources)
     source = DataSource.parse(spec.data)
+    for task in tasks:  # refuse unlabelled or out-of-range labels (DataError) before anything is measured
+        source.load(task)
     threads = spec.threads or cpu_count()
     torch.set_num_threads(threads)
     store = None if spec.store is None else str(spec.store)

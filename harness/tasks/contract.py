@@ -28,7 +28,10 @@ class Task:
     :param text_fields: one column (single sentence) or two (sentence pair).
     :param num_labels: number of classes, or 1 for regression.
     :param metrics: the official metrics; the first is the task's main metric.
-    :param label_names: class names, for display.
+    :param label_names: class names, for display; also matched (case-insensitively) against a checkpoint's
+        ``id2label`` to put its outputs in this order.
+    :param label_range: for regression, the inclusive ``(low, high)`` range of valid labels (STS-B: 0–5);
+        ``None``: any finite number.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Task:
     metrics: tuple[Metric, ...]
     label_names: tuple[str, ...] = ()
     description: str = ""
+    label_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.text_fields) <= 2:
