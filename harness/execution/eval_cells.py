@@ -10,6 +10,7 @@ one atomic file, so a cell is in the store completely or not at all.
 from __future__ import annotations
 
 import copy
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,9 +115,12 @@ class EvalSession:
         return self._prepared[key]
 
     def _predict(self, task: Task, backend: ResolvedBackend, stats: PassStats | None) -> np.ndarray:
-        return predict(self.prepared(task, backend), self.encoded(task), max_tokens=self.context.max_tokens,
-                       max_examples=self.context.max_examples, forward_kwargs=self.models.forward_kwargs(task),
-                       desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
+        """Logits in the task's label order (a checkpoint that names its labels differently is reordered)."""
+        logits = predict(self.prepared(task, backend), self.encoded(task), max_tokens=self.context.max_tokens,
+                         max_examples=self.context.max_examples, forward_kwargs=self.models.forward_kwargs(task),
+                         desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
+        order = self.models.label_order(task)
+        return logits if order is None else logits[:, order]
 
     def reference_logits(self, task: Task) -> np.ndarray:
         if task.name not in self._reference:
@@ -135,7 +139,11 @@ class EvalSession:
 
     # -- one cell -----------------------------------------------------------------------------------------
     def run(self, cell: EvalCell) -> list[dict[str, Any]]:
-        """Rows of one eval cell (not written)."""
+        """Rows of one eval cell (not written), with the model's facts for the task (e.g. a label reordering)
+        merged into every row's ``extra``."""
+        return _with_facts(self._run(cell), self.models.model_facts(self.registry.task(cell.task)))
+
+    def _run(self, cell: EvalCell) -> list[dict[str, Any]]:
         task = self.registry.task(cell.task)
         backend = self.backend(cell.backend)
         encoded = self.encoded(task)
@@ -171,6 +179,15 @@ class EvalSession:
                 unit, direction = FIDELITY_METRICS.get(name, ("ratio", "higher"))
                 out.append(row({**common, "n_examples": n}, backend, "fidelity", name, value, unit, direction))
         return out
+
+
+def _with_facts(rows: list[dict[str, Any]], facts: dict[str, str]) -> list[dict[str, Any]]:
+    """``rows`` with ``facts`` merged into each row's ``extra`` JSON."""
+    if not facts:
+        return rows
+    for r in rows:
+        r["extra"] = json.dumps({**(json.loads(r["extra"]) if r.get("extra") else {}), **facts}, sort_keys=True)
+    return rows
 
 
 _SESSIONS: OrderedDict[tuple[str, str], EvalSession] = OrderedDict()
