@@ -41,6 +41,12 @@ class Backend:
 
     Methods a subclass may override: :meth:`unavailable_reason`, :meth:`availability`, :meth:`prepare`,
     :meth:`attention`, :meth:`run_facts`, :meth:`fidelity_stats`.
+
+    Finiteness rule: an attention function must never turn non-finite inputs into finite outputs. If any q,
+    k or v value of a sequence's real (non-padding) tokens is NaN or infinite, its output over those tokens
+    must not be all finite (or the function raises, saying so); if they are all finite, the output must be
+    finite. Evaluation checks every call (``attention_interface.check_finite``, never in timed calls) and
+    an eval cell that breaks the rule, or whose logits are non-finite, fails with the reason.
     """
 
     name: ClassVar[str] = ""

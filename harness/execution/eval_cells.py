@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends.attention_interface import attach
+from ..backends.attention_interface import NonFiniteAttentionError, attach, finite_checked
 from ..backends.contract import ResolvedBackend
 from .cells import EvalCell
 from ..tasks.data import DataSource
@@ -115,10 +115,22 @@ class EvalSession:
         return self._prepared[key]
 
     def _predict(self, task: Task, backend: ResolvedBackend, stats: PassStats | None) -> np.ndarray:
-        """Logits in the task's label order (a checkpoint that names its labels differently is reordered)."""
-        logits = predict(self.prepared(task, backend), self.encoded(task), max_tokens=self.context.max_tokens,
-                         max_examples=self.context.max_examples, forward_kwargs=self.models.forward_kwargs(task),
-                         desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
+        """Logits in the task's label order (a checkpoint that names its labels differently is reordered).
+
+        Every attention call is checked for the backend finiteness rule (:func:`finite_checked`), and the
+        logits must be finite: otherwise :class:`NonFiniteAttentionError` fails the cell, and no metric of
+        NaN logits (whose argmax would look like a real prediction) is ever stored.
+        """
+        model = self.prepared(task, backend)
+        with finite_checked(model, backend):
+            logits = predict(model, self.encoded(task), max_tokens=self.context.max_tokens,
+                             max_examples=self.context.max_examples, forward_kwargs=self.models.forward_kwargs(task),
+                             desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
+        bad = ~np.isfinite(logits).all(axis=-1)
+        if bad.any():
+            raise NonFiniteAttentionError(f"backend {backend.spec!r} on task {task.name!r}: the model's outputs are "
+                                          f"NaN or infinite for {int(bad.sum())} of {len(bad)} examples; no metric "
+                                          "is computed from them")
         order = self.models.label_order(task)
         return logits if order is None else logits[:, order]
 
