@@ -8,12 +8,16 @@ same name in ``AttentionMaskInterface``. A name registered only in the first rec
 Every backend is registered twice: under its plain name, selected on the model by :func:`attach` and used
 by the timed speed cells, and under a *checked* name (:func:`checked_name`) that evaluation selects with
 :func:`finite_checked`. The checked function calls the same attention and then enforces the finiteness rule
-of :class:`~harness.backends.contract.Backend` (:func:`check_finite`), so timed calls never pay for it.
+of :class:`~harness.backends.contract.Backend` (:func:`check_finite`), so timed calls never pay for it;
+the seconds the checks take are counted (:class:`CheckTimer`) so that evaluation can leave them out of its
+throughput figures.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -44,6 +48,16 @@ def attention_function(backend: ResolvedBackend) -> AttentionFn:
     return part.attention if part is not None else sdpa_attention_forward
 
 
+@dataclass
+class CheckTimer:
+    """Seconds spent in :func:`check_finite` by one checked registration since :func:`finite_checked` began."""
+
+    seconds: float = 0.0
+
+
+_TIMERS: dict[str, CheckTimer] = {}
+
+
 def checked_name(backend: ResolvedBackend) -> str:
     """The transformers implementation name of the backend's attention with the finiteness check."""
     name = implementation_name(backend)
@@ -61,21 +75,26 @@ def attach(model: torch.nn.Module, backend: ResolvedBackend) -> str:
     if name != REFERENCE_IMPLEMENTATION:
         AttentionInterface.register(name, attention_function(backend))
         AttentionMaskInterface.register(name, _MASK_BUILDERS[backend.mask_kind])
-    AttentionInterface.register(checked_name(backend), checked_attention(attention_function(backend), backend.spec))
+    timer = _TIMERS.setdefault(checked_name(backend), CheckTimer())
+    AttentionInterface.register(checked_name(backend),
+                                checked_attention(attention_function(backend), backend.spec, timer))
     AttentionMaskInterface.register(checked_name(backend), _MASK_BUILDERS[backend.mask_kind])
     model.set_attn_implementation(name)
     return name
 
 
 @contextmanager
-def finite_checked(model: torch.nn.Module, backend: ResolvedBackend) -> Iterator[None]:
+def finite_checked(model: torch.nn.Module, backend: ResolvedBackend) -> Iterator[CheckTimer]:
     """Evaluate ``model`` (prepared with :func:`attach`) with the finiteness check on every attention call.
 
-    Raises :class:`NonFiniteAttentionError` from the first call that breaks the rule.
+    Yields the :class:`CheckTimer` of the checks made inside the block. Raises
+    :class:`NonFiniteAttentionError` from the first call that breaks the rule.
     """
+    timer = _TIMERS.setdefault(checked_name(backend), CheckTimer())
+    timer.seconds = 0.0
     model.set_attn_implementation(checked_name(backend))
     try:
-        yield
+        yield timer
     finally:
         model.set_attn_implementation(implementation_name(backend))
 
@@ -127,13 +146,19 @@ def check_finite(spec: str, query: torch.Tensor, key: torch.Tensor, value: torch
             "batch whose q/k/v are finite there")
 
 
-def checked_attention(fn: AttentionFn, spec: str) -> AttentionFn:
-    """``fn`` followed by :func:`check_finite` on its output; for evaluation, never for timing."""
+def checked_attention(fn: AttentionFn, spec: str, timer: CheckTimer | None = None) -> AttentionFn:
+    """``fn`` followed by :func:`check_finite` on its output (its time added to ``timer``); for evaluation,
+    never for timing."""
 
     def checked(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         result = fn(module, query, key, value, attention_mask, *args, **kwargs)
-        check_finite(spec, query, key, value, attention_mask, result[0])
+        started = time.perf_counter()
+        try:
+            check_finite(spec, query, key, value, attention_mask, result[0])
+        finally:
+            if timer is not None:
+                timer.seconds += time.perf_counter() - started
         return result
 
     return checked

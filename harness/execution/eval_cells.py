@@ -119,13 +119,17 @@ class EvalSession:
 
         Every attention call is checked for the backend finiteness rule (:func:`finite_checked`), and the
         logits must be finite: otherwise :class:`NonFiniteAttentionError` fails the cell, and no metric of
-        NaN logits (whose argmax would look like a real prediction) is ever stored.
+        NaN logits (whose argmax would look like a real prediction) is ever stored. The checks' time is
+        taken out of ``stats``, so throughput figures do not pay for them.
         """
         model = self.prepared(task, backend)
-        with finite_checked(model, backend):
+        with finite_checked(model, backend) as check:
             logits = predict(model, self.encoded(task), max_tokens=self.context.max_tokens,
                              max_examples=self.context.max_examples, forward_kwargs=self.models.forward_kwargs(task),
                              desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
+        if stats is not None:
+            stats.model_time -= check.seconds
+            stats.wall_time -= check.seconds
         bad = ~np.isfinite(logits).all(axis=-1)
         if bad.any():
             raise NonFiniteAttentionError(f"backend {backend.spec!r} on task {task.name!r}: the model's outputs are "
