@@ -1,6 +1,7 @@
 """The runner: a run of backends × tasks as a set of cells, written to the results store cell by cell.
 
-1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason.
+1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason;
+   refuse evaluation data with unlabelled or out-of-range labels before anything is measured.
 2. Plan the cells: one *speed* cell per backend at the latency shape, one *eval* cell per backend × task.
    The plan id hashes everything that defines the results; with ``resume``, cells of the latest run of the
    same plan that are already in the store are not run again.
@@ -172,6 +173,8 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     model_sources = parse_model_args(spec.model)
     tasks = resolve_tasks(registry, spec.tasks, model_sources)
     source = DataSource.parse(spec.data)
+    for task in tasks:  # refuse unlabelled or out-of-range labels (DataError) before anything is measured
+        source.load(task)
     threads = spec.threads or cpu_count()
     torch.set_num_threads(threads)
 
@@ -201,9 +204,11 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
     for note in getattr(session.models, "notes", []) if session else []:
         log(note)
+    failures: dict[str, str] = {}
     if speed_todo:
-        measured += _run_speed_cells(spec, session, speed_todo, context, log)
-    failures = _run_eval_cells(spec, context, eval_todo, session, measured, log, store)
+        speed_rows, failures = _run_speed_cells(spec, session, speed_todo, context, log)
+        measured += speed_rows
+    failures.update(_run_eval_cells(spec, context, eval_todo, session, measured, log, store))
     return RunResult(run_id, plan, pd.DataFrame(measured), skipped, total,
                      total - len(speed_todo) - len(eval_todo), failures)
 
@@ -258,42 +263,82 @@ def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], 
     return failures
 
 
+def _cell_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
-                     log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Latency (interleaved across backends) and memory at batch × seq_len; one stored file per cell."""
+                     log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Latency (interleaved across backends) and memory at batch × seq_len; one stored file per cell.
+
+    Returns the rows and ``{cell id: reason}`` of the cells that failed. A cell fails alone, like an eval
+    cell: building its case, one untimed trial call of each timed callable (before timing starts), its
+    memory measurement or its rows — whatever raises is recorded with the reason, and every other cell is
+    still timed and stored. ``UserError`` and ``KeyboardInterrupt`` still stop the run.
+    """
     task = session.tasks[0]
-    backends = {c.backend: session.backend(c.backend) for c in cells}
-    cases = {spec_: build_speed_case(b, session.models, task, session.encoded(task), batch_size=spec.batch_size,
-                                     seq_len=spec.seq_len, prepared=session.prepared(task, b))
-             for spec_, b in backends.items()}
+    failures: dict[str, str] = {}
+
+    def fail(cell: SpeedCell, exc: BaseException) -> None:
+        if isinstance(exc, UserError):
+            raise exc
+        failures[cell.id] = _cell_error(exc)
+        log(f"cell {cell.id} failed: {failures[cell.id]}")
+
+    backends: dict[str, ResolvedBackend] = {}
+    cases: dict[str, Any] = {}
+    for cell in cells:
+        try:
+            backend = session.backend(cell.backend)
+            case = build_speed_case(backend, session.models, task, session.encoded(task),
+                                    batch_size=spec.batch_size, seq_len=spec.seq_len,
+                                    prepared=session.prepared(task, backend))
+            case.forward()  # one untimed trial call each: a backend that raises is out before timing starts
+            case.attention_core()
+        except Exception as exc:
+            fail(cell, exc)
+            continue
+        backends[cell.backend], cases[cell.backend] = backend, case
+    cells = [c for c in cells if c.backend in cases]
+    if not cells:
+        return [], failures
     rounds = (spec.warmup + spec.repeats) * 2
-    with tqdm(total=rounds, desc=f"timing {spec.batch_size}x{spec.seq_len}", unit="round", leave=False,
-              disable=not spec.progress) as bar:
-        started = time.perf_counter()
-        forward = time_interleaved({name: case.forward for name, case in cases.items()},
-                                   repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
-        bar.update(spec.warmup)
-        core = time_interleaved({name: case.attention_core for name, case in cases.items()},
-                                repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
-        bar.update(spec.warmup)
+    try:
+        with tqdm(total=rounds, desc=f"timing {spec.batch_size}x{spec.seq_len}", unit="round", leave=False,
+                  disable=not spec.progress) as bar:
+            started = time.perf_counter()
+            forward = time_interleaved({name: case.forward for name, case in cases.items()},
+                                       repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
+            bar.update(spec.warmup)
+            core = time_interleaved({name: case.attention_core for name, case in cases.items()},
+                                    repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
+            bar.update(spec.warmup)
+    except Exception as exc:  # passed its trial call, failed later: the interleaved samples are unusable
+        for cell in cells:
+            fail(cell, exc)
+        return [], failures
     log(f"timing took {time.perf_counter() - started:.1f}s")
     out = []
     for cell in cells:
         backend, case = backends[cell.backend], cases[cell.backend]
-        common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
-                  "cell_id": cell.id, **process_fields(cell.threads), "model": session.models.name(task),
-                  "task": None, "split": None, "n_examples": cell.batch_size, "batch_size": cell.batch_size,
-                  "seq_len": cell.seq_len, "data_source": session.source.label}
-        timed = {**common, "warmup": spec.warmup}
-        rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
-                _timing_row(timed, backend, "latency_attention_core", core[cell.backend]),
-                row(common, backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward), "bytes",
-                    "lower"),
-                row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
-        if context.store is not None:
-            write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+        try:
+            common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
+                      "cell_id": cell.id, **process_fields(cell.threads), "model": session.models.name(task),
+                      "task": None, "split": None, "n_examples": cell.batch_size, "batch_size": cell.batch_size,
+                      "seq_len": cell.seq_len, "data_source": session.source.label}
+            timed = {**common, "warmup": spec.warmup}
+            rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
+                    _timing_row(timed, backend, "latency_attention_core", core[cell.backend]),
+                    row(common, backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward),
+                        "bytes", "lower"),
+                    row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
+            if context.store is not None:
+                write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+        except Exception as exc:
+            fail(cell, exc)
+            continue
         out += rows
-    return out
+    return out, failures
 
 
 def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing) -> dict[str, Any]:
