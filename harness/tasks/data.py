@@ -71,6 +71,11 @@ class DataSource:
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                                 "offline, use --data sample or --data DIR") from None
         file = self.path / task.config / f"{split}.parquet"
+        if not file.is_file() and self.kind == "sample":
+            train = f" and DIR/{task.config}/{task.train_split}.parquet" if task.train_split else ""
+            raise DataError(f"task {task.name!r}: the bundled sample has no {split!r} rows of it (it holds GLUE only); "
+                            f"run with --data DIR, where DIR/{task.config}/{task.split}.parquet holds the rows to "
+                            f"evaluate{train} (rows the embedded default fits its head on), or --data hub")
         if not file.is_file():
             raise DataError(f"task {task.name!r}: {file} not found; the data directory must hold "
                             f"<task>/<split>.parquet files, e.g. {task.config}/{split}.parquet")
