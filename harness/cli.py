@@ -105,15 +105,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_regressions(args: argparse.Namespace) -> int:
     from .history.compare import format_param
-    from .history.regressions import find_regressions, to_frame
+    from .history.regressions import compare_hint, find_regressions, to_frame
     from .history.store import read_results
 
     rows = read_results(args.store)
+    if args.category:
+        rows = rows[rows["category"].isin(args.category)]
     points = to_frame(find_regressions(rows, alpha=args.alpha, min_effect=args.min_effect,
                                        categories=tuple(args.category) if args.category else None,
                                        relative_to=None if args.absolute_only else args.reference))
+    hint = compare_hint(rows)
     if points.empty:
         print("no significant change points")
+        if hint:
+            print(hint)
         return 0
     if not args.all:
         points = points[points["kind"] == "regression"]
@@ -125,6 +130,8 @@ def cmd_regressions(args: argparse.Namespace) -> int:
                                                             "machine") if pd.notna(getattr(r, k)))
         print(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series}{r.series_kind} | {r.before:.4g} | {r.after:.4g} | "
               f"{r.ratio:.3f}x | {r.p_value:.3g} |")
+    if hint:
+        print(hint)
     return 1 if (points["kind"] == "regression").any() else 0
 
 

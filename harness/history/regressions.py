@@ -47,6 +47,29 @@ def commit_order(commits: list[str], repo: Path = ROOT) -> dict[str, int]:
     return {c: position.get(c, len(listed)) for c in commits}
 
 
+def newest_commits(rows: pd.DataFrame, count: int, repo: Path = ROOT) -> list[str]:
+    """The ``count`` newest commits of ``rows``, oldest first, in the order :func:`find_regressions` uses
+    (git history, then time of the first result)."""
+    rows = rows[rows["commit"].notna()]
+    if rows.empty or count <= 0:
+        return []
+    order = commit_order(list(rows["commit"].unique()), repo)
+    first_seen = rows.groupby("commit")["timestamp"].min()
+    return sorted(first_seen.index, key=lambda c: (order[c], first_seen[c]))[-count:]
+
+
+def compare_hint(rows: pd.DataFrame, min_segment: int = 3) -> str | None:
+    """One line for ``attnbench regressions``: a step needs ``min_segment`` commits after it, so the newest
+    ``min_segment - 1`` commits cannot be judged by the change-point search; ``attnbench compare`` can."""
+    newest = newest_commits(rows, min_segment)
+    if len(newest) < 2:
+        return None
+    unjudged = ", ".join(c[:10] for c in newest[1:])
+    return (f"the newest commit(s) {unjudged} cannot be judged here (a step needs {min_segment} commits after "
+            f"it); whether the newest commit regressed is `attnbench compare`'s job: "
+            f"attnbench compare {newest[-2][:10]} {newest[-1][:10]}")
+
+
 def per_commit_values(series: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
     """One row per commit (in history order): commit, median of pooled samples, number of samples."""
     out = []
