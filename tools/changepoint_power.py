@@ -9,8 +9,9 @@ Three searches, each at level ``--alpha``:
 * ``permutation``: E-divisive with its permutation test on the per-commit medians
   (:func:`harness.history.changepoints.e_divisive`, the search ``attnbench regressions`` uses);
 * ``welch-raw``: Welch's t-test of the pooled raw samples before vs after every candidate split
-  (``min_segment`` commits or more on each side), Bonferroni-corrected over the candidates;
-* ``mwu-raw``: the same with the Mann–Whitney U test;
+  (``min_segment`` commits or more on each side); the split with the largest ``|t|`` is flagged when its
+  p-value, Bonferroni-corrected over the candidates, is at most ``--alpha``;
+* ``mwu-raw``: the same with the Mann–Whitney U test (largest ``|z|``);
 * ``welch-commits``: Welch's t-test of the per-commit medians, Bonferroni-corrected the same way.
 
 A step counts as found when a change point is reported at exactly ``k``; a flat series (no step) counts
@@ -41,27 +42,37 @@ def series(rng: np.random.Generator, commits: int, position: int | None, step: f
     return level[:, None] * (1 + rng.normal(0, within, (commits, samples)))
 
 
+def _best_split(results: list[tuple[float, float]]) -> tuple[int, float]:
+    """Index and p-value of the candidate with the largest standardised statistic (|t| or |z|): the split
+    with the smallest p-value is often a neighbour of the step, whose side has more degrees of freedom."""
+    best = max(range(len(results)), key=lambda i: results[i][1])
+    return best, results[best][0]
+
+
 def raw_sample_test(raw: np.ndarray, alpha: float, min_segment: int, test: str) -> list[int]:
     """Positions flagged by a two-sample test on the raw samples, Bonferroni over candidate splits."""
     candidates = range(min_segment, len(raw) - min_segment + 1)
-    best, best_p = None, 1.0
+    results = []
     for t in candidates:
         before, after = raw[:t].ravel(), raw[t:].ravel()
         if test == "welch":
-            p = stats.ttest_ind(before, after, equal_var=False).pvalue
+            result = stats.ttest_ind(before, after, equal_var=False)
+            results.append((result.pvalue, abs(result.statistic)))
         else:
-            p = stats.mannwhitneyu(before, after, alternative="two-sided").pvalue
-        if p < best_p:
-            best, best_p = t, p
-    return [best] if best is not None and best_p * len(candidates) <= alpha else []
+            result = stats.mannwhitneyu(before, after, alternative="two-sided")
+            n1, n2 = len(before), len(after)
+            z = (result.statistic - n1 * n2 / 2) / np.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
+            results.append((result.pvalue, abs(z)))
+    best, p = _best_split(results)
+    return [candidates[best]] if p * len(candidates) <= alpha else []
 
 
 def commit_welch_test(values: np.ndarray, alpha: float, min_segment: int) -> list[int]:
     """Positions flagged by Welch's t-test of the per-commit values, Bonferroni over candidate splits."""
     candidates = range(min_segment, len(values) - min_segment + 1)
-    p = [stats.ttest_ind(values[:t], values[t:], equal_var=False).pvalue for t in candidates]
-    best = int(np.argmin(p))
-    return [candidates[best]] if p[best] * len(candidates) <= alpha else []
+    tests = [stats.ttest_ind(values[:t], values[t:], equal_var=False) for t in candidates]
+    best, p = _best_split([(r.pvalue, abs(r.statistic)) for r in tests])
+    return [candidates[best]] if p * len(candidates) <= alpha else []
 
 
 def search(method: str, raw: np.ndarray, alpha: float, min_segment: int, seed: int) -> list[int]:
