@@ -62,24 +62,37 @@ def split_statistics(x: np.ndarray, min_segment: int) -> np.ndarray:
     return q[0] if single else q
 
 
+def _chunks(n: int, permutations: int) -> list[int]:
+    """Batch sizes of at most ``_CHUNK_ELEMENTS`` array elements that add up to ``permutations``."""
+    chunk = max(1, _CHUNK_ELEMENTS // ((n + 1) ** 2))
+    return [min(chunk, permutations - start) for start in range(0, permutations, chunk)]
+
+
 def permuted_maxima(segment: np.ndarray, permutations: int, min_segment: int,
                     rng: np.random.Generator) -> np.ndarray:
     """``max_t Q(t)`` of ``permutations`` shuffles of ``segment`` (computed in vectorised chunks)."""
     n = len(segment)
-    chunk = max(1, _CHUNK_ELEMENTS // ((n + 1) ** 2))
-    out = []
-    for start in range(0, permutations, chunk):
-        size = min(chunk, permutations - start)
-        shuffled = rng.permuted(np.broadcast_to(segment, (size, n)), axis=1)
-        out.append(split_statistics(shuffled, min_segment).max(axis=1))
+    out = [split_statistics(rng.permuted(np.broadcast_to(segment, (size, n)), axis=1), min_segment).max(axis=1)
+           for size in _chunks(n, permutations)]
     return np.concatenate(out) if out else np.empty(0)
 
 
 def _permutation_p(segment: np.ndarray, observed: float, permutations: int, min_segment: int,
-                   rng: np.random.Generator) -> float:
-    """``(k + 1) / (permutations + 1)``, ``k`` the shuffles whose largest statistic reaches ``observed``."""
-    maxima = permuted_maxima(segment, permutations, min_segment, rng)
-    exceed = int(np.count_nonzero(maxima >= observed * (1 - TIE_TOLERANCE)))
+                   rng: np.random.Generator, alpha: float) -> float:
+    """``(k + 1) / (permutations + 1)``, ``k`` the shuffles whose largest statistic reaches ``observed``.
+
+    Stops early once ``k + 1 > alpha (permutations + 1)``, i.e. when the test can no longer be significant
+    (sequential Monte Carlo, Besag & Clifford 1991); the p-value then returned, ``(k + 1) / (drawn + 1)``,
+    is above ``alpha`` too.
+    """
+    n, exceed, drawn = len(segment), 0, 0
+    for size in _chunks(n, permutations):
+        shuffled = rng.permuted(np.broadcast_to(segment, (size, n)), axis=1)
+        maxima = split_statistics(shuffled, min_segment).max(axis=1)
+        exceed += int(np.count_nonzero(maxima >= observed * (1 - TIE_TOLERANCE)))
+        drawn += size
+        if exceed + 1 > alpha * (permutations + 1) and drawn < permutations:
+            return (exceed + 1) / (drawn + 1)
     return (exceed + 1) / (permutations + 1)
 
 
@@ -119,9 +132,9 @@ def e_divisive(values: np.ndarray, *, alpha: float = 0.01, permutations: int = 9
         observed = q[split]
         if not np.isfinite(observed) or observed <= 0:
             continue
-        p = _permutation_p(segment, observed, permutations, min_segment, rng)
+        p = _permutation_p(segment, observed, permutations, min_segment, rng, alpha)
         if alpha / 2 < p <= 2 * alpha and max_permutations > permutations:
-            p = _permutation_p(segment, observed, max_permutations, min_segment, rng)
+            p = _permutation_p(segment, observed, max_permutations, min_segment, rng, alpha)
         if p <= alpha:
             found.append((start + split, p))
             pending += [(start, start + split), (start + split, stop)]
