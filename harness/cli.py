@@ -95,10 +95,20 @@ def cmd_import_asv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_thresholds(args: argparse.Namespace, *names: str) -> None:
+    """Thresholds are sizes (``>= 0``) and ``--alpha`` a probability in (0, 1)."""
+    for name in names:
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(args, name)}")
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .history.compare import compare, to_markdown
     from .history.store import read_results
 
+    _check_thresholds(args, "threshold", "abs_threshold")
     rows = read_results(args.store)
     if args.category:
         rows = rows[rows["category"].isin(args.category)]
@@ -115,6 +125,7 @@ def cmd_regressions(args: argparse.Namespace) -> int:
     from .history.scales import format_change
     from .history.store import read_results
 
+    _check_thresholds(args, "min_effect", "min_abs_effect")
     rows = read_results(args.store)
     if args.category:
         rows = rows[rows["category"].isin(args.category)]

@@ -89,3 +89,14 @@ def test_regressions_judge_signed_steps_by_their_difference(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| regression | 06cccccccc" in out and "| -0.2 |" in out and "| +0.1 |" in out
     assert "difference" in build_report(rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "a", "b", "--abs-threshold", "-0.01"], "--abs-threshold must be 0 or more"),
+    (["regressions", "--min-abs-effect", "-1"], "--min-abs-effect must be 0 or more"),
+    (["regressions", "--alpha", "1.5"], "--alpha must be between 0 and 1"),
+])
+def test_bad_thresholds_are_one_clear_line(tmp_path, capsys, argv, message):
+    assert main([*argv, "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
