@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR", help=store_help)
     p.set_defaults(func=cmd_import_asv)
 
-    p = sub.add_parser("compare", help="B/A (times, sizes, rates) or B - A (scores) per benchmark with confidence intervals; exit 1 on a regression")
+    p = sub.add_parser("compare", help="B/A (times, sizes, rates) or B - A (scores) per benchmark with "
+                       "confidence intervals; exit 1 on a regression")
     p.add_argument("a", metavar="A", help="baseline: commit (prefix) or run id")
     p.add_argument("b", metavar="B", help="candidate: commit (prefix) or run id")
     p.add_argument("--threshold", type=float, default=0.05,
