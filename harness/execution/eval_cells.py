@@ -31,7 +31,9 @@ from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
 from ..models.loading import TaskModels, load_task_models
 from ..backends.registry import Registry, load_registry
 from .rows import process_fields, row
+from ..history.predictions import write_predictions
 from ..history.store import write_rows
+from .. import stats
 from ..tasks.contract import Task
 
 PREPARED_CACHE = 8  # prepared models kept per process (a backend's copy is reused across tasks)
@@ -84,6 +86,8 @@ class EvalSession:
         self._reference: dict[str, tuple[np.ndarray, PassStats | None]] = {}
         self._reference_outputs: dict[str, tuple[list, list]] = {}
         self._backends: dict[str, ResolvedBackend] = {}
+        #: cell id → (cell fields, idx, labels, predictions, reference predictions) of the cells run last
+        self.predictions: OrderedDict[str, tuple] = OrderedDict()
 
     # -- cached building blocks ---------------------------------------------------------------------------
     def backend(self, spec: str) -> ResolvedBackend:
@@ -176,8 +180,13 @@ class EvalSession:
                   "split": task.split, "n_examples": len(encoded), "limit": self.context.limit,
                   "max_tokens": self.context.max_tokens, "eval_batch_size": self.context.eval_batch_size}
         predictions = task.predictions(logits)
-        out = [row(common, backend, "quality", m.name, m.fn(encoded.labels, predictions), "score", m.direction)
-               for m in task.metrics]
+        reference = predictions if is_reference else task.predictions(self.reference_logits(task))
+        self._keep_predictions(cell, common, backend, encoded, predictions, reference)
+        out = [self._quality_row(common, backend, m, encoded.labels, predictions) for m in task.metrics]
+        if is_reference:
+            out += _baseline_rows(common, backend, task, encoded.labels)
+        else:
+            out += [_paired_row(common, backend, m, encoded.labels, reference, predictions) for m in task.metrics]
         timed = {**common, "executor": self.context.executor}  # concurrent workers change throughput
         out += [
             row(timed, backend, "throughput", "eval_tokens_per_s", stats.tokens_per_second, "tokens/s", "higher"),
@@ -200,6 +209,52 @@ class EvalSession:
                 out.append(row({**common, "n_examples": n, "fidelity_examples": self.context.fidelity_examples},
                                backend, "fidelity", name, value, unit, direction))
         return out
+
+
+    def _quality_row(self, common: dict[str, Any], backend: ResolvedBackend, metric, labels: np.ndarray,
+                     predictions: np.ndarray) -> dict[str, Any]:
+        """A task metric with its 95 % interval (Wilson for accuracy, a seeded bootstrap otherwise)."""
+        interval = stats.metric_interval(metric.fn, labels, predictions)
+        return row(common, backend, "quality", metric.name, metric.fn(labels, predictions), "score",
+                   metric.direction, ci_low=interval.low, ci_high=interval.high, stat_method=interval.method)
+
+    def _keep_predictions(self, cell: EvalCell, common: dict[str, Any], backend: ResolvedBackend,
+                          encoded: EncodedSplit, predictions: np.ndarray, reference: np.ndarray) -> None:
+        fields = {name: common.get(name) for name in ("run_id", "plan_id", "cell_id", "timestamp", "commit",
+                                                      "model", "task", "split", "data_source", "limit", "machine")}
+        fields.update(backend=backend.spec, reference_backend=self.context.reference)
+        self.predictions[cell.id] = (fields, encoded.idx, encoded.labels, predictions, reference)
+        while len(self.predictions) > 4:
+            self.predictions.popitem(last=False)
+
+
+PAIRED_PREFIX = "delta_vs_reference:"
+BASELINE_PREFIX = "majority_baseline:"
+
+
+def _paired_row(common: dict[str, Any], backend: ResolvedBackend, metric, labels: np.ndarray,
+                reference: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+    """Δ of one task metric against the reference on the same examples, with its paired interval and p-value
+    (exact McNemar for accuracy, paired permutation otherwise; unadjusted)."""
+    result = stats.paired_test(metric.fn, labels, reference, predictions)
+    out = row(common, backend, "paired", PAIRED_PREFIX + metric.name, result.delta, "score", metric.direction,
+              ci_low=result.low, ci_high=result.high, p_value=result.p_value,
+              stat_method=f"{result.test}; paired bootstrap interval")
+    if result.discordant is not None:
+        extra = json.loads(out["extra"]) if out.get("extra") else {}
+        out["extra"] = json.dumps({**extra, "discordant": list(result.discordant)}, sort_keys=True)
+    return out
+
+
+def _baseline_rows(common: dict[str, Any], backend: ResolvedBackend, task: Task,
+                   labels: np.ndarray) -> list[dict[str, Any]]:
+    """Each task metric of the majority-class predictor on the evaluated examples (classification only)."""
+    if task.is_regression:
+        return []
+    majority, _ = stats.majority_baseline(labels)
+    constant = np.full(len(labels), majority, dtype=np.asarray(labels).dtype)
+    return [row(common, backend, "baseline", BASELINE_PREFIX + m.name, m.fn(labels, constant), "score",
+                m.direction, stat_method=f"majority class {majority} of the evaluated examples") for m in task.metrics]
 
 
 def _with_facts(rows: list[dict[str, Any]], facts: dict[str, str]) -> list[dict[str, Any]]:
@@ -230,7 +285,11 @@ def session_for(context: EvalContext) -> EvalSession:
 
 def run_eval_cell(context: EvalContext, cell: EvalCell) -> list[dict[str, Any]]:
     """Executor entry point: run one cell with this process's session and write its rows to the store."""
-    rows = session_for(context).run(cell)
+    session = session_for(context)
+    rows = session.run(cell)
     if context.store is not None:
+        kept = session.predictions.pop(cell.id, None)
+        if kept is not None:  # predictions first: a cell whose rows are stored has its predictions too
+            write_predictions(context.store, *kept)
         write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
     return rows

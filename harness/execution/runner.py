@@ -61,6 +61,7 @@ class RunSpec:
     eval_batch_size: int | None = None      # … and examples per batch (None: no limit)
     batch_size: int = 8                     # latency shape: batch × seq_len
     seq_len: int = 128
+    shapes: list[tuple[int, int]] | None = None  # several latency shapes (batch, seq_len); None: the one above
     threads: int | None = None              # None: every core available to this process
     repeats: int = 10
     warmup: int = 2
@@ -83,6 +84,14 @@ class RunSpec:
             raise UserError("--warmup and --fidelity-examples must be >= 0")
         if self.resume and self.store is None:
             raise UserError("--resume needs a store (it looks up the finished cells there)")
+        for batch, seq in self.shapes or []:
+            if batch < 1 or seq < 1:
+                raise UserError(f"--shape {batch}x{seq}: batch and tokens must be >= 1")
+
+    @property
+    def latency_shapes(self) -> list[tuple[int, int]]:
+        """The latency shapes of the speed cells, in order, without duplicates."""
+        return list(dict.fromkeys(tuple(s) for s in self.shapes)) if self.shapes else [(self.batch_size, self.seq_len)]
 
 
 @dataclass
@@ -127,7 +136,9 @@ def _plan_definition(spec: RunSpec, backends: list[ResolvedBackend], tasks: list
                      threads: int) -> dict[str, Any]:
     return {"backends": sorted(b.spec for b in backends), "tasks": sorted(t.name for t in tasks),
             "model": spec.model, "data": source.label, "limit": spec.limit, "max_tokens": spec.max_tokens,
-            "eval_batch_size": spec.eval_batch_size, "shape": [spec.batch_size, spec.seq_len], "threads": threads,
+            "eval_batch_size": spec.eval_batch_size, "threads": threads,
+            "shape": (list(spec.latency_shapes[0]) if len(spec.latency_shapes) == 1
+                      else [list(s) for s in spec.latency_shapes]),
             "repeats": spec.repeats, "warmup": spec.warmup, "fidelity_examples": spec.fidelity_examples,
             "speed": spec.speed, "commit": git_commit().sha}
 
@@ -146,7 +157,8 @@ def _worker_threads(executor: str, threads: int) -> int | None:
 def plan_cells(spec: RunSpec, backends: list[ResolvedBackend], tasks: list[Task], threads: int
                ) -> tuple[list[SpeedCell], list[EvalCell]]:
     """Speed cells per backend; eval cells task by task, the reference first so its pass is timed once."""
-    speed = [SpeedCell(b.spec, spec.batch_size, spec.seq_len, threads) for b in backends] if spec.speed else []
+    speed = [SpeedCell(b.spec, batch, seq, threads) for batch, seq in spec.latency_shapes for b in backends] \
+        if spec.speed else []
     ordered = sorted(backends, key=lambda b: b.spec != REFERENCE)
     return speed, [EvalCell(b.spec, t.name) for t in tasks for b in ordered]
 
@@ -269,6 +281,19 @@ def _cell_error(exc: BaseException) -> str:
 
 def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
                      log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every latency shape in turn (see :func:`_run_speed_shape`)."""
+    rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    for shape in dict.fromkeys((c.batch_size, c.seq_len) for c in cells):
+        shape_rows, shape_failures = _run_speed_shape(
+            spec, session, [c for c in cells if (c.batch_size, c.seq_len) == shape], context, log)
+        rows += shape_rows
+        failures.update(shape_failures)
+    return rows, failures
+
+
+def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
+                     log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Latency (interleaved across backends) and memory at batch × seq_len; one stored file per cell.
 
     Returns the rows and ``{cell id: reason}`` of the cells that failed. A cell fails alone, like an eval
@@ -287,11 +312,12 @@ def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
 
     backends: dict[str, ResolvedBackend] = {}
     cases: dict[str, Any] = {}
+    batch_size, seq_len = cells[0].batch_size, cells[0].seq_len
     for cell in cells:
         try:
             backend = session.backend(cell.backend)
             case = build_speed_case(backend, session.models, task, session.encoded(task),
-                                    batch_size=spec.batch_size, seq_len=spec.seq_len,
+                                    batch_size=batch_size, seq_len=seq_len,
                                     prepared=session.prepared(task, backend))
             case.forward()  # one untimed trial call each: a backend that raises is out before timing starts
             case.attention_core()
@@ -304,7 +330,7 @@ def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
         return [], failures
     rounds = (spec.warmup + spec.repeats) * 2
     try:
-        with tqdm(total=rounds, desc=f"timing {spec.batch_size}x{spec.seq_len}", unit="round", leave=False,
+        with tqdm(total=rounds, desc=f"timing {batch_size}x{seq_len}", unit="round", leave=False,
                   disable=not spec.progress) as bar:
             started = time.perf_counter()
             forward = time_interleaved({name: case.forward for name, case in cases.items()},
@@ -317,7 +343,7 @@ def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
         for cell in cells:
             fail(cell, exc)
         return [], failures
-    log(f"timing took {time.perf_counter() - started:.1f}s")
+    log(f"timing {batch_size}x{seq_len} took {time.perf_counter() - started:.1f}s")
     out = []
     for cell in cells:
         backend, case = backends[cell.backend], cases[cell.backend]
@@ -344,4 +370,5 @@ def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
 def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing) -> dict[str, Any]:
     result = row(common, backend, "speed", metric, timing.median, "s", "lower")
     result["samples"] = list(timing.samples)
+    result["foreign_load"] = timing.foreign_load
     return result

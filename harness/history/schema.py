@@ -26,8 +26,9 @@ IDENTITY, SETTING, DESCRIPTIVE, VALUE = "identity", "setting", "descriptive", "v
 #: Bumped whenever columns change; :func:`harness.history.store.read_results` upgrades older files.
 #: 1: first layout; 2: ``plan_id``, ``cell_id``; 3: settings columns (``limit``, ``max_tokens``,
 #: ``eval_batch_size``, ``fidelity_examples``, ``warmup``, ``executor``), and the eval batch limit moves out
-#: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``.
-SCHEMA_VERSION = 3
+#: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``; 4: uncertainty columns
+#: (``ci_low``, ``ci_high``, ``p_value``, ``stat_method``) and ``foreign_load`` (older files read with nulls).
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,15 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("fidelity_examples", pa.int32(), SETTING, "--fidelity-examples (fidelity rows)"),
     Column("warmup", pa.int32(), SETTING, "--warmup: untimed rounds before the timed ones (speed rows)"),
     Column("executor", pa.string(), SETTING, "--executor the eval pass ran on (throughput rows)"),
+    # schema 4: uncertainty (harness.stats) and how busy the machine was
+    Column("ci_low", pa.float64(), VALUE, "95 % interval of the value: low end (task metrics, paired changes)"),
+    Column("ci_high", pa.float64(), VALUE, "95 % interval of the value: high end"),
+    Column("p_value", pa.float64(), VALUE,
+           "paired rows: two-sided p of the change vs the reference (unadjusted; Holm is applied on reading)"),
+    Column("stat_method", pa.string(), DESCRIPTIVE,
+           'how ci/p were computed: "wilson", "bootstrap", "mcnemar-exact", "permutation", …'),
+    Column("foreign_load", pa.float64(), DESCRIPTIVE,
+           "speed rows: mean CPU cores other processes used while the samples were taken (/proc/stat)"),
     # hive partitions (directory names, not in the files) and derived columns
     Column("machine", pa.string(), SETTING, "machine id; rows of different machines never pair", stored=False),
     Column("date", pa.string(), DESCRIPTIVE, "UTC date of the row's timestamp", stored=False),

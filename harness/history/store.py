@@ -39,7 +39,7 @@ RUN_METADATA_KEY = b"attnbench.run"
 VERSION_METADATA_KEY = b"attnbench.schema_version"
 
 #: Categories of the rows an eval cell writes (speed cells write ``speed`` and ``memory`` rows).
-EVAL_CATEGORIES = ("quality", "agreement", "fidelity", "throughput")
+EVAL_CATEGORIES = ("quality", "agreement", "fidelity", "throughput", "paired", "baseline")
 _URL_COLLAPSED = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/(?!/)")
 
 
