@@ -27,18 +27,19 @@ def cmd_backends(args: argparse.Namespace) -> int:
     listing = []
     for name in sorted(registry.backends):
         entry = registry.backends[name]
-        reason = ask_unavailable_reason(entry.cls)
+        reason = ask_unavailable_reason(entry.cls) if args.check else None
         listing.append({"name": name, "description": entry.cls.description, "plugin": entry.plugin.name,
                         "distribution": entry.plugin.dist, "version": entry.plugin.version,
                         "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
                                     "summary": p.describe()} for p in entry.cls.params],
-                        "available": reason is None, "reason": reason})
+                        "available": (reason is None) if args.check else None, "reason": reason})
     failures = [{"plugin": f.plugin, "distribution": f.dist, "error": f.error} for f in registry.failures]
     if args.json:
         print(json.dumps({"backends": listing, "failed_plugins": failures}, indent=2, default=str))
         return 0
     for item in listing:
-        status = "available" if item["available"] else f"UNAVAILABLE: {item['reason']}"
+        status = ("availability not checked (--check)" if item["available"] is None
+                  else "available" if item["available"] else f"UNAVAILABLE: {item['reason']}")
         print(f"{item['name']}  —  {item['description']}")
         print(f"    plugin {item['plugin']} ({item['distribution']} {item['version']}); {status}")
         for param in item["params"]:
@@ -63,7 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .execution.runner import RunSpec, run
     from .execution.summary import run_summary
 
-    spec = RunSpec(backends=args.backend or ["dense"], tasks=_split(args.tasks), model=args.model, data=args.data,
+    tasks = _split(args.tasks)
+    if tasks == []:
+        raise UserError(f"--tasks {args.tasks!r} names no task; give task names such as mrpc,rte (see attnbench tasks)")
+    spec = RunSpec(backends=args.backend or ["dense"], tasks=tasks, shapes=args.shape, model=args.model, data=args.data,
                    limit=args.limit, max_tokens=args.max_tokens or None, eval_batch_size=args.eval_batch_size,
                    batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads, repeats=args.repeats,
                    warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
@@ -109,12 +113,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .history.compare import compare, to_markdown
     from .history.store import read_results
 
+    from .history.within import compare_within_run, pair_across_runs
+
     _check_thresholds(args, "threshold", "abs_threshold")
     rows = read_results(args.store)
+    if args.baseline:
+        if args.b is not None:
+            raise UserError("with --baseline give at most one run id (candidates: --candidate BACKEND)")
+        text, _ = compare_within_run(rows, args.store, args.a, args.baseline, args.candidate, alpha=args.alpha)
+        print(text)
+        return 0
+    if args.a is None or args.b is None:
+        raise UserError("give two commits or runs A and B, or --baseline BACKEND [RUN] to compare backends "
+                        "within a run")
     if args.category:
         rows = rows[rows["category"].isin(args.category)]
     comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha,
                          abs_threshold=args.abs_threshold)
+    runs = set(rows["run_id"])
+    comparison = type(comparison)(pair_across_runs(comparison.table, rows, args.store,
+                                                   args.a if args.a in runs else None,
+                                                   args.b if args.b in runs else None, alpha=args.alpha,
+                                                   abs_threshold=args.abs_threshold),
+                                  comparison.label_a, comparison.label_b)
     print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed,
                       abs_threshold=args.abs_threshold))
     return 1 if len(comparison.regressions) else 0
@@ -168,6 +189,13 @@ def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _shape(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a shape BATCHxTOKENS such as 1x128, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -182,8 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description=__doc__.splitlines()[0].rstrip("."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("backends", help="list backends with plugin, version, parameters and availability")
+    p = sub.add_parser("backends", help="list backends with plugin, version and parameters (availability with --check)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true",
+                   help="also check whether each backend can run here (builds kernels, may take seconds)")
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("tasks", help="list tasks with data source and metrics")
@@ -203,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=_positive, metavar="N", help="at most N examples per evaluation batch")
     p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="latency shape: batch (default 8)")
     p.add_argument("--seq-len", type=_positive, default=128, metavar="N", help="latency shape: tokens (default 128)")
+    p.add_argument("--shape", action="append", type=_shape, metavar="BxT",
+                   help="latency shape batch x tokens, repeatable: --shape 1x128 --shape 8x512 "
+                        "(default: --batch-size x --seq-len, 8x128)")
     p.add_argument("--threads", type=_positive, metavar="N", help="torch threads (default: all available cores)")
     p.add_argument("--repeats", type=_positive, default=10, metavar="N", help="timed repetitions (default 10)")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up rounds (default 2)")
@@ -227,8 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="B/A (times, sizes, rates) or B - A (scores) per benchmark with "
                        "confidence intervals; exit 1 on a regression")
-    p.add_argument("a", metavar="A", help="baseline: commit (prefix) or run id")
-    p.add_argument("b", metavar="B", help="candidate: commit (prefix) or run id")
+    p.add_argument("a", metavar="A", nargs="?",
+                   help="baseline: commit (prefix) or run id; with --baseline: the run (default: the latest)")
+    p.add_argument("b", metavar="B", nargs="?", help="candidate: commit (prefix) or run id")
+    p.add_argument("--baseline", metavar="BACKEND",
+                   help="compare backends within one run against this one (e.g. dense): paired tests on the "
+                        "same examples (Holm-adjusted) and speed-ups from the interleaved timings")
+    p.add_argument("--candidate", action="append", metavar="BACKEND",
+                   help="with --baseline: only these backends (repeatable; default: every other backend of the run)")
     p.add_argument("--threshold", type=float, default=0.05,
                    help="relative change B/A that counts, for times, sizes and rates (default 0.05)")
     p.add_argument("--abs-threshold", type=float, default=0.01,

@@ -73,6 +73,8 @@ class RunSpec:
     progress: bool = True
 
     def validate(self) -> None:
+        if self.tasks is not None and not self.tasks:
+            raise UserError("no task given: name at least one task (see attnbench tasks)")
         for name in ("batch_size", "seq_len", "repeats"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -1,0 +1,166 @@
+"""Issue 13 end to end on tiny models: per-example predictions in their own table, intervals in the rows,
+paired tests against dense (a broken backend flagged, an identical one Δ = 0 and p = 1), compare within and
+across runs, several latency shapes, and the small CLI fixes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from harness import RunSpec, hookimpl, load_registry, read_results, run
+from harness.cli import main
+from harness.execution.summary import run_summary
+from harness.history.predictions import read_predictions
+from harness.tasks.data import SAMPLE_DIR
+
+LIMIT = 60
+
+
+@pytest.fixture(scope="module")
+def flipping_registry():
+    """The built-in backends plus ``flipped``: dense attention with the classifier's outputs negated, so that
+    every binary prediction changes (a deliberately broken backend)."""
+    dense = load_registry(entry_points=False).backends["dense"].cls
+
+    class Flipped(dense):
+        name = "flipped"
+        description = "dense with the classifier negated (test only)"
+
+        def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+            head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 2][-1]
+            with torch.no_grad():
+                head.weight.neg_()
+                head.bias.neg_()
+            return model
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register(Flipped)
+
+    return load_registry(entry_points=False, extra_plugins=(Plugin(),))
+
+
+def spec(store, model_dir, **overrides) -> RunSpec:
+    settings = dict(backends=["dense", "dense:impl=eager", "flipped"], tasks=["mrpc"], model=[str(model_dir)],
+                    limit=LIMIT, eval_batch_size=16, fidelity_examples=0, speed=False, store=store, progress=False)
+    settings.update(overrides)
+    return RunSpec(**settings)
+
+
+@pytest.fixture(scope="module")
+def learnt(tmp_path_factory, tiny_model_dir, flipping_registry):
+    """A data directory whose MRPC labels are dense's own predictions (dense is right on every example),
+    and a store with one run of dense, dense:impl=eager and flipped on it."""
+    root = tmp_path_factory.mktemp("paired")
+    first = root / "first-store"
+    run(spec(first, tiny_model_dir, backends=["dense"]), flipping_registry, log=lambda m: None)
+    predicted = read_predictions(first).set_index("idx")["prediction"].astype(int).to_dict()
+    table = pq.read_table(SAMPLE_DIR / "mrpc" / "validation.parquet")
+    idx = table.column("idx").to_pylist() if "idx" in table.column_names else list(range(table.num_rows))
+    labels = [predicted.get(i, label) for i, label in zip(idx, table.column("label").to_pylist())]
+    table = table.set_column(table.column_names.index("label"), "label", pa.array(labels, pa.int64()))
+    (root / "data" / "mrpc").mkdir(parents=True)
+    pq.write_table(table, root / "data" / "mrpc" / "validation.parquet")
+    store = root / "store"
+    result = run(spec(store, tiny_model_dir, data=str(root / "data")), flipping_registry, log=lambda m: None)
+    return root, store, result
+
+
+def test_predictions_have_their_own_table_and_reader(learnt):
+    _, store, result = learnt
+    predictions = read_predictions(store)
+    assert set(predictions["backend"]) == {"dense", "dense:impl=eager", "flipped"}
+    assert predictions.groupby("backend").size().tolist() == [LIMIT] * 3
+    assert (predictions["run_id"] == result.run_id).all()
+    dense = predictions[predictions["backend"] == "dense"]
+    assert (dense["prediction"] == dense["label"]).all() and (dense["reference"] == dense["prediction"]).all()
+    flipped = predictions[predictions["backend"] == "flipped"]
+    assert (flipped["prediction"] != flipped["reference"]).all()
+    rows = read_results(store)  # the rows' reader never sees the predictions table
+    assert len(rows) == len(result.rows) and set(rows["cell_id"]) == {c for c in predictions["cell_id"]}
+    assert read_predictions(store, backend="flipped", task="mrpc").shape[0] == LIMIT
+
+
+def test_every_task_metric_has_an_interval_and_n(learnt):
+    rows = read_results(learnt[1])
+    quality = rows[rows["category"] == "quality"]
+    assert quality["ci_low"].notna().all() and (quality["ci_low"] <= quality["value"]).all()
+    assert (quality["value"] <= quality["ci_high"]).all() and (quality["n_examples"] == LIMIT).all()
+    assert set(quality.loc[quality["metric"] == "accuracy", "stat_method"]) == {"wilson"}
+    assert set(quality.loc[quality["metric"] == "f1", "stat_method"]) == {"bootstrap"}
+    baseline = rows[rows["category"] == "baseline"]
+    assert set(baseline["metric"]) == {"majority_baseline:accuracy", "majority_baseline:f1"}
+
+
+def test_paired_rows_flag_the_broken_backend_and_not_the_identical_one(learnt):
+    rows = read_results(learnt[1])
+    paired = rows[rows["category"] == "paired"].set_index(["backend", "metric"])
+    same = paired.loc[("dense:impl=eager", "delta_vs_reference:accuracy")]
+    assert same["value"] == 0 and same["p_value"] == 1 and (same["ci_low"], same["ci_high"]) == (0, 0)
+    broken = paired.loc[("flipped", "delta_vs_reference:accuracy")]
+    assert broken["value"] == -1 and broken["p_value"] < 1e-10 and broken["ci_high"] < 0
+    assert broken["stat_method"].startswith("mcnemar-exact")
+    summary = run_summary(learnt[2].rows)
+    assert "flipped: -1.000" in summary and "SIGNIFICANT LOSS" in summary and "Holm" in summary
+    assert "dense:impl=eager: +0.000 [+0.000, +0.000], p = 1 (Holm 1)" in summary
+    assert "majority" in summary and "not comparable across backends" in summary
+
+
+def test_compare_within_a_run(learnt, capsys, monkeypatch, flipping_registry):
+    monkeypatch.setattr("harness.history.within.task_metrics", lambda t: list(flipping_registry.task(t).metrics))
+    _, store, result = learnt
+    assert main(["compare", result.run_id, "--baseline", "dense", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "| mrpc | accuracy | flipped | 1.0000 | -1.0000" in out and "significant loss" in out
+    assert "| mrpc | accuracy | dense:impl=eager | 1.0000 | +0.0000 [+0.0000, +0.0000] | 1 | 1 | no significant change |" in out
+    assert main(["compare", "--baseline", "flipped", "--candidate", "dense", "--store", str(store)]) == 0
+    assert "significant gain" in capsys.readouterr().out
+    assert main(["compare", "--baseline", "nope", "--store", str(store)]) == 2
+
+
+def test_compare_across_runs_pairs_the_same_examples_and_refuses_others(learnt, tiny_model_dir, capsys,
+                                                                        monkeypatch, flipping_registry):
+    monkeypatch.setattr("harness.history.within.task_metrics", lambda t: list(flipping_registry.task(t).metrics))
+    root, store, first = learnt
+    again = run(spec(store, tiny_model_dir, data=str(root / "data"), backends=["dense", "flipped"]),
+                flipping_registry, log=lambda m: None)
+    smaller = run(spec(store, tiny_model_dir, data=str(root / "data"), backends=["dense"], limit=8),
+                  flipping_registry, log=lambda m: None)
+    main(["compare", first.run_id, again.run_id, "--category", "quality", "--store", str(store)])
+    out = capsys.readouterr().out
+    assert "mcnemar-exact" not in out and "| no change | accuracy" in out  # p = 1 shown, not "exact"
+    assert "| 1 |" in out
+    main(["compare", first.run_id, smaller.run_id, "--category", "quality", "--store", str(store)])
+    out = capsys.readouterr().out
+    assert "settings differ" in out and "regression" not in out.split("\n")[0]
+
+
+def test_several_latency_shapes_in_one_run(tmp_path, tiny_model_dir):
+    result = run(RunSpec(backends=["dense"], tasks=["mrpc"], model=[str(tiny_model_dir)], limit=4,
+                         shapes=[(1, 16), (2, 32)], repeats=3, warmup=0, fidelity_examples=0, store=tmp_path / "s",
+                         progress=False), log=lambda m: None)
+    speed = result.rows[result.rows["category"] == "speed"]
+    assert set(zip(speed["batch_size"], speed["seq_len"])) == {(1, 16), (2, 32)}
+    assert speed["foreign_load"].notna().all()
+    summary = run_summary(result.rows)
+    assert "batch 1 x seq 16" in summary and "batch 2 x seq 32" in summary
+
+
+def test_cli_small_ones(capsys, tmp_path):
+    assert main(["run", "-b", "dense", "--tasks", "", "--no-store"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names no task" in err
+    with pytest.raises(SystemExit):
+        main(["run", "--shape", "8by128"])
+    capsys.readouterr()
+    assert main(["backends", "--json"]) == 0
+    import json
+
+    listing = json.loads(capsys.readouterr().out)["backends"]
+    assert all(b["available"] is None for b in listing)
+    assert main(["backends", "--json", "--check"]) == 0
+    assert all(b["available"] in (True, False) for b in json.loads(capsys.readouterr().out)["backends"])
