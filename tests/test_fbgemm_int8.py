@@ -114,7 +114,7 @@ reasons = {spec: registry.resolve(spec).unavailable_reason()
            for spec in ("dense", "topk:k=4", "topk:k=4,scorer=fbgemm", "fbgemm-int8")}
 q = torch.randn(1, 2, 6, 8)
 out = registry.resolve("topk:k=4").parts[0].attention(None, q, q, q, None)[0]
-main(["backends"])
+main(["backends", "--check"])
 print(json.dumps({"reasons": reasons, "failures": [str(f) for f in registry.failures], "topk_ok": out.shape == (1, 6, 2, 8)}))
 """
 

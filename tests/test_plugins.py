@@ -156,14 +156,14 @@ def test_backends_command_lists_plugin_version_params_and_failures(site, capsys)
     make_distribution(site, "attnbench-fake", "0.3", {"fake": "fake_good"}, {"fake_good": GOOD})
     make_distribution(site, "attnbench-broken", "1.0", {"broken": "fake_broken"},
                       {"fake_broken": "raise ImportError('needs libfoo')"})
-    assert main(["backends", "--json"]) == 0
+    assert main(["backends", "--json", "--check"]) == 0
     listing = json.loads(capsys.readouterr().out)
     fake = next(b for b in listing["backends"] if b["name"] == "fake-backend")
     assert (fake["plugin"], fake["distribution"], fake["version"], fake["available"]) == \
         ("fake", "attnbench-fake", "0.3", True)
     assert fake["params"][0]["summary"] == "k: int = 4 [1..]"
     assert listing["failed_plugins"][0]["plugin"] == "broken"
-    assert main(["backends"]) == 0
+    assert main(["backends", "--check"]) == 0
     text = capsys.readouterr().out
     assert "fake-backend" in text and "plugin fake (attnbench-fake 0.3); available" in text
     assert "failed plugin broken (attnbench-broken 1.0): ImportError: needs libfoo" in text

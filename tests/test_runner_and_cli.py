@@ -23,7 +23,8 @@ def test_run_writes_every_kind_of_row_to_the_store(tmp_path, tiny_model_dir):
     result = run(quick(store, tiny_model_dir), log=lambda m: None)
     df = read_results(store)
     assert len(df) == len(result.rows) > 0
-    assert set(df["category"]) == {"quality", "agreement", "fidelity", "speed", "memory", "throughput"}
+    assert set(df["category"]) == {"quality", "agreement", "fidelity", "speed", "memory", "throughput", "paired",
+                                   "baseline"}
     quality = df[df["category"] == "quality"].pivot_table(index=["task", "metric"], columns="backend", values="value")
     assert list(quality.index) == [("mrpc", "accuracy"), ("mrpc", "f1"), ("sst2", "accuracy")]
     np.testing.assert_allclose(quality["dense"], quality["dense:impl=eager"], atol=1e-9)
