@@ -164,3 +164,22 @@ def test_cli_small_ones(capsys, tmp_path):
     assert all(b["available"] is None for b in listing)
     assert main(["backends", "--json", "--check"]) == 0
     assert all(b["available"] in (True, False) for b in json.loads(capsys.readouterr().out)["backends"])
+
+
+def test_report_writes_png_and_svg_figures_of_the_chosen_run(learnt, tmp_path, capsys, tiny_model_dir,
+                                                             flipping_registry):
+    root, store, result = learnt
+    assert main(["report", "--store", str(store), "--output", str(tmp_path / "r.html"), "--run", result.run_id,
+                 "--format", "png,svg"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "figures" / "mrpc.png").stat().st_size > 1000
+    assert "<svg" in (tmp_path / "figures" / "mrpc.svg").read_text()[:2000]
+    assert "n = 60 examples" in (tmp_path / "figures" / "mrpc.svg").read_text()
+    assert f"run {result.run_id} (given)" in out
+    small = run(spec(store, tiny_model_dir, data=str(root / "data"), backends=["dense"], limit=5),
+                flipping_registry, log=lambda m: None)
+    assert main(["report", "--store", str(store), "--output", str(tmp_path / "r.html"),
+                 "--figures", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    assert f"run {small.run_id} (latest run)" in out and "evaluated 5 examples of mrpc" in out
+    assert (tmp_path / "f" / "mrpc.svg").exists()

@@ -113,6 +113,12 @@ def build_report(rows: pd.DataFrame, *, run_id: str | None = None, max_history: 
     if run_id is None and not harness_rows.empty:
         run_id = harness_rows.sort_values("timestamp")["run_id"].iloc[-1]
     if run_id is not None:
+        from .slides import run_points, task_figure
+
+        figures = "".join(_figure_html(task_figure(task, p, run_id)) for task, p in run_points(rows, run_id).items())
+        if figures:
+            sections.append(f"<h2>Task metrics with 95 % intervals, speed-ups and paired changes vs dense "
+                            f"(run {html.escape(run_id)})</h2><div class='grid'>{figures}</div>")
         points = pareto_points(rows, run_id)
         meta = rows[rows["run_id"] == run_id].iloc[0]
         figures = "".join(_figure_html(_pareto_figure(task, p)) for task, p in points.items() if len(p))
