@@ -183,3 +183,15 @@ def test_report_writes_png_and_svg_figures_of_the_chosen_run(learnt, tmp_path, c
     out = capsys.readouterr().out
     assert f"run {small.run_id} (latest run)" in out and "evaluated 5 examples of mrpc" in out
     assert (tmp_path / "f" / "mrpc.svg").exists()
+
+
+@pytest.mark.parametrize("tool", ["majority_baseline", "synthetic_history"])
+def test_store_tools_have_help_and_store(tool):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, str(root / "tools" / f"{tool}.py"), "--help"], capture_output=True,
+                         text=True, check=True, env={"PYTHONPATH": str(root), "PATH": ""}).stdout
+    assert "--store" in out and "usage" in out

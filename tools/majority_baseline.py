@@ -2,14 +2,15 @@
 
 The baseline predicts the most frequent label of the sample's fitting rows (``train.parquet``) for every
 evaluation row, scored with the task's main metric (a constant predictor has MCC 0 and undefined
-correlations). Usage::
+correlations). The run summary now prints a majority baseline of the evaluated examples itself; this tool
+reads a store. Usage::
 
-    python tools/majority_baseline.py [results/store]
+    python tools/majority_baseline.py [--store results/store]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 
@@ -42,4 +43,9 @@ def main(store: str = "results/store") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("legacy_store", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("--store", default=None, metavar="DIR|URL",
+                        help="results store, a directory or an fsspec URL (default results/store)")
+    args = parser.parse_args()
+    main(args.store or args.legacy_store or "results/store")

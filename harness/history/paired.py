@@ -81,7 +81,9 @@ def paired_from_predictions(baseline: pd.DataFrame, candidates: dict[str, pd.Dat
                     continue
                 a, b = base.sort_values("idx"), other.sort_values("idx")
                 labels = a["label"].to_numpy()
-                cast = (lambda v: v) if metric.fn.__name__ in ("pearson", "spearman") else (lambda v: v.astype(np.int64))
+                values = np.concatenate([labels, a["prediction"].to_numpy(), b["prediction"].to_numpy()])
+                integral = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+                cast = (lambda v: v.astype(np.int64)) if integral else (lambda v: v)  # class ids, or scores
                 result = stats.paired_test(metric.fn, cast(labels), cast(a["prediction"].to_numpy()),
                                            cast(b["prediction"].to_numpy()))
                 records.append({**record, "baseline_value": float(metric.fn(cast(labels), cast(a["prediction"].to_numpy()))),
