@@ -54,7 +54,8 @@ def compare_within_run(rows: pd.DataFrame, store: str, run_id: str | None, basel
     missing = [c for c in candidates if c not in backends]
     if missing:
         raise UserError(f"run {run_id} has no backend {', '.join(map(repr, missing))}; it has {', '.join(backends)}")
-    parts = [f"**run {run_id}**: {', '.join(candidates)} vs **{baseline}** on the same examples and interleaved timings"]
+    parts = [f"**run {run_id}**: {', '.join(candidates)} vs **{baseline}** on the same examples"
+             + (" and interleaved timings" if (mine["category"] == "speed").any() else "")]
     predictions = read_predictions(store, run_id=run_id)
     paired = pd.DataFrame()
     if predictions.empty:
