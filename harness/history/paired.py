@@ -92,6 +92,10 @@ def paired_from_predictions(baseline: pd.DataFrame, candidates: dict[str, pd.Dat
     frame = pd.DataFrame(records)
     if frame.empty:
         return frame
+    tasks = list(dict.fromkeys(baseline["task"]))
+    frame = frame.sort_values(["task", "metric"], key=lambda s: s.map(tasks.index) if s.name == "task" else
+                              s.map({m: i for i, m in enumerate(dict.fromkeys(frame["metric"]))}),
+                              kind="stable").reset_index(drop=True)
     tested = frame["p_value"].notna() if "p_value" in frame else pd.Series(False, index=frame.index)
     frame["p_holm"] = np.nan
     if tested.any():

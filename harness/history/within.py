@@ -90,8 +90,8 @@ def speed_within_run(rows: pd.DataFrame, baseline: str, candidates: list[str]) -
             ratio, low, high = stats.ratio_interval(a, b)
             said = "n/a" if not np.isfinite(low) else ("faster" if low > 1 else "slower" if high < 1 else
                                                         "no significant difference")
-            lines.append(f"| {int(batch)}x{int(seq)} | {metric} | {candidate} | {np.median(a) * 1e3:.3g} ms | "
-                         f"{np.median(b) * 1e3:.3g} ms | {ratio:.2f}x [{low:.2f}, {high:.2f}] | {said} |")
+            lines.append(f"| {int(batch)}x{int(seq)} | {metric} | {candidate} | {np.median(a) * 1e3:.1f} ms | "
+                         f"{np.median(b) * 1e3:.1f} ms | {ratio:.2f}x [{low:.2f}, {high:.2f}] | {said} |")
     loads = timed["foreign_load"].dropna() if "foreign_load" in timed else pd.Series(dtype=float)
     note = f"\n\nother processes kept up to {loads.max():.2f} core(s) busy while timing" if len(loads) else ""
     return "\n".join(lines) + note if len(lines) > 2 else ""
