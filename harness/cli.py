@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-import pandas as pd
-
 from .errors import UserError
 from .paths import DEFAULT_STORE
 
@@ -21,6 +19,18 @@ def _registry():
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
+    from .listing_cache import cached_listing
+
+    if args.check:
+        text = _backends_text(args)[0]
+    else:
+        text = cached_listing("backends-json" if args.json else "backends", lambda: _backends_text(args),
+                              refresh=args.refresh)
+    print(text, end="")
+    return 0
+
+
+def _backends_text(args: argparse.Namespace) -> tuple[str, bool]:
     from .backends.contract import ask_unavailable_reason
 
     registry = _registry()
@@ -35,29 +45,37 @@ def cmd_backends(args: argparse.Namespace) -> int:
                         "available": (reason is None) if args.check else None, "reason": reason})
     failures = [{"plugin": f.plugin, "distribution": f.dist, "error": f.error} for f in registry.failures]
     if args.json:
-        print(json.dumps({"backends": listing, "failed_plugins": failures}, indent=2, default=str))
-        return 0
+        return json.dumps({"backends": listing, "failed_plugins": failures}, indent=2, default=str) + "\n", not failures
+    lines = []
     for item in listing:
         status = ("availability not checked (--check)" if item["available"] is None
                   else "available" if item["available"] else f"UNAVAILABLE: {item['reason']}")
-        print(f"{item['name']}  —  {item['description']}")
-        print(f"    plugin {item['plugin']} ({item['distribution']} {item['version']}); {status}")
+        lines.append(f"{item['name']}  —  {item['description']}")
+        lines.append(f"    plugin {item['plugin']} ({item['distribution']} {item['version']}); {status}")
         for param in item["params"]:
-            print(f"    {param['summary']}" + (f"  — {param['help']}" if param["help"] else ""))
+            lines.append(f"    {param['summary']}" + (f"  — {param['help']}" if param["help"] else ""))
     for failure in failures:
-        print(f"failed plugin {failure['plugin']} ({failure['distribution']}): {failure['error']}")
-    return 0
+        lines.append(f"failed plugin {failure['plugin']} ({failure['distribution']}): {failure['error']}")
+    return "\n".join(lines) + "\n", not failures
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
+    from .listing_cache import cached_listing
+
+    print(cached_listing("tasks", _tasks_text, refresh=args.refresh), end="")
+    return 0
+
+
+def _tasks_text() -> tuple[str, bool]:
     registry = _registry()
+    lines = []
     for name, entry in registry.tasks.items():
         task = entry.task
         kind = "regression" if task.is_regression else f"{task.num_labels} classes"
         metrics = ", ".join(m.name for m in task.metrics)
-        print(f"{name:8s} {task.dataset}/{task.config} [{task.split}]  {kind}; metrics: {metrics}"
-              f"  ({task.description}; plugin {entry.plugin.name})")
-    return 0
+        lines.append(f"{name:8s} {task.dataset}/{task.config} [{task.split}]  {kind}; metrics: {metrics}"
+                     f"  ({task.description}; plugin {entry.plugin.name})")
+    return "\n".join(lines) + "\n", not registry.failures
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -146,6 +164,7 @@ def cmd_regressions(args: argparse.Namespace) -> int:
     from .history.regressions import compare_hint, find_regressions, to_frame
     from .history.scales import format_change
     from .history.store import read_results
+    import pandas as pd
 
     _check_thresholds(args, "min_effect", "min_abs_effect")
     rows = read_results(args.store)
@@ -226,9 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check", action="store_true",
                    help="also check whether each backend can run here (builds kernels, may take seconds)")
+    p.add_argument("--refresh", action="store_true", help="rebuild the listing cached for this environment")
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("tasks", help="list tasks with data source and metrics")
+    p.add_argument("--refresh", action="store_true", help="rebuild the listing cached for this environment")
     p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("run", help="measure backends on tasks and store the results")

@@ -195,3 +195,23 @@ def test_store_tools_have_help_and_store(tool):
     out = subprocess.run([sys.executable, str(root / "tools" / f"{tool}.py"), "--help"], capture_output=True,
                          text=True, check=True, env={"PYTHONPATH": str(root), "PATH": ""}).stdout
     assert "--store" in out and "usage" in out
+
+
+def test_listings_are_cached_per_environment_and_then_skip_torch(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "ATTNBENCH_CACHE": str(tmp_path / "cache")}
+    probe = ("import sys; from harness.cli import main; main(['{0}']); "
+             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    for command in ("tasks", "backends"):
+        first = subprocess.run([sys.executable, "-c", probe.format(command)], env=env, capture_output=True,
+                               text=True, check=True).stdout
+        second = subprocess.run([sys.executable, "-c", probe.format(command)], env=env, capture_output=True,
+                                text=True, check=True).stdout
+        assert first.endswith("TORCH\n") and second.endswith("NO-TORCH\n")
+        assert first.rsplit("\n", 2)[0] == second.rsplit("\n", 2)[0]
+    assert "mrpc" in second or "dense" in second
