@@ -2,13 +2,14 @@
 
 1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason;
    refuse evaluation data with unlabelled or out-of-range labels before anything is measured.
-2. Plan the cells: one *speed* cell per backend at the latency shape, one *eval* cell per backend × task.
+2. Plan the cells: one *speed* cell per backend and latency shape, one *eval* cell per backend × task.
    The plan id hashes everything that defines the results; with ``resume``, cells of the latest run of the
    same plan that are already in the store are not run again.
 3. Speed cells run here, together: whole-forward and attention-core latency timed round-robin across
    backends (warm-up, repeats, raw samples kept), then peak tensor memory and weight size.
-4. Eval cells run on the executor (this process by default): task metrics, agreement with the dense
-   reference on the same inputs, attention fidelity, throughput. Each cell's rows are written in one atomic
+4. Eval cells run on the executor (this process by default): task metrics with intervals, paired changes
+   against the dense reference on the same examples (:mod:`harness.stats`), agreement, attention fidelity,
+   throughput; their per-example predictions go to the store's predictions table. Each cell's rows are written in one atomic
    file, so an interrupted run loses at most the cells in flight and never records a partial cell.
 """
 
