@@ -108,6 +108,8 @@ def test_paired_rows_flag_the_broken_backend_and_not_the_identical_one(learnt):
     assert "flipped: -1.000" in summary and "SIGNIFICANT LOSS" in summary and "Holm" in summary
     assert "dense:impl=eager: +0.000 [+0.000, +0.000], p = 1 (Holm 1)" in summary
     assert "majority" in summary and "not comparable across backends" in summary
+    throughput = rows[rows["category"] == "throughput"]
+    assert throughput["foreign_load"].notna().all() and "other processes used" in summary
 
 
 def test_compare_within_a_run(learnt, capsys, monkeypatch, flipping_registry):

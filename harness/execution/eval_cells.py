@@ -26,6 +26,7 @@ from ..tasks.data import DataSource
 from ..tasks.encoding import EncodedSplit, encode
 from ..errors import UserError
 from .forward import PassStats, agreement, predict
+from .sampling import cpu_ticks, foreign_load
 from .fidelity import METRICS as FIDELITY_METRICS
 from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
 from ..models.loading import TaskModels, load_task_models
@@ -170,7 +171,9 @@ class EvalSession:
         backend = self.backend(cell.backend)
         encoded = self.encoded(task)
         stats = PassStats()
+        started = cpu_ticks()
         logits = self._predict(task, backend, stats)
+        busy = foreign_load(started, cpu_ticks())
         is_reference = backend is self.backend(self.context.reference)
         if is_reference:
             self._reference.setdefault(task.name, (logits, stats))
@@ -187,7 +190,8 @@ class EvalSession:
             out += _baseline_rows(common, backend, task, encoded.labels)
         else:
             out += [_paired_row(common, backend, m, encoded.labels, reference, predictions) for m in task.metrics]
-        timed = {**common, "executor": self.context.executor}  # concurrent workers change throughput
+        # concurrent workers change throughput; foreign_load: cores other processes used during the pass
+        timed = {**common, "executor": self.context.executor, "foreign_load": busy}
         out += [
             row(timed, backend, "throughput", "eval_tokens_per_s", stats.tokens_per_second, "tokens/s", "higher"),
             row(timed, backend, "throughput", "eval_wall_time", stats.wall_time, "s", "lower"),

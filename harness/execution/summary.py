@@ -71,9 +71,12 @@ def _throughput(rows: pd.DataFrame, order: list[str]) -> str:
         part = cells.loc[backend]
         wall = part["eval_wall_time"]
         tokens = (part["eval_tokens_per_s"] * wall).sum()
+        busy = rows[(rows["category"] == "throughput") & (rows["backend"] == backend)]
+        busy = busy["foreign_load"].dropna() if "foreign_load" in busy else busy.iloc[0:0]
         lines.append(f"  {backend}: {tokens / wall.sum():,.0f} tokens/s over {tokens:,.0f} tokens in {wall.sum():.1f} s; "
                      f"padding {100 * (part['padding_waste'] * wall).sum() / wall.sum():.1f} %; outside the model "
-                     f"{100 * (part['time_outside_model'] * wall).sum() / wall.sum():.1f} %")
+                     f"{100 * (part['time_outside_model'] * wall).sum() / wall.sum():.1f} %"
+                     + (f"; other processes used {busy.mean():.2f} core(s) meanwhile" if len(busy) else ""))
     return "\n".join(lines)
 
 

@@ -90,7 +90,7 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("stat_method", pa.string(), DESCRIPTIVE,
            'how ci/p were computed: "wilson", "bootstrap", "mcnemar-exact", "permutation", …'),
     Column("foreign_load", pa.float64(), DESCRIPTIVE,
-           "speed rows: mean CPU cores other processes used while the samples were taken (/proc/stat)"),
+           "speed and throughput rows: mean CPU cores other processes used while the timing was taken (/proc/stat)"),
     # hive partitions (directory names, not in the files) and derived columns
     Column("machine", pa.string(), SETTING, "machine id; rows of different machines never pair", stored=False),
     Column("date", pa.string(), DESCRIPTIVE, "UTC date of the row's timestamp", stored=False),
