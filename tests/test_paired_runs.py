@@ -217,3 +217,18 @@ def test_listings_are_cached_per_environment_and_then_skip_torch(tmp_path):
         assert first.endswith("TORCH\n") and second.endswith("NO-TORCH\n")
         assert first.rsplit("\n", 2)[0] == second.rsplit("\n", 2)[0]
     assert "mrpc" in second or "dense" in second
+
+
+def test_regression_task_gets_bootstrap_intervals_and_paired_permutation_tests(tmp_path, tiny_regression_dir):
+    result = run(RunSpec(backends=["dense", "dense:impl=eager", "topk:k=2"], tasks=["stsb"],
+                         model=[str(tiny_regression_dir)], limit=40, fidelity_examples=0, speed=False,
+                         store=tmp_path / "s", progress=False), log=lambda m: None)
+    rows = result.rows
+    quality = rows[rows["category"] == "quality"]
+    assert set(quality["stat_method"]) == {"bootstrap"} and quality["ci_low"].notna().all()
+    paired = rows[rows["category"] == "paired"].set_index(["backend", "metric"])
+    assert set(paired["stat_method"].str.split(";").str[0]) == {"permutation"}
+    assert rows[rows["category"] == "baseline"].empty  # no majority class for a regression task
+    predictions = read_predictions(tmp_path / "s", task="stsb")
+    assert len(predictions) == 120 and predictions["prediction"].map(float.is_integer).mean() < 0.5
+    assert "stsb pearson" in run_summary(rows)
