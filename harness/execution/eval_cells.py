@@ -32,6 +32,7 @@ from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
 from ..models.loading import TaskModels, load_task_models
 from ..backends.registry import Registry, load_registry
 from .rows import process_fields, row
+from ..history.paired import BASELINE_PREFIX, PAIRED_PREFIX
 from ..history.predictions import write_predictions
 from ..history.store import write_rows
 from .. import stats
@@ -232,8 +233,6 @@ class EvalSession:
             self.predictions.popitem(last=False)
 
 
-PAIRED_PREFIX = "delta_vs_reference:"
-BASELINE_PREFIX = "majority_baseline:"
 
 
 def _paired_row(common: dict[str, Any], backend: ResolvedBackend, metric, labels: np.ndarray,

@@ -6,18 +6,11 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..history.paired import HOLM_NOTE, PAIRED_PREFIX, with_holm
+from ..history.paired import BASELINE_PREFIX, HOLM_NOTE, PAIRED_PREFIX, with_holm
 
-BASELINE_PREFIX = "majority_baseline:"
 #: foreign load (cores other processes kept busy while timing) and relative IQR above which a timing is flagged
 HIGH_FOREIGN_LOAD = 0.5
 WIDE_SPREAD = 0.10
-
-
-def _pivot(frame: pd.DataFrame, metric_filter: pd.Series, order: list[str]) -> pd.DataFrame:
-    table = frame[metric_filter].pivot_table(index=["task", "metric"], columns="backend", values="value",
-                                             aggfunc="first", sort=False)
-    return table[[b for b in order if b in table.columns]]
 
 
 _VERSUS = (  # (title, metric, format)

@@ -20,7 +20,9 @@ import pandas as pd
 
 from .. import stats
 
+#: metric names of the rows an eval cell stores: the paired change vs the reference, the majority baseline
 PAIRED_PREFIX = "delta_vs_reference:"
+BASELINE_PREFIX = "majority_baseline:"
 ALPHA = 0.05
 HOLM_NOTE = ("p: two-sided, exact McNemar for accuracy, paired permutation otherwise; Holm-adjusted across the "
              "backends compared on each task metric")

@@ -20,9 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from .paired import PAIRED_PREFIX, with_holm
-
-BASELINE_PREFIX = "majority_baseline:"
+from .paired import BASELINE_PREFIX, PAIRED_PREFIX, with_holm
 FORMATS = ("png", "svg")
 
 
