@@ -33,7 +33,7 @@ def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> to
     """``(batch, 1, 1, k_len)`` bool, True for real keys, from a bool mask (True = attend) or None."""
     batch, _, _, _ = query.shape
     if attention_mask is None:
-        return torch.ones(batch, 1, 1, query.shape[2], dtype=torch.bool)
+        return torch.ones(batch, 1, 1, query.shape[2], dtype=torch.bool, device=query.device)
     if attention_mask.dtype != torch.bool:
         raise TypeError("topk expects a bool attention mask (mask_kind='bool')")
     # BERT's padding mask is the same in every query row; any() keeps it exact for padded query rows too.
@@ -92,7 +92,7 @@ def _ordered_keys(scores: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tenso
     keys -= sign
     k_len = scores.shape[-1]
     keys *= k_len
-    keys += torch.arange(k_len - 1, -1, -1, dtype=torch.int64)
+    keys += torch.arange(k_len - 1, -1, -1, dtype=torch.int64, device=scores.device)
     return keys.masked_fill_(~valid_keys, torch.iinfo(torch.int64).min)
 
 
@@ -118,7 +118,7 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     ``gather`` with the index broadcast over ``d``.
     """
     b, h, k_len, d = x.shape
-    offsets = torch.arange(b * h, dtype=index.dtype).view(b, h, 1, 1) * k_len
+    offsets = torch.arange(b * h, dtype=index.dtype, device=index.device).view(b, h, 1, 1) * k_len
     rows = (index + offsets).reshape(-1)
     return x.reshape(b * h * k_len, d).index_select(0, rows).view(*index.shape, d)
 
@@ -145,10 +145,12 @@ class TopK(Backend):
     )
 
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    devices = ("cpu", "cuda")  # the fake scorer is plain torch ops
 
     def check_values(self) -> None:
         if self.values["scorer"] == "fbgemm":
             self.dtypes = (torch.float32,)  # FBGEMM's quantizers take float32
+            self.devices = ("cpu",)  # and run on the CPU
         if self.values["scorer"] == "fbgemm" and self.values["bits"] != FBGEMM_BITS:
             k, bits = self.values["k"], self.values["bits"]
             raise ParamError(f"topk: scorer=fbgemm scores with FBGEMM's fixed 7-bit Q and 8-bit K, so bits={bits} "
