@@ -22,25 +22,33 @@ def _registry():
 
 def cmd_backends(args: argparse.Namespace) -> int:
     from .backends.contract import ask_unavailable_reason
+    from .devices import backend_devices, dtype_name, parse_placement, placement_reason
 
+    placement = parse_placement(args.device or "cpu", args.dtype or "float32")
     registry = _registry()
     listing = []
     for name in sorted(registry.backends):
         entry = registry.backends[name]
-        reason = ask_unavailable_reason(entry.cls)
+        # the class's declared devices and dtypes first (instances may narrow them per parameter)
+        reason = placement_reason(entry.cls, placement) or ask_unavailable_reason(entry.cls)
         listing.append({"name": name, "description": entry.cls.description, "plugin": entry.plugin.name,
+                        "devices": list(backend_devices(entry.cls)),
+                        "dtypes": [dtype_name(d) for d in getattr(entry.cls, "dtypes", ())],
                         "distribution": entry.plugin.dist, "version": entry.plugin.version,
                         "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
                                     "summary": p.describe()} for p in entry.cls.params],
                         "available": reason is None, "reason": reason})
     failures = [{"plugin": f.plugin, "distribution": f.dist, "error": f.error} for f in registry.failures]
     if args.json:
-        print(json.dumps({"backends": listing, "failed_plugins": failures}, indent=2, default=str))
+        print(json.dumps({"backends": listing, "failed_plugins": failures, "device": placement.device,
+                          "dtype": placement.dtype}, indent=2, default=str))
         return 0
+    print(f"availability on {placement.device}, {placement.dtype} (--device/--dtype to ask about another)")
     for item in listing:
         status = "available" if item["available"] else f"UNAVAILABLE: {item['reason']}"
         print(f"{item['name']}  —  {item['description']}")
         print(f"    plugin {item['plugin']} ({item['distribution']} {item['version']}); {status}")
+        print(f"    devices {', '.join(item['devices'])}; dtypes {', '.join(item['dtypes'])}")
         for param in item["params"]:
             print(f"    {param['summary']}" + (f"  — {param['help']}" if param["help"] else ""))
     for failure in failures:
@@ -68,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads, repeats=args.repeats,
                    warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
                    executor=args.executor, resume=args.resume, store=None if args.no_store else args.store,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, device=args.device, dtype=args.dtype,
+                   l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch)
     result = run(spec)
     print(run_summary(result.rows))
     if spec.store is not None:
@@ -158,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list backends with plugin, version, parameters and availability")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", metavar="cpu|cuda[:N]", help="availability on this device (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="availability in this dtype "
+                   "(default float32)")
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("tasks", help="list tasks with data source and metrics")
@@ -183,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-examples", type=int, default=64, metavar="N",
                    help="examples per task for the attention-fidelity pass; 0 skips it (default 64)")
     p.add_argument("--no-speed", action="store_true", help="skip the latency and memory cells")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]",
+                   help="where model and inputs live (default cpu); CUDA timings use CUDA events")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="model and inputs cast to this dtype (default float32); below float32 the dense "
+                        "reference is also compared with dense float32")
+    p.add_argument("--no-l2-flush", action="store_true",
+                   help="CUDA attention-core timing: do not flush the L2 cache before every call (recorded)")
+    p.add_argument("--throughput-batch", type=_positive, default=128, metavar="N",
+                   help="CUDA: the large-batch throughput shape N × --seq-len, besides batch 1 (default 128)")
     p.add_argument("--executor", default="local", metavar="local|processes:N|dask://HOST:PORT",
                    help="where eval cells run (default: this process); timing always stays here")
     p.add_argument("--resume", action="store_true",
