@@ -113,7 +113,7 @@ def test_bfloat16_run_on_the_cpu_end_to_end(tmp_path, tiny_model_dir):
     # topk is compared with dense in bfloat16 (the same dtype), not with float32
     agree = df[(df["backend"] == "topk:k=4") & (df["metric"] == "agreement")]
     assert len(agree) == 1 and 0 <= agree["value"].iloc[0] <= 1
-    core = df[df["metric"] == "latency_attention_core"]
+    core = df[(df["metric"] == "latency_attention_core") & (df["batch_size"] == 2)]
     extra = json.loads(core["extra"].iloc[0])
     assert extra["attention_flops_per_call"] == attention_flops(2, 4, 16, 8) and extra["attention_tflops"] > 0
     assert "dense-equivalent" in json.loads(core.loc[core["backend"] == "topk:k=4", "extra"].iloc[0])["flops_basis"]
