@@ -101,7 +101,7 @@ def test_bfloat16_run_on_the_cpu_end_to_end(tmp_path, tiny_model_dir):
     assert "fbgemm-int8" in result.skipped and "bfloat16" in result.skipped["fbgemm-int8"]
     df = read_results(store)
     assert len(df) == len(result.rows) and set(df["dtype"]) == {"bfloat16"} and set(df["device"]) == {"cpu"}
-    assert df["device_info"].isna().all()  # GPU facts only on CUDA
+    assert df["device_info"].isna().all() and df["clock"].isna().all()  # GPU facts only on CUDA; wall clock
     assert set(df["backend"]) == {"dense", "topk:k=4"}
     metrics = set(df["metric"])
     # the dense cell also says what bfloat16 alone costs, against dense float32 on the same device

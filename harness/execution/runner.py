@@ -352,9 +352,9 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
                     "bytes", "lower"),
                 row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
         if placement.is_cuda:  # GPU figures a reader looks for first: achieved TFLOP/s and tokens/s
-            rows += [_with_extra(row(timed, backend, "speed", "attention_core_tflops", tflops, "TFLOP/s", "higher"),
-                                 flops_basis=basis, clock=timing.clock),
-                     row(timed, backend, "speed", "forward_tokens_per_s",
+            rows += [_with_extra(row({**timed, "clock": timing.clock}, backend, "speed", "attention_core_tflops",
+                                     tflops, "TFLOP/s", "higher"), flops_basis=basis),
+                     row({**timed, "clock": forward[cell.backend].clock}, backend, "speed", "forward_tokens_per_s",
                          cell.batch_size * cell.seq_len / forward[cell.backend].median, "tokens/s", "higher")]
         if context.store is not None:
             write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
@@ -396,5 +396,6 @@ def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, t
     result = row(common, backend, "speed", metric, timing.median, "s", "lower")
     result["samples"] = list(timing.samples)
     if timing.clock != "wall":  # CPU rows stay as they were; other clocks say what a sample is
-        facts = {"clock": timing.clock, "calls_per_sample": timing.number, **facts}
+        result["clock"] = timing.clock
+        facts = {"calls_per_sample": timing.number, **facts}
     return _with_extra(result, **facts) if facts else result
