@@ -17,6 +17,7 @@ from harness import RunSpec, read_results, run
 from harness.cli import main
 from harness.devices import Placement, attention_flops, parse_placement, placement_reason
 from harness.errors import UserError
+from harness.execution.summary import run_summary
 from harness.execution.sampling import CudaEventClock, WallClock, clock_for, time_interleaved
 from harness.history import schema
 
@@ -120,6 +121,9 @@ def test_bfloat16_run_on_the_cpu_end_to_end(tmp_path, tiny_model_dir):
     assert set(df.loc[df["category"] == "speed", "metric"]) == {"latency_forward", "latency_attention_core"}
     forward = df[df["metric"] == "latency_forward"]
     assert sorted(forward["batch_size"]) == [1, 1, 2, 2]  # the main shape and the extra one, per backend
+    summary = run_summary(result.rows)
+    assert "what bfloat16 alone costs: dense in bfloat16 vs dense in float32" in summary
+    assert "(batch 2 x seq 16, " in summary and "cpu bfloat16" in summary and "batch 1 x seq 16, forward: dense" in summary
 
 
 def test_speed_shapes_per_device():
