@@ -142,8 +142,8 @@ class Backend:
         :param module: the calling ``BertSelfAttention`` (attributes ``scaling``, ``is_causal``, ``training``,
             ``config``); the attention-core timings pass the model's first such module.
         :param query: ``(batch, heads, q_len, head_dim)``; ``key``, ``value``: ``(batch, heads, k_len,
-            head_dim)``. One of :attr:`dtypes` (the run's ``--dtype``, on its ``--device``), possibly non-contiguous views;
-            self-attention, so ``q_len == k_len``.
+            head_dim)``. One of :attr:`dtypes` (the run's ``--dtype``, on its ``--device``), possibly
+            non-contiguous views; self-attention, so ``q_len == k_len``.
         :param attention_mask: ``None`` when no sequence of the batch has padding; otherwise
             ``(batch, 1, q_len, k_len)``, broadcast over heads, of this backend's ``mask_kind``:
             ``"bool"`` — ``torch.bool``, ``True`` = attend (built by transformers' ``sdpa_mask``);
