@@ -98,32 +98,56 @@ def cmd_import_asv(args: argparse.Namespace) -> int:
     summary = import_asv(args.results, args.store)
     print(f"{summary.files} asv result file(s): {summary.imported} imported ({summary.rows} rows), "
           f"{summary.skipped_existing} already in {args.store}")
+    if summary.skipped_version or summary.skipped_unknown:
+        print(f"skipped {summary.skipped_version} benchmark result(s) recorded with another version of the "
+              f"benchmark than {args.results}/benchmarks.json (their parameters may be named or ordered "
+              f"differently now) and {summary.skipped_unknown} of benchmark(s) no longer in it")
     return 0
+
+
+def _check_thresholds(args: argparse.Namespace, *names: str) -> None:
+    """Thresholds are sizes (``>= 0``) and ``--alpha`` a probability in (0, 1)."""
+    for name in names:
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(args, name)}")
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .history.compare import compare, to_markdown
     from .history.store import read_results
 
+    _check_thresholds(args, "threshold", "abs_threshold")
     rows = read_results(args.store)
     if args.category:
         rows = rows[rows["category"].isin(args.category)]
-    comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha)
-    print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed))
+    comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha,
+                         abs_threshold=args.abs_threshold)
+    print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed,
+                      abs_threshold=args.abs_threshold))
     return 1 if len(comparison.regressions) else 0
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
     from .history.compare import format_param
-    from .history.regressions import find_regressions, to_frame
+    from .history.regressions import compare_hint, find_regressions, to_frame
+    from .history.scales import format_change
     from .history.store import read_results
 
+    _check_thresholds(args, "min_effect", "min_abs_effect")
     rows = read_results(args.store)
+    if args.category:
+        rows = rows[rows["category"].isin(args.category)]
     points = to_frame(find_regressions(rows, alpha=args.alpha, min_effect=args.min_effect,
+                                       min_abs_effect=args.min_abs_effect,
                                        categories=tuple(args.category) if args.category else None,
                                        relative_to=None if args.absolute_only else args.reference))
+    hint = compare_hint(rows)
     if points.empty:
         print("no significant change points")
+        if hint:
+            print(hint)
         return 0
     if not args.all:
         points = points[points["kind"] == "regression"]
@@ -134,7 +158,9 @@ def cmd_regressions(args: argparse.Namespace) -> int:
         series = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("metric", "backend", "task", "threads", "seq_len",
                                                             "machine") if pd.notna(getattr(r, k)))
         print(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series}{r.series_kind} | {r.before:.4g} | {r.after:.4g} | "
-              f"{r.ratio:.3f}x | {r.p_value:.3g} |")
+              f"{format_change(r.change, r.scale)} | {r.p_value:.3g} |")
+    if hint:
+        print(hint)
     return 1 if (points["kind"] == "regression").any() else 0
 
 
@@ -220,10 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_import_asv)
 
-    p = sub.add_parser("compare", help="B/A per benchmark with confidence intervals; exit 1 on a regression")
+    p = sub.add_parser("compare", help="B/A (times, sizes, rates) or B - A (scores) per benchmark with "
+                       "confidence intervals; exit 1 on a regression")
     p.add_argument("a", metavar="A", help="baseline: commit (prefix) or run id")
     p.add_argument("b", metavar="B", help="candidate: commit (prefix) or run id")
-    p.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (default 0.05)")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="relative change B/A that counts, for times, sizes and rates (default 0.05)")
+    p.add_argument("--abs-threshold", type=float, default=0.01,
+                   help="absolute change B - A that counts, for scores and other metrics (default 0.01)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--category", action="append", metavar="C",
                    help="only these categories (quality, agreement, fidelity, speed, memory); repeatable")
@@ -233,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("regressions", help="change points over the commit history of every series")
     p.add_argument("--alpha", type=float, default=0.01, help="significance of the permutation test (default 0.01)")
-    p.add_argument("--min-effect", type=float, default=0.02, help="smallest step reported (default 0.02)")
+    p.add_argument("--min-effect", type=float, default=0.02,
+                   help="smallest relative step reported, for times, sizes and rates (default 0.02)")
+    p.add_argument("--min-abs-effect", type=float, default=0.01,
+                   help="smallest absolute step reported, for scores and other metrics (default 0.01)")
     p.add_argument("--category", action="append", metavar="C", help="only these categories; repeatable")
     p.add_argument("--all", action="store_true", help="list improvements too")
     p.add_argument("--reference", default="dense",

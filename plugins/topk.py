@@ -78,6 +78,18 @@ def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Te
     return ck.gemm_u8s8_f32(qq, kq, q_scale, q_zero, k_scale).view(b, h, s, s)
 
 
+def nonfinite_heads(key: torch.Tensor, value: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor | None:
+    """``(batch, heads, 1, 1)`` bool, True where a real token's key or value holds NaN or an infinity; ``None``
+    when every real token's key and value are finite (the usual case: no extra work afterwards)."""
+    finite = torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1)        # (batch, heads, k_len)
+    bad = (~finite & valid_keys[:, :, 0]).any(dim=-1)[..., None, None]
+    return bad if bool(bad.any()) else None
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _ordered_keys(scores: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
     """int64 keys that sort like ``scores``, unique per row: ties rank the lower key index first.
 
@@ -188,8 +200,14 @@ class TopK(Backend):
                   **kwargs) -> tuple[torch.Tensor, None]:
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
         valid_keys = key_validity(attention_mask, query)
-        index, selected = select_keys(self.approximate_scores(query, key, valid_keys), valid_keys, self.values["k"])
+        poisoned = nonfinite_heads(key, value, valid_keys)
+        finite_inputs = poisoned is None and bool(torch.isfinite(query).all())
+        approximate = self.approximate_scores(query if finite_inputs else _finite(query),
+                                              key if finite_inputs else _finite(key), valid_keys)
+        index, selected = select_keys(approximate, valid_keys, self.values["k"])
         out = sparse_attention(query, key, value, index, selected, scaling)
+        if poisoned is not None:  # like dense: a bad key or value reaches every query of its head
+            out = out.masked_fill(poisoned, float("nan"))
         return out.transpose(1, 2).contiguous(), None
 
     def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,

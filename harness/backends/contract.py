@@ -54,9 +54,11 @@ class Backend:
     for every registered backend):
 
     * Padding never influences valid positions: the output rows of valid queries depend only on valid keys.
-    * Non-finite inputs never become finite outputs: if a query row's inputs (its query, or a valid key or
-      value) hold NaN or ±inf, its output row is not all finite; finite inputs give finite outputs. The
-      harness checks this on every evaluated batch (outside timed regions) and fails the eval cell otherwise.
+    * Non-finite inputs never become finite outputs (the finiteness rule): if any q, k or v value of a
+      sequence's real (non-padding) tokens is NaN or infinite, its output over those tokens must not be all
+      finite (or the function raises, saying so); if they are all finite, the output must be finite.
+      Evaluation checks every call (``attention_interface.check_finite``, never in timed calls) and an eval
+      cell that breaks the rule, or whose logits are non-finite, fails with the reason.
     * Parameters that cannot apply are refused in :meth:`check_values` (a :class:`~harness.ParamError` that
       says how to fix the spec), not silently ignored.
     * A configuration that cannot run on this machine says why in :meth:`unavailable_reason`; the harness
@@ -205,11 +207,20 @@ def _param_list(params: tuple[Param, ...]) -> str:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """Where a backend or task came from: plugin name and the distribution that installed it."""
+    """Where a backend or task came from: plugin name and the distribution that installed it.
+
+    A field the plugin's metadata does not state (``None`` or empty) is recorded as ``"unknown"``.
+    """
 
     name: str
     dist: str
     version: str
+
+    def __post_init__(self) -> None:
+        for field_ in ("name", "dist", "version"):
+            value = getattr(self, field_)
+            if not isinstance(value, str) or not value.strip():
+                object.__setattr__(self, field_, "unknown" if value is None or not str(value).strip() else str(value))
 
 
 @dataclass(frozen=True)

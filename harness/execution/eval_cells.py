@@ -10,6 +10,7 @@ one atomic file, so a cell is in the store completely or not at all.
 from __future__ import annotations
 
 import copy
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends.attention_interface import attach
+from ..backends.attention_interface import NonFiniteAttentionError, attach, finite_checked
 from ..backends.contract import ResolvedBackend
 from ..devices import Placement, move_batch, place_model
 from .cells import EvalCell
@@ -132,11 +133,32 @@ class EvalSession:
 
     def _predict(self, task: Task, backend: ResolvedBackend, stats: PassStats | None,
                  placement: Placement | None = None) -> np.ndarray:
+        """Logits in the task's label order (a checkpoint that names its labels differently is reordered), from
+        the backend's model at the session's placement (or ``placement``: the float32 reference of a run below
+        float32).
+
+        Every attention call is checked for the backend finiteness rule (:func:`finite_checked`), and the
+        logits must be finite: otherwise :class:`NonFiniteAttentionError` fails the cell, and no metric of
+        NaN logits (whose argmax would look like a real prediction) is ever stored. The checks' time is
+        taken out of ``stats``, so throughput figures do not pay for them.
+        """
         placement = placement or self.placement
-        return predict(self.prepared(task, backend, placement), self.encoded(task),
-                       max_tokens=self.context.max_tokens, eval_batch_size=self.context.eval_batch_size,
-                       forward_kwargs=self.models.forward_kwargs(task), desc=f"{task.name} {backend.spec}",
-                       progress=self.context.progress, stats=stats, placement=placement)
+        model = self.prepared(task, backend, placement)
+        with finite_checked(model, backend) as check:
+            logits = predict(model, self.encoded(task), max_tokens=self.context.max_tokens,
+                             eval_batch_size=self.context.eval_batch_size, forward_kwargs=self.models.forward_kwargs(task),
+                             desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats,
+                             placement=placement)
+        if stats is not None:
+            stats.model_time -= check.seconds
+            stats.wall_time -= check.seconds
+        bad = ~np.isfinite(logits).all(axis=-1)
+        if bad.any():
+            raise NonFiniteAttentionError(f"backend {backend.spec!r} on task {task.name!r}: the model's outputs are "
+                                          f"NaN or infinite for {int(bad.sum())} of {len(bad)} examples; no metric "
+                                          "is computed from them")
+        order = self.models.label_order(task)
+        return logits if order is None else logits[:, order]
 
     def reference_fp32_logits(self, task: Task) -> np.ndarray:
         """The dense reference in float32 on the session's device (what a lower ``--dtype`` alone costs)."""
@@ -163,7 +185,11 @@ class EvalSession:
 
     # -- one cell -----------------------------------------------------------------------------------------
     def run(self, cell: EvalCell) -> list[dict[str, Any]]:
-        """Rows of one eval cell (not written)."""
+        """Rows of one eval cell (not written), with the model's facts for the task (e.g. a label reordering)
+        merged into every row's ``extra``."""
+        return _with_facts(self._run(cell), self.models.model_facts(self.registry.task(cell.task)))
+
+    def _run(self, cell: EvalCell) -> list[dict[str, Any]]:
         task = self.registry.task(cell.task)
         backend = self.backend(cell.backend)
         encoded = self.encoded(task)
@@ -225,6 +251,14 @@ class EvalSession:
                 out.append(row({**common, "n_examples": n, "fidelity_examples": self.context.fidelity_examples},
                                backend, "fidelity", f"{name}_vs_fp32", value, unit, direction))
         return out
+
+def _with_facts(rows: list[dict[str, Any]], facts: dict[str, str]) -> list[dict[str, Any]]:
+    """``rows`` with ``facts`` merged into each row's ``extra`` JSON."""
+    if not facts:
+        return rows
+    for r in rows:
+        r["extra"] = json.dumps({**(json.loads(r["extra"]) if r.get("extra") else {}), **facts}, sort_keys=True)
+    return rows
 
 
 _SESSIONS: OrderedDict[tuple[str, str], EvalSession] = OrderedDict()

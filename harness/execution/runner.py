@@ -1,6 +1,7 @@
 """The runner: a run of backends × tasks as a set of cells, written to the results store cell by cell.
 
-1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason.
+1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason;
+   refuse evaluation data with unlabelled or out-of-range labels before anything is measured.
 2. Plan the cells: one *speed* cell per backend at the latency shape, one *eval* cell per backend × task.
    The plan id hashes everything that defines the results; with ``resume``, cells of the latest run of the
    same plan that are already in the store are not run again.
@@ -203,6 +204,8 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     model_sources = parse_model_args(spec.model)
     tasks = resolve_tasks(registry, spec.tasks, model_sources)
     source = DataSource.parse(spec.data)
+    for task in tasks:  # refuse unlabelled or out-of-range labels (DataError) before anything is measured
+        source.load(task)
     threads = spec.threads or cpu_count()
     torch.set_num_threads(threads)
 
@@ -236,9 +239,11 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
     for note in getattr(session.models, "notes", []) if session else []:
         log(note)
+    failures: dict[str, str] = {}
     if speed_todo:
-        measured += _run_speed_cells(spec, session, speed_todo, context, log)
-    failures = _run_eval_cells(spec, context, eval_todo, session, measured, log, store)
+        speed_rows, failures = _run_speed_cells(spec, session, speed_todo, context, log)
+        measured += speed_rows
+    failures.update(_run_eval_cells(spec, context, eval_todo, session, measured, log, store))
     return RunResult(run_id, plan, pd.DataFrame(measured), skipped, total,
                      total - len(speed_todo) - len(eval_todo), failures)
 
@@ -298,38 +303,79 @@ def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], 
     return failures
 
 
+def _cell_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
-                     log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Latency (interleaved across backends) and memory at every speed shape; one stored file per cell."""
+                     log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Latency (interleaved across backends) and memory at every speed shape; one stored file per cell.
+
+    Returns the rows and ``{cell id: reason}`` of the cells that failed (see :func:`_run_speed_shape`)."""
     by_shape: dict[tuple[int, int], list[SpeedCell]] = {}
     for cell in cells:
         by_shape.setdefault((cell.batch_size, cell.seq_len), []).append(cell)
-    out = []
+    out: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
     for (batch_size, seq_len), group in by_shape.items():
-        out += _run_speed_shape(spec, session, group, context, log, batch_size, seq_len)
-    return out
+        rows, failed = _run_speed_shape(spec, session, group, context, log, batch_size, seq_len)
+        out += rows
+        failures.update(failed)
+    return out, failures
 
 
 def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
-                     log: Callable[[str], None], batch_size: int, seq_len: int) -> list[dict[str, Any]]:
+                     log: Callable[[str], None], batch_size: int, seq_len: int
+                     ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The speed cells of one shape, timed with the clock of the session's device.
+
+    A cell fails alone, like an eval cell: building its case, one untimed trial call of each timed callable
+    (before timing starts), its memory measurement or its rows — whatever raises is recorded with the reason,
+    and every other cell is still timed and stored. ``UserError`` and ``KeyboardInterrupt`` still stop the run.
+    """
     task = session.tasks[0]
     placement = session.placement
     clock = clock_for(placement.device, flush_l2=spec.l2_flush)
-    backends = {c.backend: session.backend(c.backend) for c in cells}
-    cases = {spec_: build_speed_case(b, session.models, task, session.encoded(task), batch_size=batch_size,
-                                     seq_len=seq_len, prepared=session.prepared(task, b), placement=placement)
-             for spec_, b in backends.items()}
+    failures: dict[str, str] = {}
+
+    def fail(cell: SpeedCell, exc: BaseException) -> None:
+        if isinstance(exc, UserError):
+            raise exc
+        failures[cell.id] = _cell_error(exc)
+        log(f"cell {cell.id} failed: {failures[cell.id]}")
+
+    backends: dict[str, ResolvedBackend] = {}
+    cases: dict[str, Any] = {}
+    for cell in cells:
+        try:
+            backend = session.backend(cell.backend)
+            case = build_speed_case(backend, session.models, task, session.encoded(task), batch_size=batch_size,
+                                    seq_len=seq_len, prepared=session.prepared(task, backend), placement=placement)
+            case.forward()  # one untimed trial call each: a backend that raises is out before timing starts
+            case.attention_core()
+        except Exception as exc:
+            fail(cell, exc)
+            continue
+        backends[cell.backend], cases[cell.backend] = backend, case
+    cells = [c for c in cells if c.backend in cases]
+    if not cells:
+        return [], failures
     rounds = (spec.warmup + spec.repeats) * 2
-    with tqdm(total=rounds, desc=f"timing {batch_size}x{seq_len}", unit="round", leave=False,
-              disable=not spec.progress) as bar:
-        started = time.perf_counter()
-        forward = time_interleaved({name: case.forward for name, case in cases.items()}, clock=clock,
-                                   repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
-        bar.update(spec.warmup)
-        core_calls = {name: case.attention_core for name, case in cases.items()}
-        core = time_interleaved(core_calls, clock=clock, number=_calls_per_sample(core_calls, clock, placement),
-                                repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
-        bar.update(spec.warmup)
+    try:
+        with tqdm(total=rounds, desc=f"timing {batch_size}x{seq_len}", unit="round", leave=False,
+                  disable=not spec.progress) as bar:
+            started = time.perf_counter()
+            forward = time_interleaved({name: case.forward for name, case in cases.items()}, clock=clock,
+                                       repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
+            bar.update(spec.warmup)
+            core_calls = {name: case.attention_core for name, case in cases.items()}
+            core = time_interleaved(core_calls, clock=clock, number=_calls_per_sample(core_calls, clock, placement),
+                                    repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
+            bar.update(spec.warmup)
+    except Exception as exc:  # passed its trial call, failed later: the interleaved samples are unusable
+        for cell in cells:
+            fail(cell, exc)
+        return [], failures
     log(f"timing {batch_size}x{seq_len} took {time.perf_counter() - started:.1f}s")
     config = session.models.model(task).config
     heads = config.num_attention_heads
@@ -337,29 +383,35 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
     out = []
     for cell in cells:
         backend, case = backends[cell.backend], cases[cell.backend]
-        common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
-                  "cell_id": cell.id, **process_fields(cell.threads), **placement.row_fields(),
-                  "model": session.models.name(task), "task": None, "split": None, "n_examples": cell.batch_size,
-                  "batch_size": cell.batch_size, "seq_len": cell.seq_len, "data_source": session.source.label}
-        timed = {**common, "warmup": spec.warmup}
-        timing = core[cell.backend]
-        tflops = flops / timing.median / 1e12 if timing.median > 0 else float("nan")
-        basis = _flops_basis(backend)
-        rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
-                _timing_row(timed, backend, "latency_attention_core", timing,
-                            attention_flops_per_call=flops, attention_tflops=tflops, flops_basis=basis),
-                row(common, backend, "memory", "peak_memory_forward", peak_memory_bytes(case.forward, placement),
-                    "bytes", "lower"),
-                row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
-        if placement.is_cuda:  # GPU figures a reader looks for first: achieved TFLOP/s and tokens/s
-            rows += [_with_extra(row({**timed, "clock": timing.clock}, backend, "speed", "attention_core_tflops",
-                                     tflops, "TFLOP/s", "higher"), flops_basis=basis),
-                     row({**timed, "clock": forward[cell.backend].clock}, backend, "speed", "forward_tokens_per_s",
-                         cell.batch_size * cell.seq_len / forward[cell.backend].median, "tokens/s", "higher")]
-        if context.store is not None:
-            write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+        try:
+            common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
+                      "cell_id": cell.id, **process_fields(cell.threads), **placement.row_fields(),
+                      "model": session.models.name(task), "task": None, "split": None,
+                      "n_examples": cell.batch_size, "batch_size": cell.batch_size, "seq_len": cell.seq_len,
+                      "data_source": session.source.label}
+            timed = {**common, "warmup": spec.warmup}
+            timing = core[cell.backend]
+            tflops = flops / timing.median / 1e12 if timing.median > 0 else float("nan")
+            basis = _flops_basis(backend)
+            rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
+                    _timing_row(timed, backend, "latency_attention_core", timing,
+                                attention_flops_per_call=flops, attention_tflops=tflops, flops_basis=basis),
+                    row(common, backend, "memory", "peak_memory_forward", peak_memory_bytes(case.forward, placement),
+                        "bytes", "lower"),
+                    row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
+            if placement.is_cuda:  # GPU figures a reader looks for first: achieved TFLOP/s and tokens/s
+                rows += [_with_extra(row({**timed, "clock": timing.clock}, backend, "speed", "attention_core_tflops",
+                                         tflops, "TFLOP/s", "higher"), flops_basis=basis),
+                         row({**timed, "clock": forward[cell.backend].clock}, backend, "speed",
+                             "forward_tokens_per_s", cell.batch_size * cell.seq_len / forward[cell.backend].median,
+                             "tokens/s", "higher")]
+            if context.store is not None:
+                write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+        except Exception as exc:
+            fail(cell, exc)
+            continue
         out += rows
-    return out
+    return out, failures
 
 
 #: Minimum device time per attention-core sample on CUDA: short kernels (tens of µs) would otherwise measure
