@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model and inputs cast to this dtype (default float32); below float32 the dense "
                         "reference is also compared with dense float32")
     p.add_argument("--no-l2-flush", action="store_true",
-                   help="CUDA attention-core timing: do not flush the L2 cache before every call (recorded)")
+                   help="CUDA timing: do not flush the L2 cache before every timed call (recorded as the clock)")
     p.add_argument("--throughput-batch", type=_positive, default=128, metavar="N",
                    help="CUDA: the large-batch throughput shape N × --seq-len, besides batch 1 (default 128)")
     p.add_argument("--executor", default="local", metavar="local|processes:N|dask://HOST:PORT",

@@ -71,7 +71,7 @@ class RunSpec:
     executor: str = "local"                 # local, processes:N or dask://HOST:PORT (eval cells only)
     device: str = "cpu"                     # cpu, cuda or cuda:N: where model and inputs live
     dtype: str = "float32"                  # float32, bfloat16 or float16: model and inputs cast to it
-    l2_flush: bool = True                   # CUDA attention-core timing: flush L2 before every call
+    l2_flush: bool = True                   # CUDA timing: flush L2 before every timed call
     extra_shapes: list[tuple[int, int]] | None = None  # more latency shapes (batch, seq); None: none on the
     throughput_batch: int = 128             # CPU, and on CUDA batch 1 and this batch at seq_len
     resume: bool = False                    # skip cells of the same plan already in the store
@@ -424,7 +424,7 @@ def _calls_per_sample(calls: dict[str, Callable[[], object]], clock: Clock, plac
     :data:`CUDA_MIN_SAMPLE_S` by the clock itself (one common number keeps candidates comparable)."""
     if not placement.is_cuda:
         return 1
-    once = min(clock.measure(fn, 1) for fn in calls.values())
+    once = min(clock.measure(fn, 1) for fn in calls.values() for _ in range(3))  # after the trial calls
     return max(1, min(1000, int(CUDA_MIN_SAMPLE_S / max(once, 1e-7))))
 
 
