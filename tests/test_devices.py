@@ -96,7 +96,7 @@ def test_bfloat16_run_on_the_cpu_end_to_end(tmp_path, tiny_model_dir):
     store = tmp_path / "store"
     logs: list[str] = []
     spec = RunSpec(backends=["dense", "topk:k=4", "fbgemm-int8"], tasks=["sst2"], model=[str(tiny_model_dir)],
-                   limit=16, eval_batch_size=8, batch_size=2, seq_len=16, repeats=2, warmup=1, fidelity_examples=8,
+                   limit=8, eval_batch_size=8, batch_size=2, seq_len=16, repeats=1, warmup=0, fidelity_examples=4,
                    dtype="bfloat16", extra_shapes=[(1, 16)], store=store, progress=False)
     result = run(spec, log=logs.append)
     assert "fbgemm-int8" in result.skipped and "bfloat16" in result.skipped["fbgemm-int8"]
