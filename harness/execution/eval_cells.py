@@ -229,7 +229,6 @@ class EvalSession:
                                backend, "fidelity", name, value, unit, direction))
         return out
 
-
     def _dtype_cost_rows(self, task: Task, backend: ResolvedBackend, logits: np.ndarray,
                          common: dict[str, Any]) -> list[dict[str, Any]]:
         """Below float32, the reference cell also compares dense at ``--dtype`` with dense float32 on the same
