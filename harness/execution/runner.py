@@ -327,11 +327,14 @@ def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
                       "task": None, "split": None, "n_examples": cell.batch_size, "batch_size": cell.batch_size,
                       "seq_len": cell.seq_len, "data_source": session.source.label}
             timed = {**common, "warmup": spec.warmup}
-            rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
-                    _timing_row(timed, backend, "latency_attention_core", core[cell.backend]),
+            # The model of one task is timed (the embedded default has one encoder per task): say which.
+            facts = {"speed_task": task.name}
+            rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend], facts),
+                    _timing_row(timed, backend, "latency_attention_core", core[cell.backend], facts),
                     row(common, backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward),
-                        "bytes", "lower"),
-                    row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
+                        "bytes", "lower", facts=facts),
+                    row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower",
+                        facts=facts)]
             if context.store is not None:
                 write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
         except Exception as exc:
@@ -341,7 +344,11 @@ def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
     return out, failures
 
 
-def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing) -> dict[str, Any]:
-    result = row(common, backend, "speed", metric, timing.median, "s", "lower")
+def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing,
+                facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    facts = {**(facts or {}), "clock": timing.clock}
+    if timing.foreign_load is not None:
+        facts["foreign_load"] = round(timing.foreign_load, 3)  # CPU cores other processes used meanwhile
+    result = row(common, backend, "speed", metric, timing.median, timing.unit, "lower", facts=facts)
     result["samples"] = list(timing.samples)
     return result
