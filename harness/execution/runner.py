@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 import uuid
@@ -390,21 +389,25 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
                       "n_examples": cell.batch_size, "batch_size": cell.batch_size, "seq_len": cell.seq_len,
                       "data_source": session.source.label}
             timed = {**common, "warmup": spec.warmup}
+            # The model of one task is timed (the embedded default has one encoder per task): say which.
+            facts = {"speed_task": task.name}
             timing = core[cell.backend]
             tflops = flops / timing.median / 1e12 if timing.median > 0 else float("nan")
             basis = _flops_basis(backend)
-            rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
+            rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend], facts),
                     _timing_row(timed, backend, "latency_attention_core", timing,
-                                attention_flops_per_call=flops, attention_tflops=tflops, flops_basis=basis),
+                                {**facts, "attention_flops_per_call": flops, "attention_tflops": tflops,
+                                 "flops_basis": basis}),
                     row(common, backend, "memory", "peak_memory_forward", peak_memory_bytes(case.forward, placement),
-                        "bytes", "lower"),
-                    row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
+                        "bytes", "lower", facts=facts),
+                    row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower",
+                        facts=facts)]
             if placement.is_cuda:  # GPU figures a reader looks for first: achieved TFLOP/s and tokens/s
-                rows += [_with_extra(row({**timed, "clock": timing.clock}, backend, "speed", "attention_core_tflops",
-                                         tflops, "TFLOP/s", "higher"), flops_basis=basis),
+                rows += [row({**timed, "clock": timing.clock}, backend, "speed", "attention_core_tflops", tflops,
+                             "TFLOP/s", "higher", facts={**facts, "flops_basis": basis}),
                          row({**timed, "clock": forward[cell.backend].clock}, backend, "speed",
                              "forward_tokens_per_s", cell.batch_size * cell.seq_len / forward[cell.backend].median,
-                             "tokens/s", "higher")]
+                             "tokens/s", "higher", facts=facts)]
             if context.store is not None:
                 write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
         except Exception as exc:
@@ -436,18 +439,14 @@ def _flops_basis(backend: ResolvedBackend) -> str:
     return "dense 4*B*H*S^2*D" if dense else "dense-equivalent 4*B*H*S^2*D (not the work this backend does)"
 
 
-def _with_extra(result: dict[str, Any], **facts: Any) -> dict[str, Any]:
-    """``result`` with ``facts`` merged into its ``extra`` JSON."""
-    merged = {**(json.loads(result["extra"]) if result.get("extra") else {}), **facts}
-    result["extra"] = json.dumps(merged, sort_keys=True)
-    return result
-
-
 def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing,
-                **facts: Any) -> dict[str, Any]:
-    result = row(common, backend, "speed", metric, timing.median, "s", "lower")
+                facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    facts = {**(facts or {}), "clock": timing.clock}
+    if timing.clock != "wall":  # and its `clock` column (null: the wall clock, so CPU history pairs as before)
+        facts["calls_per_sample"] = timing.number
+    if timing.foreign_load is not None:
+        facts["foreign_load"] = round(timing.foreign_load, 3)  # CPU cores other processes used meanwhile
+    result = row(common if timing.clock == "wall" else {**common, "clock": timing.clock}, backend, "speed", metric,
+                 timing.median, timing.unit, "lower", facts=facts)
     result["samples"] = list(timing.samples)
-    if timing.clock != "wall":  # CPU rows stay as they were; other clocks say what a sample is
-        result["clock"] = timing.clock
-        facts = {"calls_per_sample": timing.number, **facts}
-    return _with_extra(result, **facts) if facts else result
+    return result
