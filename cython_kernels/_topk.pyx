@@ -13,11 +13,13 @@ Compiled with AVX2 and FMA: import it only after checking the CPU (``_loader`` d
           float (A - zp * sum(K codes)) * kscale mapped to an order-preserving int32.  Masked keys
           get INT32_MIN; keys at or beyond ``n_keys[b]`` are never read.
     selection: per row, the k largest R of valid keys, ties to the lower key index (no sorting):
-          1. lane-wise maxima of groups of vectors give m >= k "chunk maxima" (each a distinct
-             element), so the k-th largest chunk maximum L is a lower bound of the k-th largest R;
-          2. one AVX2 compaction pass collects the indices with R >= L (movemask + permute table);
-          3. the k-th largest value T among these few candidates (nth_element on a copy of <= a few
-             dozen int32), then the candidates > T and the first ones == T in index order.
+          1. lane-wise maxima of ceil(k / 8) groups of vectors give >= k "chunk maxima" (each a
+             distinct element), so their minimum L is a lower bound of the k-th largest R;
+          2. one AVX2 compaction pass collects the indices and values with R >= L (movemask +
+             permute table);
+          3. the k-th largest value T among these few candidates: bisection on [L, max] counting
+             with AVX2 compares, stopping at the first threshold with exactly k candidates above;
+             then the candidates > T and the first ones == T in index order.
           With fewer valid keys than k, every valid key is selected.
     exact  s_j = (q . k_j) * scaling in float32 for the selected keys only (read in place),
     softmax over them, out = sum_j p_j v_j written straight into the (batch, seq, heads, dim) output.
@@ -31,7 +33,6 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t, INT32_MIN
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
-from libcpp.algorithm cimport nth_element
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from cython_kernels._avx cimport *
@@ -44,13 +45,13 @@ from cython_kernels._simd cimport *
 cdef extern from "immintrin.h" nogil:
     __m256i _mm256_cmpgt_epi32(__m256i a, __m256i b)
     __m256i _mm256_max_epi32(__m256i a, __m256i b)
+    __m256i _mm256_min_epi32(__m256i a, __m256i b)
     __m256i _mm256_blendv_epi8(__m256i a, __m256i b, __m256i mask)
     __m256i _mm256_srai_epi32(__m256i a, int count)
     __m256i _mm256_xor_si256(__m256i a, __m256i b)
     __m256 _mm256_permute2f128_ps(__m256 a, __m256 b, int imm)
     __m256 _mm256_blend_ps(__m256 a, __m256 b, int imm)
     __m256 _mm256_div_ps(__m256 a, __m256 b)
-    int __builtin_popcount(unsigned int x)
 
 
 cdef enum:
@@ -74,6 +75,10 @@ for _m in range(256):
             _c += 1
     for _l in range(_c, 8):
         _COMPACT[_m][_l] = 0
+
+cdef uint8_t _POPCOUNT[256]
+for _m in range(256):
+    _POPCOUNT[_m] = bin(_m).count("1")
 
 
 cdef inline double _now() noexcept nogil:
@@ -115,60 +120,103 @@ cdef inline bint _row_special(const float* x, int n) noexcept nogil:
 # Selection
 
 
-cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* tmp, int32_t* sel) noexcept nogil:
+cdef inline int _count_above(const int32_t* x, int nvec, int32_t thr) noexcept nogil:
+    """Number of x[0:8 * nvec] > thr."""
+    cdef __m256i t = _mm256_set1_epi32(thr)
+    cdef int v, c = 0
+    for v in range(nvec):
+        c += _POPCOUNT[_mm256_movemask_ps(_mm256_castsi256_ps(
+            _mm256_cmpgt_epi32(_mm256_loadu_si256(<const __m256i*>(x + 8 * v)), t)))]
+    return c
+
+
+cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int32_t* sel) noexcept nogil:
     """Indices of the k largest of r[0:ld] (INT32_MIN = not selectable, at least k+1 selectable entries
     assumed), ties to the lower index, written to sel in increasing index order; returns k.
 
-    ld is a multiple of 8; cand and tmp hold ld + 8 entries."""
-    cdef int nvec = ld // 8, groups, g, v, c, i, m, gsize, n_gt, need, got
-    cdef __m256i mx, x, lvec, idx, step = _mm256_set1_epi32(8), minv = _mm256_set1_epi32(INT32_MIN)
+    ld is a multiple of 8; cand and cv hold ld + 8 entries.  No sorting:
+    1. lower bound: groups of vectors reduced lane-wise to 8 maxima each; with at least k such maxima
+       (distinct elements), their minimum L has at least k elements >= L;
+    2. compaction (movemask + permute table): the indices and values of the elements >= L;
+    3. the k-th largest value T among those: bisection on the value range [L, max] by counting with
+       AVX2 compares, stopping as soon as some threshold has exactly k candidates at or above it;
+    4. the candidates > T, then the first ones == T in index order (lower key index first)."""
+    cdef int nvec = ld // 8, groups, g, v, c, i, gsize, n_gt, need, got, cvec, cnt
+    cdef __m256i mx, lo_v, x, lvec, idx, step = _mm256_set1_epi32(8), minv = _mm256_set1_epi32(INT32_MIN)
     cdef int32_t low, t, x_i
+    cdef int eq, take
+    cdef long long lo, hi, mid
     cdef unsigned int mask
-    # 1. Chunk maxima: groups of gsize vectors, lane-wise: 8 maxima per group, each a distinct element.
-    gsize = (nvec * 8) // (2 * k)
-    if gsize < 1:
-        gsize = 1
-    groups = (nvec + gsize - 1) // gsize
-    m = 0
+    cdef int32_t lanes[8]
+    # 1. ceil(k / 8) groups give >= k lane maxima (fewer if the row is short: then no bound).
+    groups = (k + 7) // 8
+    gsize = (nvec + groups - 1) // groups
+    lo_v = _mm256_set1_epi32(0x7FFFFFFF)
     for g in range(groups):
         mx = minv
         for v in range(g * gsize, min((g + 1) * gsize, nvec)):
             mx = _mm256_max_epi32(mx, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)))
-        _mm256_storeu_si256(<__m256i*>(tmp + m), mx)
-        m += 8
-    # m >= k: the k-th largest chunk maximum is a lower bound of the k-th largest element.
-    nth_element(tmp, tmp + (m - k), tmp + m)
-    low = tmp[m - k]
-    if low == INT32_MIN:
+        lo_v = _mm256_min_epi32(lo_v, mx)
+    _mm256_storeu_si256(<__m256i*>lanes, lo_v)
+    low = lanes[0]
+    for i in range(1, 8):
+        low = lanes[i] if lanes[i] < low else low
+    if low == INT32_MIN:  # an empty group or a lane of masked keys: no bound, every valid key is a candidate
         low = INT32_MIN + 1
-    # 2. Compaction: indices with r >= low, in index order.
+    # 2. Compaction: indices and values of r >= low, in index order.
     lvec = _mm256_set1_epi32(low - 1)
     idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
     c = 0
+    mx = minv
     for v in range(nvec):
         x = _mm256_loadu_si256(<const __m256i*>(r + 8 * v))
         mask = <unsigned int>_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, lvec)))
-        _mm256_storeu_si256(<__m256i*>(cand + c), _mm256_permutevar8x32_epi32(
-            idx, _mm256_loadu_si256(<const __m256i*>_COMPACT[mask])))
-        c += __builtin_popcount(mask)
+        lo_v = _mm256_loadu_si256(<const __m256i*>_COMPACT[mask])
+        _mm256_storeu_si256(<__m256i*>(cand + c), _mm256_permutevar8x32_epi32(idx, lo_v))
+        _mm256_storeu_si256(<__m256i*>(cv + c), _mm256_permutevar8x32_epi32(x, lo_v))
+        mx = _mm256_max_epi32(mx, x)
+        c += _POPCOUNT[mask]
         idx = _mm256_add_epi32(idx, step)
-    # 3. The k-th largest value among the c >= k candidates, then the selection in index order.
-    for i in range(c):
-        tmp[i] = r[cand[i]]
-    nth_element(tmp, tmp + (c - k), tmp + c)
-    t = tmp[c - k]
-    n_gt = 0
-    for i in range(c):
-        n_gt += r[cand[i]] > t
-    need = k - n_gt
+    for i in range(c, (c + 7) // 8 * 8):
+        cv[i] = INT32_MIN
+    cvec = (c + 7) // 8
+    _mm256_storeu_si256(<__m256i*>lanes, mx)
+    hi = lanes[0]
+    for i in range(1, 8):
+        hi = lanes[i] if lanes[i] > hi else hi
+    # 3. Largest T in [low, max] with count(>= T) >= k (count(>= low) = c >= k).
+    lo = low
+    t = INT32_MIN
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2
+        cnt = _count_above(cv, cvec, <int32_t>(mid - 1))
+        if cnt == k:  # exactly k at or above mid: that is the selection
+            t = <int32_t>mid
+            break
+        if cnt > k:
+            lo = mid
+        else:
+            hi = mid - 1
     got = 0
+    if t != INT32_MIN:  # compaction of the candidates >= t (exactly k; sel has room for k + 8)
+        lvec = _mm256_set1_epi32(t - 1)
+        for v in range(cvec):
+            mask = <unsigned int>_mm256_movemask_ps(_mm256_castsi256_ps(
+                _mm256_cmpgt_epi32(_mm256_loadu_si256(<const __m256i*>(cv + 8 * v)), lvec)))
+            _mm256_storeu_si256(<__m256i*>(sel + got), _mm256_permutevar8x32_epi32(
+                _mm256_loadu_si256(<const __m256i*>(cand + 8 * v)), _mm256_loadu_si256(<const __m256i*>_COMPACT[mask])))
+            got += _POPCOUNT[mask]
+        return got
+    t = <int32_t>lo
+    # 4. Ties at t go to the lower key index (branch-free).
+    need = k - _count_above(cv, cvec, t)
     for i in range(c):
-        x_i = r[cand[i]]
-        if x_i > t or (x_i == t and need > 0):
-            if x_i == t:
-                need -= 1
-            sel[got] = cand[i]
-            got += 1
+        x_i = cv[i]
+        eq = x_i == t
+        take = (x_i > t) | (eq & (need > 0))
+        sel[got] = cand[i]
+        got += take
+        need -= take & eq
     return got
 
 
@@ -176,15 +224,15 @@ def select_rows(const int32_t[:, ::1] scores, const uint8_t[::1] valid, int k, i
                 int32_t[::1] count) -> None:
     """The kernel's selection on given int32 scores (rows, n): index[i, :count[i]] (ascending) are the
     k largest valid scores of row i, ties to the lower index.  Valid scores must be > INT32_MIN."""
-    cdef int rows = scores.shape[0], n = scores.shape[1], ld = (n + 7) // 8 * 8, nvalid = 0, i, j
+    cdef int rows = scores.shape[0], n = scores.shape[1], ld = (n + 7) // 8 * 8, nvalid = 0, i, j, got
+    if valid.shape[0] != n or index.shape[0] != rows or count.shape[0] != rows or index.shape[1] < min(k, n):
+        raise ValueError("shapes")
     cdef int32_t* r = <int32_t*>malloc((ld + 8) * sizeof(int32_t))
     cdef int32_t* cand = <int32_t*>malloc((ld + 8) * sizeof(int32_t))
-    cdef int32_t* tmp = <int32_t*>malloc((ld + 8) * sizeof(int32_t))
-    if valid.shape[0] != n or index.shape[0] != rows or count.shape[0] != rows or index.shape[1] < min(k, n):
-        free(r); free(cand); free(tmp)
-        raise ValueError("shapes")
-    if r == NULL or cand == NULL or tmp == NULL:
-        free(r); free(cand); free(tmp)
+    cdef int32_t* cv = <int32_t*>malloc((ld + 8) * sizeof(int32_t))
+    cdef int32_t* sel = <int32_t*>malloc((k + 8) * sizeof(int32_t))
+    if r == NULL or cand == NULL or cv == NULL or sel == NULL:
+        free(r); free(cand); free(cv); free(sel)
         raise MemoryError()
     for j in range(n):
         nvalid += valid[j] != 0
@@ -201,8 +249,11 @@ def select_rows(const int32_t[:, ::1] scores, const uint8_t[::1] valid, int k, i
                 r[j] = scores[i, j] if valid[j] else INT32_MIN
             for j in range(n, ld):
                 r[j] = INT32_MIN
-            count[i] = _select_row(r, ld, k, cand, tmp, &index[i, 0])
-    free(r); free(cand); free(tmp)
+            got = _select_row(r, ld, k, cand, cv, sel)
+            for j in range(got):
+                index[i, j] = sel[j]
+            count[i] = got
+    free(r); free(cand); free(cv); free(sel)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,7 +309,7 @@ cdef Work* _new_work(Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) except NU
         w.acc = <int32_t*>malloc(ROWS * keys32 * sizeof(int32_t))
         w.cand = <int32_t*>malloc((keys32 + 8) * sizeof(int32_t))
         w.sel_tmp = <int32_t*>malloc((keys32 + 8) * sizeof(int32_t))
-        w.sel = <int32_t*>malloc(ROWS * kk * sizeof(int32_t))
+        w.sel = <int32_t*>malloc((ROWS * kk + 8) * sizeof(int32_t))
         w.nsel = <int32_t*>malloc(ROWS * sizeof(int32_t))
         w.s = <float*>malloc(ROWS * (kk + 8) * sizeof(float))
         w.rowscale = <float*>malloc(ROWS * sizeof(float))
