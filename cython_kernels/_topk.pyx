@@ -46,6 +46,10 @@ cdef extern from "immintrin.h" nogil:
     __m256i _mm256_cmpgt_epi32(__m256i a, __m256i b)
     __m256i _mm256_max_epi32(__m256i a, __m256i b)
     __m256i _mm256_min_epi32(__m256i a, __m256i b)
+    __m256i _mm256_setzero_si256()
+    __m256i _mm256_set1_epi8(char a)
+    __m256i _mm256_add_epi64(__m256i a, __m256i b)
+    __m256i _mm256_sad_epu8(__m256i a, __m256i b)
     __m256i _mm256_blendv_epi8(__m256i a, __m256i b, __m256i mask)
     __m256i _mm256_srai_epi32(__m256i a, int count)
     __m256i _mm256_xor_si256(__m256i a, __m256i b)
@@ -142,7 +146,7 @@ cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int3
        AVX2 compares, stopping as soon as some threshold has exactly k candidates at or above it;
     4. the candidates > T, then the first ones == T in index order (lower key index first)."""
     cdef int nvec = ld // 8, groups, g, v, c, i, gsize, n_gt, need, got, cvec, cnt
-    cdef __m256i mx, lo_v, x, lvec, idx, step = _mm256_set1_epi32(8), minv = _mm256_set1_epi32(INT32_MIN)
+    cdef __m256i mx, mx2, hi_v, perm, lo_v, x, lvec, idx, step = _mm256_set1_epi32(8), minv = _mm256_set1_epi32(INT32_MIN)
     cdef int32_t low, t, x_i
     cdef int eq, take
     cdef long long lo, hi, mid
@@ -152,38 +156,45 @@ cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int3
     groups = (k + 7) // 8
     gsize = (nvec + groups - 1) // groups
     lo_v = _mm256_set1_epi32(0x7FFFFFFF)
+    hi_v = minv
     for g in range(groups):
         mx = minv
-        for v in range(g * gsize, min((g + 1) * gsize, nvec)):
+        mx2 = minv
+        v = g * gsize
+        while v + 1 < min((g + 1) * gsize, nvec):
             mx = _mm256_max_epi32(mx, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)))
+            mx2 = _mm256_max_epi32(mx2, _mm256_loadu_si256(<const __m256i*>(r + 8 * v + 8)))
+            v += 2
+        if v < min((g + 1) * gsize, nvec):
+            mx = _mm256_max_epi32(mx, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)))
+        mx = _mm256_max_epi32(mx, mx2)
         lo_v = _mm256_min_epi32(lo_v, mx)
+        hi_v = _mm256_max_epi32(hi_v, mx)
     _mm256_storeu_si256(<__m256i*>lanes, lo_v)
     low = lanes[0]
     for i in range(1, 8):
         low = lanes[i] if lanes[i] < low else low
+    _mm256_storeu_si256(<__m256i*>lanes, hi_v)
+    hi = lanes[0]
+    for i in range(1, 8):
+        hi = lanes[i] if lanes[i] > hi else hi
     if low == INT32_MIN:  # an empty group or a lane of masked keys: no bound, every valid key is a candidate
         low = INT32_MIN + 1
     # 2. Compaction: indices and values of r >= low, in index order.
     lvec = _mm256_set1_epi32(low - 1)
     idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
     c = 0
-    mx = minv
     for v in range(nvec):
         x = _mm256_loadu_si256(<const __m256i*>(r + 8 * v))
         mask = <unsigned int>_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, lvec)))
-        lo_v = _mm256_loadu_si256(<const __m256i*>_COMPACT[mask])
-        _mm256_storeu_si256(<__m256i*>(cand + c), _mm256_permutevar8x32_epi32(idx, lo_v))
-        _mm256_storeu_si256(<__m256i*>(cv + c), _mm256_permutevar8x32_epi32(x, lo_v))
-        mx = _mm256_max_epi32(mx, x)
+        perm = _mm256_loadu_si256(<const __m256i*>_COMPACT[mask])
+        _mm256_storeu_si256(<__m256i*>(cand + c), _mm256_permutevar8x32_epi32(idx, perm))
+        _mm256_storeu_si256(<__m256i*>(cv + c), _mm256_permutevar8x32_epi32(x, perm))
         c += _POPCOUNT[mask]
         idx = _mm256_add_epi32(idx, step)
     for i in range(c, (c + 7) // 8 * 8):
         cv[i] = INT32_MIN
     cvec = (c + 7) // 8
-    _mm256_storeu_si256(<__m256i*>lanes, mx)
-    hi = lanes[0]
-    for i in range(1, 8):
-        hi = lanes[i] if lanes[i] > hi else hi
     # 3. Largest T in [low, max] with count(>= T) >= k (count(>= low) = c >= k).
     lo = low
     t = INT32_MIN
@@ -339,11 +350,16 @@ cdef inline void _u7_given(const float* x, uint8_t* q, int n, float inv, float z
     # The codes of _rows._u7_row for a given 1/scale and zero point.
     cdef __m256 inv_v = _mm256_set1_ps(inv), zp_v = _mm256_set1_ps(zpf), zero = _mm256_setzero_ps()
     cdef __m256 top = _mm256_set1_ps(127), v
+    cdef __m256 codes[4]
     cdef float t
     cdef int c, j
     for c in range(n // 8):
         v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * c), inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        _store_codes(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp_v), zero), top), <int8_t*>(q + 8 * c))
+        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp_v), zero), top)
+        if c % 4 == 3:
+            _store_codes32(codes[0], codes[1], codes[2], codes[3], <int8_t*>(q + 8 * (c - 3)), True)
+    for c in range(n // 32 * 4, n // 8):
+        _store_codes(codes[c % 4], <int8_t*>(q + 8 * c))
     for j in range(n // 8 * 8, n):
         t = _rint(x[j] * inv) + zpf
         t = t if t > 0 else <float>0.0
@@ -352,13 +368,53 @@ cdef inline void _u7_given(const float* x, uint8_t* q, int n, float inv, float z
 
 
 cdef inline void _s8_given(const float* x, const float* sub, int8_t* q, int n, float inv) noexcept nogil:
+    # The codes of _rows._s8_row of (x - sub) for a given 1/scale.
+    cdef __m256 inv_v = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127), hi = _mm256_set1_ps(127), v
+    cdef __m256 codes[4]
     cdef float t
-    cdef int j
-    for j in range(n):
+    cdef int c, j
+    for c in range(n // 8):
+        v = _mm256_sub_ps(_mm256_loadu_ps(x + 8 * c), _mm256_loadu_ps(sub + 8 * c))
+        v = _mm256_round_ps(_mm256_mul_ps(v, inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(v, lo), hi)
+        if c % 4 == 3:
+            _store_codes32(codes[0], codes[1], codes[2], codes[3], q + 8 * (c - 3), False)
+    for c in range(n // 32 * 4, n // 8):
+        _store_codes(codes[c % 4], q + 8 * c)
+    for j in range(n // 8 * 8, n):
         t = _rint((x[j] - sub[j]) * inv)
         t = t if t > -127 else <float>-127.0
         t = t if t < 127 else <float>127.0
         q[j] = <int8_t>(<int32_t>t)
+
+
+cdef inline int32_t _code_sum(const int8_t* q, int n) noexcept nogil:
+    # Sum of n int8 codes: bytes biased to unsigned, summed by vpsadbw.
+    cdef __m256i acc = _mm256_setzero_si256(), bias = _mm256_set1_epi8(-128)
+    cdef long long parts[4]
+    cdef int32_t s = 0
+    cdef int c, j
+    for c in range(n // 32):
+        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(
+            _mm256_loadu_si256(<const __m256i*>(q + 32 * c)), bias), _mm256_setzero_si256()))
+    _mm256_storeu_si256(<__m256i*>parts, acc)
+    s = <int32_t>(parts[0] + parts[1] + parts[2] + parts[3]) - 128 * (n // 32 * 32)
+    for j in range(n // 32 * 32, n):
+        s += q[j]
+    return s
+
+
+cdef inline void _minmax_abs(const float* x, const float* sub, int n, __m256* lo, __m256* hi, __m256* amax) noexcept nogil:
+    # Lane-wise min, max and max |x - sub| over x[0:n] (n % 8 == 0); sub may be NULL.
+    cdef __m256 v, absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))
+    cdef int c
+    for c in range(n // 8):
+        v = _mm256_loadu_ps(x + 8 * c)
+        if sub != NULL:
+            v = _mm256_sub_ps(v, _mm256_loadu_ps(sub + 8 * c))
+        lo[0] = _mm256_min_ps(lo[0], v)
+        hi[0] = _mm256_max_ps(hi[0], v)
+        amax[0] = _mm256_max_ps(amax[0], _mm256_and_ps(v, absmask))
 
 
 cdef int _prepare_head(Head* h, Work* w) noexcept nogil:
@@ -366,8 +422,8 @@ cdef int _prepare_head(Head* h, Work* w) noexcept nogil:
     valid keys whose k or v row holds NaN or infinity (the head is then all NaN)."""
     cdef int j, d, nvalid = 0, bad = 0, i
     cdef const float* row
-    cdef float amax, a, lo, hi, scale, inv, zpf, vmin, vmax
-    cdef int32_t s
+    cdef float amax, a, lo, hi, scale, inv, zpf
+    cdef __m256 lo_v, hi_v, amax_v
     for j in range(h.keys):
         w.keymask[j] = -1 if h.valid[j] else 0
         if h.valid[j]:
@@ -408,12 +464,20 @@ cdef int _prepare_head(Head* h, Work* w) noexcept nogil:
     else:
         # One K scale over the valid keys, one Q scale and zero point over the valid finite query rows.
         amax = 0
+        lo_v = _mm256_setzero_ps()
+        hi_v = _mm256_setzero_ps()
+        amax_v = _mm256_setzero_ps()
         for i in range(nvalid):
             row = h.k + w.valid_idx[i] * h.k_rs
+            if h.dim % 8 == 0:
+                _minmax_abs(row, w.kmean, h.dim, &lo_v, &hi_v, &amax_v)
+                continue
             for d in range(h.dim):
                 a = row[d] - w.kmean[d]
                 a = a if a >= 0 else -a
                 amax = a if a > amax else amax
+        a = _hmax(amax_v)
+        amax = a if a > amax else amax
         scale = amax / <float>127.0
         inv = <float>1.0 / scale if scale > 0 else <float>0.0
         if not (scale > 0) or inv > <float>3.0e38:
@@ -428,14 +492,23 @@ cdef int _prepare_head(Head* h, Work* w) noexcept nogil:
             w.kscale[j] = 1
         lo = 0
         hi = 0
+        lo_v = _mm256_setzero_ps()
+        hi_v = _mm256_setzero_ps()
         for i in range(h.rows):
             if i < h.keys and h.valid[i]:
                 row = h.q + i * h.q_rs
                 if _row_special(row, h.dim):
                     continue
+                if h.dim % 8 == 0:
+                    _minmax_abs(row, NULL, h.dim, &lo_v, &hi_v, &amax_v)
+                    continue
                 for d in range(h.dim):
                     lo = row[d] if row[d] < lo else lo
                     hi = row[d] if row[d] > hi else hi
+        a = _hmin(lo_v)
+        lo = a if a < lo else lo
+        a = _hmax(hi_v)
+        hi = a if a > hi else hi
         scale = (hi - lo) / <float>127.0
         inv = <float>1.0 / scale if scale > 0 else <float>0.0
         if not (scale > 0) or inv > <float>3.0e38:
@@ -446,10 +519,7 @@ cdef int _prepare_head(Head* h, Work* w) noexcept nogil:
         h.q_inv = inv
         h.q_zp = zpf
     for j in range(h.keys):
-        s = 0
-        for d in range(h.dim):
-            s = s + w.kq[j * h.dim + d]
-        w.ksum[j] = s
+        w.ksum[j] = _code_sum(w.kq + j * h.dim, h.dim)
     return 0
 
 
