@@ -56,6 +56,7 @@ cdef extern from "immintrin.h" nogil:
     __m256 _mm256_permute2f128_ps(__m256 a, __m256 b, int imm)
     __m256 _mm256_blend_ps(__m256 a, __m256 b, int imm)
     __m256 _mm256_div_ps(__m256 a, __m256 b)
+    __m256 _mm256_fnmadd_ps(__m256 a, __m256 b, __m256 c)
 
 
 cdef enum:
@@ -134,11 +135,42 @@ cdef inline int _count_above(const int32_t* x, int nvec, int32_t thr) noexcept n
     return c
 
 
-cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int32_t* sel) noexcept nogil:
-    """Indices of the k largest of r[0:ld] (INT32_MIN = not selectable, at least k+1 selectable entries
-    assumed), ties to the lower index, written to sel in increasing index order; returns k.
+cdef struct Rank:
+    # How _select_row turns a row of int32 Q.K^T into ranking values (in place, during its first pass).
+    int mode                # RAW: the row already holds them; HEAD: A - zk; TOKEN: bits of (A - zp * ksum) * kscale
+    const int32_t* zk       # (ld,) zp * ksum (HEAD)
+    const float* ksum       # (ld,) K code sums as floats (TOKEN)
+    const float* kscale     # (ld,) K scales (TOKEN)
+    const int32_t* keymask  # (ld,) -1 valid, 0 masked (HEAD, TOKEN)
+    float zp                # the row's Q zero point (TOKEN)
 
-    ld is a multiple of 8; cand and cv hold ld + 8 entries.  No sorting:
+cdef enum:
+    RAW, HEAD, TOKEN
+
+
+cdef inline __m256i _rank_vec(const Rank* rk, __m256i a, int j) noexcept nogil:
+    cdef __m256 f
+    cdef __m256i bits
+    if rk.mode == RAW:
+        return a
+    if rk.mode == HEAD:
+        a = _mm256_sub_epi32(a, _mm256_loadu_si256(<const __m256i*>(rk.zk + j)))
+    else:
+        # A - zp * ksum is exact in float (integers below 2**24), so the fused multiply-add is too.
+        f = _mm256_fnmadd_ps(_mm256_set1_ps(rk.zp), _mm256_loadu_ps(rk.ksum + j), _mm256_cvtepi32_ps(a))
+        bits = _mm256_castps_si256(_mm256_mul_ps(f, _mm256_loadu_ps(rk.kscale + j)))
+        # negative floats: flip the magnitude bits, so that the signed int32 order is the float order
+        a = _mm256_xor_si256(bits, _mm256_and_si256(_mm256_srai_epi32(bits, 31), _mm256_set1_epi32(0x7FFFFFFF)))
+    return _mm256_blendv_epi8(_mm256_set1_epi32(INT32_MIN), a,
+                              _mm256_loadu_si256(<const __m256i*>(rk.keymask + j)))
+
+
+cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int32_t* sel, const Rank* rk) noexcept nogil:
+    """Indices of the k largest of r[0:ld] (INT32_MIN = not selectable, at least k+1 selectable entries
+    assumed), ties to the lower index, written to sel in increasing index order; returns k.  The first
+    pass turns r into ranking values (rk; INT32_MIN for masked keys).
+
+    ld is a multiple of 8; cand and cv hold ld + 8 entries; sel k + 8.  No sorting:
     1. lower bound: groups of vectors reduced lane-wise to 8 maxima each; with at least k such maxima
        (distinct elements), their minimum L has at least k elements >= L;
     2. compaction (movemask + permute table): the indices and values of the elements >= L;
@@ -162,11 +194,17 @@ cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int3
         mx2 = minv
         v = g * gsize
         while v + 1 < min((g + 1) * gsize, nvec):
-            mx = _mm256_max_epi32(mx, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)))
-            mx2 = _mm256_max_epi32(mx2, _mm256_loadu_si256(<const __m256i*>(r + 8 * v + 8)))
+            x = _rank_vec(rk, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)), 8 * v)
+            _mm256_storeu_si256(<__m256i*>(r + 8 * v), x)
+            mx = _mm256_max_epi32(mx, x)
+            x = _rank_vec(rk, _mm256_loadu_si256(<const __m256i*>(r + 8 * v + 8)), 8 * v + 8)
+            _mm256_storeu_si256(<__m256i*>(r + 8 * v + 8), x)
+            mx2 = _mm256_max_epi32(mx2, x)
             v += 2
         if v < min((g + 1) * gsize, nvec):
-            mx = _mm256_max_epi32(mx, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)))
+            x = _rank_vec(rk, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)), 8 * v)
+            _mm256_storeu_si256(<__m256i*>(r + 8 * v), x)
+            mx = _mm256_max_epi32(mx, x)
         mx = _mm256_max_epi32(mx, mx2)
         lo_v = _mm256_min_epi32(lo_v, mx)
         hi_v = _mm256_max_epi32(hi_v, mx)
@@ -242,6 +280,8 @@ def select_rows(const int32_t[:, ::1] scores, const uint8_t[::1] valid, int k, i
     cdef int32_t* cand = <int32_t*>malloc((ld + 8) * sizeof(int32_t))
     cdef int32_t* cv = <int32_t*>malloc((ld + 8) * sizeof(int32_t))
     cdef int32_t* sel = <int32_t*>malloc((k + 8) * sizeof(int32_t))
+    cdef Rank rk
+    rk.mode = RAW
     if r == NULL or cand == NULL or cv == NULL or sel == NULL:
         free(r); free(cand); free(cv); free(sel)
         raise MemoryError()
@@ -260,7 +300,7 @@ def select_rows(const int32_t[:, ::1] scores, const uint8_t[::1] valid, int k, i
                 r[j] = scores[i, j] if valid[j] else INT32_MIN
             for j in range(n, ld):
                 r[j] = INT32_MIN
-            got = _select_row(r, ld, k, cand, cv, sel)
+            got = _select_row(r, ld, k, cand, cv, sel, &rk)
             for j in range(got):
                 index[i, j] = sel[j]
             count[i] = got
@@ -274,6 +314,8 @@ def select_rows(const int32_t[:, ::1] scores, const uint8_t[::1] valid, int k, i
 cdef struct Work:
     int8_t* kq          # (keys, dim) K codes
     int32_t* ksum       # (keys32,) row sums of K codes
+    float* ksumf        # (keys32,) the same as floats
+    int32_t* zk         # (keys32,) Q zero point * ksum (per-head scales)
     float* kscale       # (keys32,) K scales (per token)
     int32_t* keymask    # (keys32,) -1 valid, 0 masked/padding
     int32_t* valid_idx  # (keys,) indices of the valid keys
@@ -298,7 +340,7 @@ cdef void _free(Work* w) noexcept nogil:
     if w == NULL:
         return
     _free_packed(&w.kp)
-    free(w.kq); free(w.ksum); free(w.kscale); free(w.keymask); free(w.valid_idx); free(w.kmean); free(w.tmp)
+    free(w.kq); free(w.ksum); free(w.ksumf); free(w.zk); free(w.kscale); free(w.keymask); free(w.valid_idx); free(w.kmean); free(w.tmp)
     free(w.qq); free(w.qzp); free(w.qbad); free(w.acc); free(w.cand); free(w.sel_tmp); free(w.sel); free(w.nsel)
     free(w.s); free(w.rowscale)
     free(w)
@@ -309,6 +351,8 @@ cdef Work* _new_work(Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) except NU
     if w != NULL:
         w.kq = <int8_t*>malloc(keys32 * dim + 32)
         w.ksum = <int32_t*>malloc(keys32 * sizeof(int32_t))
+        w.ksumf = <float*>malloc(keys32 * sizeof(float))
+        w.zk = <int32_t*>malloc(keys32 * sizeof(int32_t))
         w.kscale = <float*>malloc(keys32 * sizeof(float))
         w.keymask = <int32_t*>malloc(keys32 * sizeof(int32_t))
         w.valid_idx = <int32_t*>malloc(keys32 * sizeof(int32_t))
@@ -324,7 +368,7 @@ cdef Work* _new_work(Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) except NU
         w.nsel = <int32_t*>malloc(ROWS * sizeof(int32_t))
         w.s = <float*>malloc(ROWS * (kk + 8) * sizeof(float))
         w.rowscale = <float*>malloc(ROWS * sizeof(float))
-    if not (w and w.kq and w.ksum and w.kscale and w.keymask and w.valid_idx and w.kmean and w.tmp and w.qq
+    if not (w and w.kq and w.ksum and w.ksumf and w.zk and w.kscale and w.keymask and w.valid_idx and w.kmean and w.tmp and w.qq
             and w.qzp and w.qbad and w.acc and w.cand and w.sel_tmp and w.sel and w.nsel and w.s and w.rowscale):
         _free(w)
         with gil:
@@ -520,6 +564,9 @@ cdef int _prepare_head(Head* h, Work* w) noexcept nogil:
         h.q_zp = zpf
     for j in range(h.keys):
         w.ksum[j] = _code_sum(w.kq + j * h.dim, h.dim)
+    for j in range(h.keys32):
+        w.ksumf[j] = <float>w.ksum[j]
+        w.zk[j] = 0 if h.per_token else <int32_t>h.q_zp * w.ksum[j]
     return 0
 
 
@@ -534,25 +581,6 @@ cdef int _gemm_s32(const uint8_t* a, int lda, PackB* pb, int32_t* c, int ldc, in
         del pa
         del out
     return 0
-
-
-cdef inline void _rank_row(int32_t* r, const Work* w, int keys, int ld, int32_t zp, bint per_token) noexcept nogil:
-    """Ranking values in place: A - zp * ksum (per head) or the order-preserving int32 of
-    float(A - zp * ksum) * kscale (per token); INT32_MIN for masked keys and padding."""
-    cdef __m256i zp_v = _mm256_set1_epi32(zp), minv = _mm256_set1_epi32(INT32_MIN), low31 = _mm256_set1_epi32(0x7FFFFFFF)
-    cdef __m256i a, mask, bits
-    cdef int j
-    for j in range(keys, ld):  # columns FBGEMM did not write
-        r[j] = 0
-    for j in range(0, ld, 8):
-        a = _mm256_sub_epi32(_mm256_loadu_si256(<const __m256i*>(r + j)),
-                             _mm256_mullo_epi32(zp_v, _mm256_loadu_si256(<const __m256i*>(w.ksum + j))))
-        if per_token:
-            bits = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_loadu_ps(w.kscale + j)))
-            # negative floats: flip the magnitude bits, so that the signed int32 order is the float order
-            a = _mm256_xor_si256(bits, _mm256_and_si256(_mm256_srai_epi32(bits, 31), low31))
-        mask = _mm256_loadu_si256(<const __m256i*>(w.keymask + j))
-        _mm256_storeu_si256(<__m256i*>(r + j), _mm256_blendv_epi8(minv, a, mask))
 
 
 cdef inline __m256 _hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
@@ -646,6 +674,7 @@ cdef void _v_sum(const Head* h, const int32_t* sel, const float* p, int n, float
 
 
 cdef int _block(const Head* h, Work* w, int nvalid, int start, int rows, double* prof) except -1 nogil:
+    cdef Rank rk
     cdef int i, d, ld = h.keys32, kk = h.kk, sstride = h.kk + 8, bad = 0, n
     cdef float qscale, total, nan = _nan()
     cdef const float* qrow
@@ -674,9 +703,11 @@ cdef int _block(const Head* h, Work* w, int nvalid, int start, int rows, double*
     if nvalid > h.topk:
         _gemm_s32(w.qq, h.dim, w.kp.mat, w.acc, ld, rows, h.keys, h.dim)
         t = _lap(prof, GEMM_QK, t)
+        rk.mode = TOKEN if h.per_token else HEAD
+        rk.zk, rk.ksum, rk.kscale, rk.keymask = w.zk, w.ksumf, w.kscale, w.keymask
         for i in range(rows):
-            _rank_row(w.acc + i * ld, w, h.keys, ld, w.qzp[i], h.per_token)
-            w.nsel[i] = _select_row(w.acc + i * ld, ld, h.topk, w.cand, w.sel_tmp, w.sel + i * kk)
+            rk.zp = <float>w.qzp[i]
+            w.nsel[i] = _select_row(w.acc + i * ld, ld, h.topk, w.cand, w.sel_tmp, w.sel + i * kk, &rk)
         t = _lap(prof, SELECT, t)
     for i in range(rows):
         if nvalid > h.topk:
