@@ -148,21 +148,57 @@ cdef enum:
     RAW, HEAD, TOKEN
 
 
-cdef inline __m256i _rank_vec(const Rank* rk, __m256i a, int j) noexcept nogil:
+cdef inline __m256i _rank_vec(int mode, __m256i a, int j, const int32_t* zk, const float* ksum, const float* kscale,
+                              const int32_t* keymask, __m256 zp) noexcept nogil:
     cdef __m256 f
     cdef __m256i bits
-    if rk.mode == RAW:
+    if mode == RAW:
         return a
-    if rk.mode == HEAD:
-        a = _mm256_sub_epi32(a, _mm256_loadu_si256(<const __m256i*>(rk.zk + j)))
+    if mode == HEAD:
+        a = _mm256_sub_epi32(a, _mm256_loadu_si256(<const __m256i*>(zk + j)))
     else:
         # A - zp * ksum is exact in float (integers below 2**24), so the fused multiply-add is too.
-        f = _mm256_fnmadd_ps(_mm256_set1_ps(rk.zp), _mm256_loadu_ps(rk.ksum + j), _mm256_cvtepi32_ps(a))
-        bits = _mm256_castps_si256(_mm256_mul_ps(f, _mm256_loadu_ps(rk.kscale + j)))
+        f = _mm256_fnmadd_ps(zp, _mm256_loadu_ps(ksum + j), _mm256_cvtepi32_ps(a))
+        bits = _mm256_castps_si256(_mm256_mul_ps(f, _mm256_loadu_ps(kscale + j)))
         # negative floats: flip the magnitude bits, so that the signed int32 order is the float order
         a = _mm256_xor_si256(bits, _mm256_and_si256(_mm256_srai_epi32(bits, 31), _mm256_set1_epi32(0x7FFFFFFF)))
-    return _mm256_blendv_epi8(_mm256_set1_epi32(INT32_MIN), a,
-                              _mm256_loadu_si256(<const __m256i*>(rk.keymask + j)))
+    return _mm256_blendv_epi8(_mm256_set1_epi32(INT32_MIN), a, _mm256_loadu_si256(<const __m256i*>(keymask + j)))
+
+
+cdef inline void _rank_pass(int mode, int32_t* r, int nvec, int groups, int gsize, const Rank* rk,
+                            __m256i* lo_out, __m256i* hi_out) noexcept nogil:
+    """Rank r in place (mode is a constant at each call site, so each loop is specialised) and reduce
+    it to lane-wise group maxima: lo_out = their minimum, hi_out = their maximum."""
+    cdef const int32_t* zk = rk.zk
+    cdef const float* ksum = rk.ksum
+    cdef const float* kscale = rk.kscale
+    cdef const int32_t* keymask = rk.keymask
+    cdef __m256 zp = _mm256_set1_ps(rk.zp)
+    cdef __m256i minv = _mm256_set1_epi32(INT32_MIN), mx, mx2, x, lo_v = _mm256_set1_epi32(0x7FFFFFFF), hi_v = minv
+    cdef int g, v, end
+    for g in range(groups):
+        mx = minv
+        mx2 = minv
+        v = g * gsize
+        end = min((g + 1) * gsize, nvec)
+        while v + 1 < end:
+            x = _rank_vec(mode, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)), 8 * v, zk, ksum, kscale, keymask, zp)
+            _mm256_storeu_si256(<__m256i*>(r + 8 * v), x)
+            mx = _mm256_max_epi32(mx, x)
+            x = _rank_vec(mode, _mm256_loadu_si256(<const __m256i*>(r + 8 * v + 8)), 8 * v + 8, zk, ksum, kscale,
+                          keymask, zp)
+            _mm256_storeu_si256(<__m256i*>(r + 8 * v + 8), x)
+            mx2 = _mm256_max_epi32(mx2, x)
+            v += 2
+        if v < end:
+            x = _rank_vec(mode, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)), 8 * v, zk, ksum, kscale, keymask, zp)
+            _mm256_storeu_si256(<__m256i*>(r + 8 * v), x)
+            mx = _mm256_max_epi32(mx, x)
+        mx = _mm256_max_epi32(mx, mx2)
+        lo_v = _mm256_min_epi32(lo_v, mx)
+        hi_v = _mm256_max_epi32(hi_v, mx)
+    lo_out[0] = lo_v
+    hi_out[0] = hi_v
 
 
 cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int32_t* sel, const Rank* rk) noexcept nogil:
@@ -188,27 +224,12 @@ cdef int _select_row(int32_t* r, int ld, int k, int32_t* cand, int32_t* cv, int3
     # 1. ceil(k / 8) groups give >= k lane maxima (fewer if the row is short: then no bound).
     groups = (k + 7) // 8
     gsize = (nvec + groups - 1) // groups
-    lo_v = _mm256_set1_epi32(0x7FFFFFFF)
-    hi_v = minv
-    for g in range(groups):
-        mx = minv
-        mx2 = minv
-        v = g * gsize
-        while v + 1 < min((g + 1) * gsize, nvec):
-            x = _rank_vec(rk, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)), 8 * v)
-            _mm256_storeu_si256(<__m256i*>(r + 8 * v), x)
-            mx = _mm256_max_epi32(mx, x)
-            x = _rank_vec(rk, _mm256_loadu_si256(<const __m256i*>(r + 8 * v + 8)), 8 * v + 8)
-            _mm256_storeu_si256(<__m256i*>(r + 8 * v + 8), x)
-            mx2 = _mm256_max_epi32(mx2, x)
-            v += 2
-        if v < min((g + 1) * gsize, nvec):
-            x = _rank_vec(rk, _mm256_loadu_si256(<const __m256i*>(r + 8 * v)), 8 * v)
-            _mm256_storeu_si256(<__m256i*>(r + 8 * v), x)
-            mx = _mm256_max_epi32(mx, x)
-        mx = _mm256_max_epi32(mx, mx2)
-        lo_v = _mm256_min_epi32(lo_v, mx)
-        hi_v = _mm256_max_epi32(hi_v, mx)
+    if rk.mode == HEAD:
+        _rank_pass(HEAD, r, nvec, groups, gsize, rk, &lo_v, &hi_v)
+    elif rk.mode == TOKEN:
+        _rank_pass(TOKEN, r, nvec, groups, gsize, rk, &lo_v, &hi_v)
+    else:
+        _rank_pass(RAW, r, nvec, groups, gsize, rk, &lo_v, &hi_v)
     _mm256_storeu_si256(<__m256i*>lanes, lo_v)
     low = lanes[0]
     for i in range(1, 8):
