@@ -4,6 +4,8 @@ the raw int8 vs fp32 GEMM speed at attention shapes. Prints markdown tables.
     python tools/bench_attention_core.py                      # seq 128 and 512, batch 8, 1 and 2 threads
     python tools/bench_attention_core.py --repeats 40 --no-gemm
     python tools/bench_attention_core.py --head-dim 64 -b dense -b topk:k=16,scorer=fbgemm   # q/k/v of dim 64
+    python tools/bench_attention_core.py --clock cpu ...       # process CPU seconds per call instead of wall
+    python tools/bench_attention_core.py --forward --seq 512 --threads 2 -b dense -b topk:k=16,scorer=fbgemm
 
 The attention core is what the runner and asv time (``harness.speed``): the backend's attention function
 (``harness.backends.attention_interface.attention_function``) called as the embedded MiniLM's first layer calls it, on seeded
@@ -12,7 +14,11 @@ head_dim ** -0.5). All backends of one (seq, threads)
 configuration are timed round-robin in this process (``harness.execution.sampling.time_interleaved``: warm-up,
 rotating order, one sample per call); cells give the median in ms, the IQR and the speed-up over dense SDPA.
 ``other load`` is the mean number of cores other processes kept busy meanwhile: numbers taken while it is
-well above 0 are not to be trusted on a 2-core machine.
+well above 0 are not to be trusted on a 2-core machine. ``--clock cpu`` samples the process's CPU time per call
+(user + system, all threads) instead: on a busy shared machine it is far less disturbed by time-slicing than
+wall time (it does not see waits, so compare it with wall-time ratios taken at low load). ``--forward`` times
+the whole model forward (``harness.speed`` speed cases: the embedded model on the sample data) instead of
+the attention core.
 """
 
 from __future__ import annotations
@@ -32,10 +38,29 @@ from harness import load_registry  # noqa: E402
 from harness import kernels_bench as bench  # noqa: E402
 from harness.backends.attention_interface import attention_function  # noqa: E402
 from harness.backends.attention_interface import attention_modules  # noqa: E402
-from harness.execution.sampling import Timing, time_interleaved  # noqa: E402
+from harness.execution.sampling import WALL_CLOCK, Timing, time_interleaved  # noqa: E402
 from harness.models.loading import load_task_models  # noqa: E402
 from harness.execution.runner import prepare_model  # noqa: E402
-from harness.speed import SPEED_TASK, attention_core_call, random_qkv  # noqa: E402
+from harness.speed import SPEED_TASK, attention_core_call, random_qkv, speed_case  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class CpuClock:
+    """Process CPU seconds (user + system, all threads) per call, from ``time.process_time``."""
+
+    name: str = "cpu"
+    unit: str = "s"
+
+    def measure(self, fn, number: int) -> float:
+        start = time.process_time()
+        for _ in range(number):
+            fn()
+        return (time.process_time() - start) / number
+
+
+CLOCKS = {"wall": WALL_CLOCK, "cpu": CpuClock()}
 
 BACKENDS = ("dense", "dense:impl=eager", "fbgemm-int8", "fbgemm-int8:pv=float", "topk:k=16",
             "topk:k=16,scorer=fbgemm", "topk:k=32,scorer=fbgemm")
@@ -54,9 +79,17 @@ def _core_call(backend, model: torch.nn.Module, qkv: tuple[torch.Tensor, ...], h
     return call
 
 
+def time_forwards(specs: list[str], seq: int, batch: int, threads: int, repeats: int, warmup: int,
+                  clock=WALL_CLOCK) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
+    """Timings of the whole model forward per backend (``harness.speed.speed_case``), interleaved."""
+    calls = {spec: speed_case(spec, seq_len=seq, batch_size=batch, threads=threads).forward for spec in specs}
+    timings = time_interleaved(calls, repeats=repeats, warmup=warmup, clock=clock)
+    return timings, next(iter(timings.values())).foreign_load, {}
+
+
 def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: int, warmup: int,
-               head_dim: int | None = None, topk_profiles: tuple[int, ...] = (16,),
-               ) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
+               head_dim: int | None = None, topk_profiles: tuple[int, ...] = (16,), clock=WALL_CLOCK,
+               int8_profiles: bool = True) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
     """Median-ready timings of every backend's attention core, the foreign load, and int8 phase profiles."""
     torch.set_num_threads(threads)
     registry = load_registry()
@@ -72,11 +105,11 @@ def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: in
     for spec in specs:
         backend = registry.resolve(spec)
         calls[spec] = _core_call(backend, prepare_model(base, backend), qkv, head_dim)
-    timings = time_interleaved(calls, repeats=repeats, warmup=warmup)
+    timings = time_interleaved(calls, repeats=repeats, warmup=warmup, clock=clock)
     load = next(iter(timings.values())).foreign_load
     profiles = {}
     q, k, v = qkv
-    for pv in ("int8", "float"):
+    for pv in ("int8", "float") if int8_profiles else ():
         profile = np.zeros(len(ck.ATTENTION_PHASES))
         for _ in range(repeats):
             ck.attention_u8s8(q, k, v, pv=pv, profile=profile)
@@ -141,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topk-profile", type=int, nargs="*", default=[16],
                         help="k values of the fused top-k kernel's phase profile (granularity=head)")
     parser.add_argument("--no-int8-profile", action="store_true", help="skip fbgemm-int8's phase tables")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall seconds (default) or process CPU seconds per call")
+    parser.add_argument("--forward", action="store_true", help="time the whole model forward, not the core")
     parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM GOP/s table")
     args = parser.parse_args(argv)
     if not ck.AVAILABLE:
@@ -151,14 +187,23 @@ def main(argv: list[str] | None = None) -> None:
     features = ck.cpu_features()
     print(f"FBGEMM ISA {features['isa']}, own packing {ck.own_packing()}, torch {torch.__version__}, "
           f"batch {args.batch}, {args.repeats} interleaved samples per backend\n")
+    clock = CLOCKS[args.clock]
     results = {}
     for seq in args.seq:
         for threads in args.threads:
-            results[seq, threads] = time_cores(specs, seq, args.batch, threads, args.repeats, args.warmup,
-                                               args.head_dim, tuple(args.topk_profile))
-    print("### Attention core latency (median ± IQR, speed-up over dense SDPA)\n")
+            if args.forward:
+                results[seq, threads] = time_forwards(specs, seq, args.batch, threads, args.repeats, args.warmup,
+                                                      clock)
+            else:
+                results[seq, threads] = time_cores(specs, seq, args.batch, threads, args.repeats, args.warmup,
+                                                   args.head_dim, tuple(args.topk_profile), clock,
+                                                   not (args.no_int8_profile or args.head_dim))
+    what = "Whole forward" if args.forward else "Attention core"
+    print(f"### {what} latency ({args.clock} clock; median ± IQR, speed-up over dense SDPA)\n")
     print(latency_table(results, specs))
-    for pv in () if args.no_int8_profile else ("int8", "float"):
+    if args.forward:
+        return
+    for pv in () if args.no_int8_profile or args.head_dim else ("int8", "float"):
         print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (per call, summed over threads)\n")
         print(breakdown_table(results, pv))
     for topk in args.topk_profile if ck.TOPK_AVAILABLE else ():
