@@ -13,6 +13,10 @@
 3. Exact full-precision scores are computed only for the selected keys (gathered, so the cost scales with
    ``k``), then softmax and the weighted sum of V over them. With ``k`` ≥ the valid length this is dense
    attention.
+
+With ``scorer=fbgemm`` and ``granularity`` ``head`` or ``token``, all three steps run fused per (batch, head)
+in ``cython_kernels.topk_attention_u8s8`` (same quantizers and selection, no score tensor, no gathered
+copies of K and V; NaN/inf propagate as in dense attention); ``granularity=tensor`` uses the steps above.
 """
 
 from __future__ import annotations
@@ -181,6 +185,11 @@ class TopK(Backend):
             return {"fbgemm_isa": str(ck.cpu_features()["isa"])}
         return {}
 
+    def fused(self) -> bool:
+        """Whether :meth:`attention` runs the fused kernel (``scorer=fbgemm``, per-head or per-token scales)."""
+        return (self.values["scorer"] == "fbgemm" and self.values["granularity"] in ("head", "token")
+                and ck.TOPK_AVAILABLE)
+
     def approximate_scores(self, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
         """Low-precision scores used only for ranking (no softmax scaling: it does not change the order)."""
         valid_tokens = valid_keys.transpose(-1, -2)  # self-attention: query and key positions coincide
@@ -200,6 +209,10 @@ class TopK(Backend):
                   **kwargs) -> tuple[torch.Tensor, None]:
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
         valid_keys = key_validity(attention_mask, query)
+        if self.fused():
+            return ck.topk_attention_u8s8(query, key, value, valid_keys[:, 0, 0, :], topk=self.values["k"],
+                                          scaling=scaling, granularity=self.values["granularity"],
+                                          smooth_k=self.values["smooth_k"]), None
         poisoned = nonfinite_heads(key, value, valid_keys)
         finite_inputs = poisoned is None and bool(torch.isfinite(query).all())
         approximate = self.approximate_scores(query if finite_inputs else _finite(query),
