@@ -278,6 +278,32 @@ def _key_valid(key_valid: Array | None, batch: int, seq: int) -> np.ndarray:
     return (kv != 0).astype(np.uint8)
 
 
+def _attention_call(q, k, v, key_valid, scaling, profile, phases):
+    """Validated inputs of a fused attention kernel: float32 ``(batch, heads, seq, dim)`` views of q, k, v, the
+    key-validity mask and trailing-valid-key counts, the softmax scale, and the ``(batch, seq, heads, dim)``
+    output (a tensor when q is one) with its NumPy view. Raises ``TypeError``/``ValueError``."""
+    q_np, k_np, v_np = (_attention_input(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
+    if not q_np.shape == k_np.shape == v_np.shape:
+        raise ValueError(f"q, k and v must have the same shape (self-attention), got "
+                         f"{q_np.shape}, {k_np.shape}, {v_np.shape}")
+    batch, heads, seq, dim = q_np.shape
+    valid = _key_valid(key_valid, batch, seq)
+    any_valid = valid.any(axis=1)
+    n_keys = np.where(any_valid, seq - np.argmax(valid[:, ::-1], axis=1), 0).astype(np.int32)
+    scale = dim ** -0.5 if scaling is None else float(scaling)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scaling must be finite and > 0, got {scaling!r}")
+    if profile is not None and (not isinstance(profile, np.ndarray) or profile.dtype != np.float64
+                                or profile.shape != (len(phases),)):
+        raise ValueError(f"profile must be a float64 array of shape ({len(phases)},)")
+    if arr.is_tensor(q):
+        out = arr._torch().empty((batch, seq, heads, dim), dtype=arr._torch().float32)
+        out_np = out.numpy()
+    else:
+        out = out_np = np.empty((batch, seq, heads, dim), np.float32)
+    return q_np, k_np, v_np, valid, n_keys, scale, out, out_np
+
+
 def attention_u8s8(
     q: Array,
     k: Array,
@@ -314,28 +340,10 @@ def attention_u8s8(
     ``len(ATTENTION_PHASES)`` to which the time of each phase is added.
     """
     _require()
-    q_np, k_np, v_np = (_attention_input(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
-    if not q_np.shape == k_np.shape == v_np.shape:
-        raise ValueError(f"q, k and v must have the same shape (self-attention), got "
-                         f"{q_np.shape}, {k_np.shape}, {v_np.shape}")
-    batch, heads, seq, dim = q_np.shape
     if pv not in ("int8", "float"):
         raise ValueError(f"pv must be 'int8' or 'float', got {pv!r}")
-    valid = _key_valid(key_valid, batch, seq)
-    any_valid = valid.any(axis=1)
-    n_keys = np.where(any_valid, seq - np.argmax(valid[:, ::-1], axis=1), 0).astype(np.int32)
-    scale = dim ** -0.5 if scaling is None else float(scaling)
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scaling must be finite and > 0, got {scaling!r}")
-    if profile is not None and (not isinstance(profile, np.ndarray) or profile.dtype != np.float64
-                                or profile.shape != (len(ATTENTION_PHASES),)):
-        raise ValueError(f"profile must be a float64 array of shape ({len(ATTENTION_PHASES)},)")
-    torch = arr._torch()
-    if arr.is_tensor(q):
-        out = torch.empty((batch, seq, heads, dim), dtype=torch.float32)
-        out_np = out.numpy()
-    else:
-        out = out_np = np.empty((batch, seq, heads, dim), np.float32)
+    q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
+                                                                          ATTENTION_PHASES)
     bad = _attention.attention_u8s8(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale,
                                     pv == "int8", bool(smooth_k), arr.threads_arg(threads), profile)
     if bad:
@@ -392,30 +400,12 @@ def topk_attention_u8s8(
     ``len(TOPK_PHASES)`` to which the seconds of each phase (summed over threads) are added.
     """
     _require_topk()
-    q_np, k_np, v_np = (_attention_input(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
-    if not q_np.shape == k_np.shape == v_np.shape:
-        raise ValueError(f"q, k and v must have the same shape (self-attention), got "
-                         f"{q_np.shape}, {k_np.shape}, {v_np.shape}")
-    batch, heads, seq, dim = q_np.shape
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
         raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
     if granularity not in ("token", "head"):
         raise ValueError(f"granularity must be 'token' or 'head', got {granularity!r}")
-    valid = _key_valid(key_valid, batch, seq)
-    any_valid = valid.any(axis=1)
-    n_keys = np.where(any_valid, seq - np.argmax(valid[:, ::-1], axis=1), 0).astype(np.int32)
-    scale = dim ** -0.5 if scaling is None else float(scaling)
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scaling must be finite and > 0, got {scaling!r}")
-    if profile is not None and (not isinstance(profile, np.ndarray) or profile.dtype != np.float64
-                                or profile.shape != (len(TOPK_PHASES),)):
-        raise ValueError(f"profile must be a float64 array of shape ({len(TOPK_PHASES)},)")
-    torch = arr._torch()
-    if arr.is_tensor(q):
-        out = torch.empty((batch, seq, heads, dim), dtype=torch.float32)
-        out_np = out.numpy()
-    else:
-        out = out_np = np.empty((batch, seq, heads, dim), np.float32)
+    q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
+                                                                          TOPK_PHASES)
     _topk.topk_attention(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale, int(topk),
                          granularity == "token", bool(smooth_k), bool(_attention.own_packing()),
                          arr.threads_arg(threads), profile)

@@ -93,6 +93,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.models.embedded import pooled_features  # noqa: E402  (the exact features the harness evaluates)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
 SAMPLE_DIR = REPO / "harness" / "tasks" / "glue_sample"
@@ -135,17 +138,6 @@ WARMUP, WEIGHT_DECAY, CLIP = 0.06, 0.01, 1.0
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def pooled_features(hidden, attention_mask, token_type_ids, pair):
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    if not pair:
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-    second = token_type_ids.unsqueeze(-1).to(hidden.dtype) * mask
-    first = mask - second
-    u = (hidden * first).sum(1) / first.sum(1).clamp(min=1)
-    v = (hidden * second).sum(1) / second.sum(1).clamp(min=1)
-    return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
 
 class Classifier(torch.nn.Module):
