@@ -21,7 +21,7 @@ def _registry():
 def cmd_backends(args: argparse.Namespace) -> int:
     from .listing_cache import cached_listing
 
-    if args.check:
+    if _checks_availability(args):
         text = _backends_text(args)[0]
     else:
         text = cached_listing("backends-json" if args.json else "backends", lambda: _backends_text(args),
@@ -30,28 +30,42 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checks_availability(args: argparse.Namespace) -> bool:
+    """``--check``, or a device or dtype to check on: availability is asked, never cached."""
+    return bool(args.check or args.device or args.dtype)
+
+
 def _backends_text(args: argparse.Namespace) -> tuple[str, bool]:
     from .backends.contract import ask_unavailable_reason
+    from .devices import backend_devices, dtype_name, parse_placement, placement_reason
 
+    placement = parse_placement(args.device or "cpu", args.dtype or "float32")
+    check = _checks_availability(args)
     registry = _registry()
     listing = []
     for name in sorted(registry.backends):
         entry = registry.backends[name]
-        reason = ask_unavailable_reason(entry.cls) if args.check else None
+        # the class's declared devices and dtypes first (instances may narrow them per parameter)
+        reason = (placement_reason(entry.cls, placement) or ask_unavailable_reason(entry.cls)) if check else None
         listing.append({"name": name, "description": entry.cls.description, "plugin": entry.plugin.name,
+                        "devices": list(backend_devices(entry.cls)),
+                        "dtypes": [dtype_name(d) for d in getattr(entry.cls, "dtypes", ())],
                         "distribution": entry.plugin.dist, "version": entry.plugin.version,
                         "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
                                     "summary": p.describe()} for p in entry.cls.params],
-                        "available": (reason is None) if args.check else None, "reason": reason})
+                        "available": (reason is None) if check else None, "reason": reason})
     failures = [{"plugin": f.plugin, "distribution": f.dist, "error": f.error} for f in registry.failures]
     if args.json:
-        return json.dumps({"backends": listing, "failed_plugins": failures}, indent=2, default=str) + "\n", not failures
-    lines = []
+        return json.dumps({"backends": listing, "failed_plugins": failures, "device": placement.device,
+                           "dtype": placement.dtype}, indent=2, default=str) + "\n", not failures
+    lines = [f"availability on {placement.device}, {placement.dtype} (--device/--dtype to ask about another)"
+             if check else "availability not checked (--check; --device/--dtype check on that device and dtype)"]
     for item in listing:
-        status = ("availability not checked (--check)" if item["available"] is None
+        status = ("availability not checked" if item["available"] is None
                   else "available" if item["available"] else f"UNAVAILABLE: {item['reason']}")
         lines.append(f"{item['name']}  —  {item['description']}")
         lines.append(f"    plugin {item['plugin']} ({item['distribution']} {item['version']}); {status}")
+        lines.append(f"    devices {', '.join(item['devices'])}; dtypes {', '.join(item['dtypes'])}")
         for param in item["params"]:
             lines.append(f"    {param['summary']}" + (f"  — {param['help']}" if param["help"] else ""))
     for failure in failures:
@@ -85,12 +99,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = _split(args.tasks)
     if tasks == []:
         raise UserError(f"--tasks {args.tasks!r} names no task; give task names such as mrpc,rte (see attnbench tasks)")
-    spec = RunSpec(backends=args.backend or ["dense"], tasks=tasks, shapes=args.shape, model=args.model, data=args.data,
+    shapes = list(dict.fromkeys(args.shape or []))  # --shape: the first is the main latency shape
+    if shapes:
+        args.batch_size, args.seq_len = shapes[0]
+    spec = RunSpec(backends=args.backend or ["dense"], tasks=tasks, extra_shapes=shapes[1:] if shapes else None,
+                   model=args.model, data=args.data,
                    limit=args.limit, max_tokens=args.max_tokens or None, eval_batch_size=args.eval_batch_size,
                    batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads, repeats=args.repeats,
                    warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
                    executor=args.executor, resume=args.resume, store=None if args.no_store else args.store,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, device=args.device, dtype=args.dtype,
+                   l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch)
     result = run(spec)
     print(run_summary(result.rows))
     if spec.store is not None:
@@ -246,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="also check whether each backend can run here (builds kernels, may take seconds)")
     p.add_argument("--refresh", action="store_true", help="rebuild the listing cached for this environment")
+    p.add_argument("--device", metavar="cpu|cuda[:N]", help="availability on this device (default cpu; implies --check)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="availability in this dtype "
+                   "(default float32; implies --check)")
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("tasks", help="list tasks with data source and metrics")
@@ -275,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-examples", type=int, default=64, metavar="N",
                    help="examples per task for the attention-fidelity pass; 0 skips it (default 64)")
     p.add_argument("--no-speed", action="store_true", help="skip the latency and memory cells")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]",
+                   help="where model and inputs live (default cpu); CUDA timings use CUDA events")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="model and inputs cast to this dtype (default float32); below float32 the dense "
+                        "reference is also compared with dense float32")
+    p.add_argument("--no-l2-flush", action="store_true",
+                   help="CUDA timing: do not flush the L2 cache before every timed call (recorded as the clock)")
+    p.add_argument("--throughput-batch", type=_positive, default=128, metavar="N",
+                   help="CUDA: the large-batch throughput shape N × --seq-len, besides batch 1 (default 128)")
     p.add_argument("--executor", default="local", metavar="local|processes:N|dask://HOST:PORT",
                    help="where eval cells run (default: this process); timing always stays here")
     p.add_argument("--resume", action="store_true",

@@ -5,6 +5,7 @@ Nothing here touches the network: the tokenizer comes from the installed gt-all-
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,8 @@ def write_relabelled(root: Path, task, labels_fn) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(embedded_model_dir())
+    # ATTNBENCH_TEST_TOKENIZER: a tokenizer directory where the packaged MiniLM is not installed (tools/gpu_check.sh)
+    return AutoTokenizer.from_pretrained(os.environ.get("ATTNBENCH_TEST_TOKENIZER") or embedded_model_dir())
 
 
 @pytest.fixture(scope="session")

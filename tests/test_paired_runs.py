@@ -143,7 +143,7 @@ def test_compare_across_runs_pairs_the_same_examples_and_refuses_others(learnt, 
 
 def test_several_latency_shapes_in_one_run(tmp_path, tiny_model_dir):
     result = run(RunSpec(backends=["dense"], tasks=["mrpc"], model=[str(tiny_model_dir)], limit=4,
-                         shapes=[(1, 16), (2, 32)], repeats=3, warmup=0, fidelity_examples=0, store=tmp_path / "s",
+                         batch_size=1, seq_len=16, extra_shapes=[(2, 32)], repeats=3, warmup=0, fidelity_examples=0, store=tmp_path / "s",
                          progress=False), log=lambda m: None)
     speed = result.rows[result.rows["category"] == "speed"]
     assert set(zip(speed["batch_size"], speed["seq_len"])) == {(1, 16), (2, 32)}

@@ -146,7 +146,7 @@ def check_finite(spec: str, query: torch.Tensor, key: torch.Tensor, value: torch
     :raises NonFiniteAttentionError: naming the backend and the sequences that break the rule.
     """
     batch, _, seq_len, _ = query.shape
-    tokens = valid_tokens(attention_mask, batch, seq_len)                                    # (batch, seq)
+    tokens = valid_tokens(attention_mask, batch, seq_len).to(query.device)                   # (batch, seq)
     inputs_finite = torch.stack([torch.isfinite(t).all(dim=-1).all(dim=1) for t in (query, key, value)]).all(0)
     inputs_bad = (~inputs_finite & tokens).any(dim=-1)                                         # (batch,)
     outputs_finite = (torch.isfinite(output).flatten(2).all(dim=-1) | ~tokens).all(dim=-1)    # (batch,)

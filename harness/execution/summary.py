@@ -90,6 +90,9 @@ def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
     throughput = _throughput(rows, order)
     if throughput:
         parts.append(throughput)
+    dtype_cost = _dtype_cost(rows, reference)
+    if dtype_cost:
+        parts.append(dtype_cost)
     speed = rows[rows["category"].isin(["speed", "memory"])]
     if not speed.empty:
         parts.extend(_speed(speed, order, reference))
@@ -162,7 +165,8 @@ def _speed(speed: pd.DataFrame, order: list[str], reference: str) -> list[str]:
         samples = timed.set_index(["backend", "metric"])["samples"].to_dict()
         load = timed["foreign_load"] if "foreign_load" in timed else pd.Series(dtype=float)
         threads = shape_rows["threads"].iloc[0]
-        lines = [f"speed and memory (batch {int(batch)} x seq {int(seq)}, {threads} thread(s); median [IQR]; "
+        where = _placement(shape_rows.iloc[0])
+        lines = [f"speed and memory (batch {int(batch)} x seq {int(seq)}, {threads} thread(s){where}; median [IQR]; "
                  f"speed-up vs {reference}: ratio of medians [95 % bootstrap interval])"]
         warnings = []
         for backend in [b for b in order if b in table.index]:
@@ -186,6 +190,8 @@ def _speed(speed: pd.DataFrame, order: list[str], reference: str) -> list[str]:
                 cells.append(f"peak tensors {table.loc[backend, 'peak_memory_forward'] / 2**20:.1f} MiB")
             if "model_size" in table.columns:
                 cells.append(f"weights {table.loc[backend, 'model_size'] / 2**20:.1f} MiB")
+            if "attention_core_tflops" in table.columns:
+                cells.append(f"attention core {table.loc[backend, 'attention_core_tflops']:.1f} TFLOP/s")
             lines.append(f"  {backend}: " + "; ".join(cells))
         busy = load.dropna()
         if len(busy):
@@ -198,3 +204,23 @@ def _speed(speed: pd.DataFrame, order: list[str], reference: str) -> list[str]:
         out.append("\n".join(lines))
     return out
 
+
+def _placement(row: pd.Series) -> str:
+    """``", cuda:NVIDIA H200 bfloat16"`` for rows off the CPU or below float32; empty for CPU float32."""
+    device, dtype = row.get("device"), row.get("dtype")
+    device = device if isinstance(device, str) else "cpu"
+    dtype = dtype if isinstance(dtype, str) else "float32"
+    return "" if (device, dtype) == ("cpu", "float32") else f", {device} {dtype}"
+
+
+def _dtype_cost(rows: pd.DataFrame, reference: str) -> str:
+    """Below float32: the reference at the run's dtype against the reference in float32 (``*_vs_fp32`` rows)."""
+    cost = rows[(rows["backend"] == reference) & rows["metric"].astype(str).str.endswith("_vs_fp32")]
+    if cost.empty:
+        return ""
+    table = cost.pivot_table(index="task", columns="metric", values="value", aggfunc="first", sort=False)
+    table.columns = [c.removesuffix("_vs_fp32") for c in table.columns]
+    keep = [c for c in ("agreement", "max_abs_logit_diff", "attn_cosine_mean") if c in table.columns]
+    dtype = cost["dtype"].iloc[0] if "dtype" in cost else "this dtype"
+    return (f"what {dtype} alone costs: {reference} in {dtype} vs {reference} in float32, same device and inputs\n"
+            + table[keep].to_string(float_format=lambda v: f"{v:.6g}"))

@@ -26,9 +26,11 @@ IDENTITY, SETTING, DESCRIPTIVE, VALUE = "identity", "setting", "descriptive", "v
 #: Bumped whenever columns change; :func:`harness.history.store.read_results` upgrades older files.
 #: 1: first layout; 2: ``plan_id``, ``cell_id``; 3: settings columns (``limit``, ``max_tokens``,
 #: ``eval_batch_size``, ``fidelity_examples``, ``warmup``, ``executor``), and the eval batch limit moves out
-#: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``; 4: uncertainty columns
-#: (``ci_low``, ``ci_high``, ``p_value``, ``stat_method``) and ``foreign_load`` (older files read with nulls).
-SCHEMA_VERSION = 4
+#: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``; 4: ``device``, ``dtype``
+#: (settings: CPU rows never pair with GPU rows, nor float32 with bfloat16), ``clock`` (null: the wall clock)
+#: and ``device_info``; older rows read as ``cpu`` / ``float32``; 5: uncertainty columns (``ci_low``,
+#: ``ci_high``, ``p_value``, ``stat_method``) and ``foreign_load`` (older files read with nulls).
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,14 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("fidelity_examples", pa.int32(), SETTING, "--fidelity-examples (fidelity rows)"),
     Column("warmup", pa.int32(), SETTING, "--warmup: untimed rounds before the timed ones (speed rows)"),
     Column("executor", pa.string(), SETTING, "--executor the eval pass ran on (throughput rows)"),
-    # schema 4: uncertainty (harness.stats) and how busy the machine was
+    # schema 4: where it computed
+    Column("device", pa.string(), SETTING, '"cpu" or "cuda:<GPU name>" (the machine id stays host + CPU)'),
+    Column("dtype", pa.string(), SETTING, "--dtype of model and inputs: float32, bfloat16 or float16"),
+    Column("clock", pa.string(), SETTING, "what a timing sample measures when not the wall clock (null), e.g. "
+           "cuda-event+l2flush (speed rows)"),
+    Column("device_info", pa.string(), DESCRIPTIVE,
+           "JSON on CUDA: GPU name, memory, capability, driver, CUDA and cuDNN versions (null on the CPU)"),
+    # schema 5: uncertainty (harness.stats) and how busy the machine was
     Column("ci_low", pa.float64(), VALUE, "95 % interval of the value: low end (task metrics, paired changes)"),
     Column("ci_high", pa.float64(), VALUE, "95 % interval of the value: high end"),
     Column("p_value", pa.float64(), VALUE,
