@@ -29,3 +29,9 @@ class GemmSpeedup:
         return speedup_int8_vs_fp32(batch_heads, seq, head_dim, threads)
 
     track_int8_speedup.unit = "x"
+
+
+from .common import EXTENDED  # noqa: E402
+
+if not EXTENDED:  # per commit, bench_commit.CommitGemm covers one shape; the grids are the extended selection
+    del Gemm, GemmSpeedup

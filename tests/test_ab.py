@@ -108,3 +108,22 @@ def test_compare_cli_analyses_ab_rows(tmp_path, capsys):
     same["timestamp"] = datetime(2026, 1, 2, tzinfo=timezone.utc)
     write_rows(tmp_path, same.to_dict("records"), {"run_id": "ab-t"})
     assert main(["compare", "ab-t-A", "ab-t-B", "--threshold", "0.03", "--store", str(tmp_path)]) == 0
+
+
+def test_ab_measures_two_revisions_alternately(tmp_path, tiny_model_dir):
+    """Both sides HEAD (identical code): paired rows with session, side and pair; no regression verdict."""
+    from harness.execution.ab_runner import run_ab
+    from harness.history.store import read_results
+
+    session, rows = run_ab("HEAD", "HEAD", backends=["dense", "dense:impl=eager"], parts=("attention_core",),
+                           pairs=2, repeats=3, warmup=1, min_time=0.001, batch_size=2, seq_len=16,
+                           model=[str(tiny_model_dir)], store=str(tmp_path), log=lambda m: None)
+    stored = ab.ab_rows(read_results(tmp_path))
+    assert len(stored) == len(rows) == 2 * 2 * 2  # pairs × sides × backends
+    assert sorted(stored["ab_side"].unique()) == ["A", "B"] and set(stored["ab_pair"]) == {0, 1}
+    first = stored[stored["ab_pair"] == 1].sort_values("timestamp")
+    assert first["ab_side"].iloc[0] == "B"  # the second pair runs B first
+    results = ab.analyse_session(ab.select_session(read_results(tmp_path), session + "-A", session + "-B"))
+    assert {(r.backend, r.relative_to) for r in results} == {("dense", None), ("dense:impl=eager", None),
+                                                             ("dense:impl=eager", "dense")}
+    assert all(r.n == 2 for r in results)

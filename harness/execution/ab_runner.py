@@ -41,7 +41,8 @@ from harness.speed import speed_case
 cases, skipped = {}, {}
 for spec in args["backends"]:
     try:
-        case = speed_case(spec, seq_len=args["seq_len"], batch_size=args["batch_size"], threads=args["threads"])
+        case = speed_case(spec, seq_len=args["seq_len"], batch_size=args["batch_size"], threads=args["threads"],
+                          model=args.get("model"))
     except NotImplementedError as exc:
         skipped[spec] = str(exc)
         continue
@@ -119,7 +120,7 @@ def sample_process(checkout: Checkout, settings: dict, timeout: float = 600) -> 
 
 def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...] = ("attention_core", "forward"),
            pairs: int = 12, repeats: int = 15, warmup: int = 2, min_time: float = 0.02, threads: int = 1,
-           batch_size: int = 8, seq_len: int = 128, store: str | None = None,
+           batch_size: int = 8, seq_len: int = 128, model: list[str] | None = None, store: str | None = None,
            log: Callable[[str], None] | None = None) -> tuple[str, list[dict]]:
     """Measure both revisions alternately; return ``(session id, rows)`` (rows also written to ``store``)."""
     from ..history.store import write_rows
@@ -131,7 +132,7 @@ def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...
     now = datetime.now(timezone.utc)
     session = f"ab-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     settings = {"backends": backends, "parts": list(parts), "repeats": repeats, "warmup": warmup,
-                "min_time": min_time, "threads": threads, "batch_size": batch_size, "seq_len": seq_len}
+                "min_time": min_time, "threads": threads, "batch_size": batch_size, "seq_len": seq_len, "model": model}
     rows: list[dict] = []
     base = process_fields(threads)
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-") as tmp:
@@ -154,7 +155,8 @@ def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...
                                  "metric": METRIC[part], "value": float(np.median(samples)), "unit": "s",
                                  "direction": "lower", "samples": [float(s) for s in samples],
                                  "batch_size": batch_size, "seq_len": seq_len, "n_examples": batch_size,
-                                 "warmup": warmup, "model": "embedded", "task": None,
+                                 "warmup": warmup, "model": ",".join(model) if model else "embedded",
+                                 "task": None,
                                  "extra": json.dumps({"ab": {"session": session, "side": side, "pair": pair,
                                                              "position": position, "rev": checkout.rev}},
                                                      sort_keys=True)})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -212,6 +213,7 @@ class InstructionCounts:
     threads: int = THREADS
     model: str | None = None
     data_source: str | None = None
+    cpu_s: float | None = None    # CPU seconds of the valgrind process (wall time depends on the neighbours)
 
 
 class InstructionsUnavailable(RuntimeError):
@@ -246,16 +248,18 @@ def measure_instructions(specs: list[str], *, model: list[str] | None = None, re
             command += ["--model", m]
         if log:
             log(f"counting instructions of {len(specs)} backend(s) under callgrind (one valgrind process)")
-        start = time.perf_counter()
+        start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
         if proc.returncode or not Path(result_file).exists():
             tail = (proc.stdout + proc.stderr)[-3000:]
             raise RuntimeError(f"callgrind driver failed (exit {proc.returncode}):\n{tail}")
         data = json.loads(Path(result_file).read_text())
     return InstructionCounts(data["counts"], data["skipped"], data.get("isa"), data.get("fbgemm_isa"),
                              valgrind_version(), wall, batch_size, seq_len, THREADS, data.get("model"),
-                             data.get("data_source"))
+                             data.get("data_source"), cpu)
 
 
 def instruction_rows(counts: InstructionCounts, common: dict[str, Any], registry=None) -> list[dict[str, Any]]:
@@ -310,11 +314,11 @@ def run_instructions(specs: list[str], *, store: str | None, model: list[str] | 
     rows = instruction_rows(counts, common, load_registry())
     for spec, reason in counts.skipped.items():
         log(f"skipping instruction counts of {spec}: {reason}")
-    log(f"instruction counts: {len(rows)} rows in {counts.wall_s:.0f} s of valgrind (ISA {counts.isa}, "
+    log(f"instruction counts: {len(rows)} rows in {counts.wall_s:.0f} s ({counts.cpu_s:.0f} s CPU) of valgrind (ISA {counts.isa}, "
         f"FBGEMM {counts.fbgemm_isa})")
     if store is not None and rows:
         write_rows(store, rows, {"run_id": run_id, "timestamp": now.isoformat(), "machine": machine_id(),
-                                 "kind": "instructions", "backends": specs, "wall_s": counts.wall_s,
+                                 "kind": "instructions", "backends": specs, "wall_s": counts.wall_s, "cpu_s": counts.cpu_s,
                                  "argv": sys.argv})
     return rows, counts.skipped
 
