@@ -48,3 +48,12 @@ def test_callgrind_counts_one_backend_in_one_valgrind_process(tiny_model_dir):
     assert row["batch_size"] == 1 and row["seq_len"] == 128 and len(row["samples"]) == 2
     extra = json.loads(row["extra"])
     assert extra["clock"] == "callgrind" and extra["isa"] == counts.isa and "fbgemm_isa" in extra
+
+
+def test_run_instructions_only_without_valgrind_writes_nothing(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
+    assert main(["run", "--instructions-only", "-b", "dense", "--store", str(tmp_path / "store")]) == 0
+    assert "skipping instruction counts: valgrind is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
