@@ -110,6 +110,7 @@ def test_compare_cli_analyses_ab_rows(tmp_path, capsys):
     assert main(["compare", "ab-t-A", "ab-t-B", "--threshold", "0.03", "--store", str(tmp_path)]) == 0
 
 
+@pytest.mark.slow
 def test_ab_measures_two_revisions_alternately(tmp_path, tiny_model_dir):
     """Both sides HEAD (identical code): paired rows with session, side and pair; no regression verdict."""
     from harness.execution.ab_runner import run_ab

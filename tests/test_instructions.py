@@ -29,6 +29,7 @@ def test_missing_valgrind_skips_rows_with_the_reason(tmp_path, monkeypatch):
     assert not (tmp_path / "store").exists()  # nothing written, nothing faked
 
 
+@pytest.mark.slow
 def test_callgrind_counts_one_backend_in_one_valgrind_process(tiny_model_dir):
     reason = instructions.unavailable_reason()
     if reason:
