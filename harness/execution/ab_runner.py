@@ -28,6 +28,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..errors import UserError
 from ..provenance import ROOT, git
 
@@ -147,8 +149,6 @@ def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...
                 stamp = datetime.now(timezone.utc)
                 for name, samples in result["samples"].items():
                     spec, part = name.split("\t")
-                    import numpy as np
-
                     rows.append({**base, "commit": checkout.sha, "dirty": False, "run_id": f"{session}-{side}",
                                  "plan_id": session, "cell_id": f"pair-{pair}", "timestamp": stamp,
                                  "backend": spec, "backend_name": spec.split(":", 1)[0], "category": "speed",
