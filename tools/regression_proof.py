@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({info['slowed'][:10]})", file=sys.stderr)
     if args.action in ("measure", "all"):
         seconds = measure(args.dir, store)
-        print(f"measured {len(seconds)} commits: {sum(seconds):.0f} s, {np.mean(seconds):.0f} s per commit"
-              if (np := __import__("numpy")) else "", file=sys.stderr)
+        print(f"measured {len(seconds)} commits: {sum(seconds):.0f} s, {sum(seconds) / len(seconds):.0f} s per "
+              "commit", file=sys.stderr)
     if args.action in ("check", "all"):
         verdict = check(args.dir, store)
         verdict["seconds"] = round(time.perf_counter() - start)
