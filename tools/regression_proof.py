@@ -163,7 +163,8 @@ def judge(points: list[dict], info: dict) -> dict:
             "ok": bool(named) and not false}
 
 
-def synthetic(store: Path, *, trials: int = 20, commits: int = 20, step: float = 0.05, seed: int = 0) -> dict:
+def synthetic(store: Path | None, *, trials: int = 20, commits: int = 20, step: float = 0.05, seed: int = 0,
+              noise_sd: float | None = None) -> dict:
     """Histories drawn from the measured noise of the instruction series: per commit, the relative deviation
     of each unchanged commit's value from its series' median (the slowed series' segments are centred
     separately). A 5 % step at a random detectable position; counts hits at the right commit and false flags
@@ -174,16 +175,17 @@ def synthetic(store: Path, *, trials: int = 20, commits: int = 20, step: float =
     from harness.history.regressions import detect_change_points
     from harness.history.store import read_results
 
-    rows = read_results(str(store))
-    rows = rows[rows["category"] == "instructions"]
-    deviations = []
-    for _, series in rows.groupby(["backend", "metric"]):
+    rng = np.random.default_rng(seed)
+    rows = read_results(str(store)) if store is not None else None
+    if noise_sd is not None:  # a given noise level instead of a store's: normal per-commit deviations
+        rows = rows.iloc[:0] if rows is not None else None
+    deviations = list(rng.normal(0, noise_sd, 10000)) if noise_sd is not None else []
+    for _, series in ([] if rows is None else rows[rows["category"] == "instructions"].groupby(["backend", "metric"])):
         per_commit = series.groupby("commit")["value"].median().to_numpy()
         median = np.median(per_commit)
         dev = per_commit / median - 1
         deviations.extend(dev[np.abs(dev) < 0.01])  # the slowed series' other level is not noise
     deviations = np.asarray(deviations) if deviations else np.zeros(1)
-    rng = np.random.default_rng(seed)
     hits = false = 0
     for _ in range(trials):
         position = int(rng.integers(MIN_SIDE, commits - MIN_SIDE + 1))
@@ -205,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--position", type=int, help="index of the slowed commit (default: random, seeded)")
     parser.add_argument("--store", type=Path, help="default DIR/../<name>-store")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--noise-sd", type=float, help="synthetic: normal per-commit noise (relative) instead of --store's")
     args = parser.parse_args(argv)
     if args.action == "synthetic":
-        if args.store is None:
-            parser.error("synthetic needs --store")
-        print(json.dumps(synthetic(args.store, trials=args.trials, seed=args.seed), indent=2))
+        if args.store is None and args.noise_sd is None:
+            parser.error("synthetic needs --store or --noise-sd")
+        print(json.dumps(synthetic(args.store, trials=args.trials, seed=args.seed, noise_sd=args.noise_sd)))
         return 0
     if args.dir is None:
         parser.error(f"{args.action} needs DIR")
