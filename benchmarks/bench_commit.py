@@ -9,7 +9,7 @@ two measuring processes instead of one per backend × shape × benchmark. The fu
 ``ATTNBENCH_ASV_EXTENDED=1 asv run …`` (README, "History with asv").
 """
 
-from .common import BACKENDS
+from .common import BACKENDS, EXTENDED
 
 PARTS = ["attention_core", "forward"]
 
@@ -20,7 +20,7 @@ def _unavailable(cache, backend, part=None):
     if backend in cache["skipped"]:
         raise NotImplementedError(cache["skipped"][backend])
     if part is not None and (backend, part) not in cache["values"]:
-        raise NotImplementedError(f"{backend} {part}: not measured")
+        raise NotImplementedError(f"{backend} {part}: not measured per commit (ATTNBENCH_ASV_EXTENDED=1 measures it)")
 
 
 class CommitSpeed:
@@ -68,7 +68,8 @@ class CommitSpeed:
 class CommitInstructions:
     """Instructions (callgrind ``Ir``) per call, batch 1 × 128 tokens, one thread, every backend in one
     valgrind process; skipped with the reason where valgrind is missing. The FBGEMM path under valgrind is
-    AVX2 (it emulates no AVX-512)."""
+    AVX2 (it emulates no AVX-512). Per commit: every attention core and dense's whole forward (the other
+    backends' forwards differ from it only in the core); every forward with ``ATTNBENCH_ASV_EXTENDED=1``."""
 
     version = "commit-instructions-1"
     params = (BACKENDS, PARTS)
@@ -82,7 +83,9 @@ class CommitInstructions:
         except ImportError as exc:
             return {"error": f"not available in this version of attnbench: {exc}"}
         try:
-            counts = measure_instructions(BACKENDS)
+            # the whole forward of every backend is the extended selection (about 1.5 min CPU each under
+            # callgrind here); per commit: every attention core and dense's forward
+            counts = measure_instructions(BACKENDS, forward_for=None if EXTENDED else ["dense"])
         except InstructionsUnavailable as exc:
             return {"error": str(exc)}
         values = {(b, part): sorted(samples)[len(samples) // 2] for b, parts in counts.counts.items()

@@ -186,6 +186,8 @@ def _driver(args: argparse.Namespace) -> int:
         case = build_speed_case(backend, models, task, encoded, batch_size=args.batch_size, seq_len=args.seq_len,
                                 prepared=prepare_model(models.model(task), backend))
         for part in args.parts:
+            if part == "forward" and args.forward_for and spec not in args.forward_for:
+                continue
             candidates[f"{spec}\t{part}"] = getattr(case, part)
     clock = CallgrindClock(args.out_file, args.helper)
     timings = time_interleaved(candidates, repeats=args.repeats, warmup=1, clock=clock, number=1)
@@ -222,9 +224,12 @@ class InstructionsUnavailable(RuntimeError):
 
 def measure_instructions(specs: list[str], *, model: list[str] | None = None, repeats: int = 1,
                          parts: tuple[str, ...] = ("forward", "attention_core"), seq_len: int = SEQ_LEN,
-                         batch_size: int = BATCH_SIZE, timeout: float = 3600,
+                         batch_size: int = BATCH_SIZE, timeout: float = 3600, forward_for: list[str] | None = None,
                          log: Callable[[str], None] | None = None) -> InstructionCounts:
     """Count instructions of every spec's ``parts`` in one valgrind process.
+
+    ``forward_for``: count the whole forward only for these specs (each forward costs about 1.5 min of CPU
+    under callgrind on the embedded default; the attention cores cost seconds).
 
     :raises InstructionsUnavailable: valgrind or the client-request helper is missing (nothing measured).
     :raises RuntimeError: the driver failed under valgrind (its output tail in the message).
@@ -244,6 +249,8 @@ def measure_instructions(specs: list[str], *, model: list[str] | None = None, re
                    "--out-file", out_file, "--helper", str(helper), "--result", result_file,
                    "--repeats", str(repeats), "--seq-len", str(seq_len), "--batch-size", str(batch_size),
                    "--parts", *parts, "--backend", *specs]
+        if forward_for:
+            command += ["--forward-for", *forward_for]
         for m in model or []:
             command += ["--model", m]
         if log:
@@ -334,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", nargs="+", default=["forward", "attention_core"])
     parser.add_argument("--backend", nargs="+", required=True)
     parser.add_argument("--model", action="append")
+    parser.add_argument("--forward-for", nargs="*", help="count the whole forward only of these specs")
     return _driver(parser.parse_args(argv))
 
 
