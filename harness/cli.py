@@ -95,7 +95,8 @@ def _run_instructions(args: argparse.Namespace, run_id: str | None) -> int:
 
     store = None if args.no_store else parse_store(args.store)
     rows, skipped = run_instructions(args.backend or ["dense"], store=store, model=args.model,
-                                     repeats=args.instruction_repeats, run_id=run_id)
+                                     repeats=args.instruction_repeats, run_id=run_id,
+                                     parts=tuple(_split(args.instruction_parts)))
     for r in rows:
         print(f"{r['backend']:28s} {r['metric']:28s} {r['value']:>16,.0f} instructions")
     if store is not None and rows:
@@ -255,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the instruction counts (no eval or wall-time cells)")
     p.add_argument("--instruction-repeats", type=_positive, default=1, metavar="N",
                    help="callgrind samples per backend and part (default 1; counts repeat exactly)")
+    p.add_argument("--instruction-parts", default="attention_core,forward", metavar="PARTS",
+                   help="what to count: attention_core,forward (default both; a forward costs minutes under callgrind)")
     p.set_defaults(func=cmd_run)
 
     store_help = f"results store, a directory or an fsspec URL such as s3://bucket/results (default {DEFAULT_STORE})"

@@ -295,7 +295,8 @@ def instruction_rows(counts: InstructionCounts, common: dict[str, Any], registry
 
 
 def run_instructions(specs: list[str], *, store: str | None, model: list[str] | None = None, repeats: int = 1,
-                     run_id: str | None = None, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+                     run_id: str | None = None, parts: tuple[str, ...] = ("forward", "attention_core"),
+                     log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
     """Measure and (with ``store``) write instruction-count rows; returns ``(rows, skipped)``.
 
     Where valgrind is missing, nothing is measured and ``skipped`` maps every spec to the reason.
@@ -310,7 +311,7 @@ def run_instructions(specs: list[str], *, store: str | None, model: list[str] | 
 
     log = log or (lambda message: print(message, file=sys.stderr))
     try:
-        counts = measure_instructions(specs, model=model, repeats=repeats, log=log)
+        counts = measure_instructions(specs, model=model, repeats=repeats, parts=parts, log=log)
     except InstructionsUnavailable as exc:
         log(f"skipping instruction counts: {exc}")
         return [], {spec: str(exc) for spec in specs}
