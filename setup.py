@@ -88,8 +88,11 @@ def _extensions() -> list[Extension]:
     # the shared row quantizers (_rows.pxd) bit-identical to _quant's.
     attention = extension("_attention", ("-mavx2", "-mfma", "-ffinite-math-only", "-fno-signed-zeros",
                                          "-fno-trapping-math", "-ffp-contract=off"), **torch_libs)
+    # The fused top-k kernel (topk:scorer=fbgemm): same flags as _attention.
+    topk = extension("_topk", ("-mavx2", "-mfma", "-ffinite-math-only", "-fno-signed-zeros",
+                               "-fno-trapping-math", "-ffp-contract=off"), **torch_libs)
     # Generated C++ goes under build/, so it is neither committed nor packaged.
-    return cythonize([gemm, quant, attention], language_level=3, build_dir="build/cython")
+    return cythonize([gemm, quant, attention, topk], language_level=3, build_dir="build/cython")
 
 
 def _extensions_or_none() -> list[Extension]:

@@ -8,6 +8,9 @@ class Gemm:
 
     params = (["int8-fbgemm", "fp32-matmul"], [12, 96], [128, 512], [32, 64], [1, 2])
     param_names = ["impl", "batch_heads", "seq", "head_dim", "threads"]
+    #: asv keys stored results by this instead of a hash of the source: bump it only when what the benchmarks
+    #: of this class measure, or their parameter names or order, change (see README, "History with asv").
+    version = "1"
     number = 1
     repeat = (3, 20, 10.0)
 
@@ -23,6 +26,9 @@ class GemmSpeedup:
 
     params = ([12, 96], [128, 512], [32, 64], [1, 2])
     param_names = ["batch_heads", "seq", "head_dim", "threads"]
+    #: asv keys stored results by this instead of a hash of the source: bump it only when what the benchmarks
+    #: of this class measure, or their parameter names or order, change (see README, "History with asv").
+    version = "1"
     timeout = 120
 
     def track_int8_speedup(self, batch_heads, seq, head_dim, threads):
@@ -31,7 +37,32 @@ class GemmSpeedup:
     track_int8_speedup.unit = "x"
 
 
+class TopkAttention:
+    """The fused top-k kernel alone (``cython_kernels.topk_attention_u8s8``, per-head scales as
+    ``topk:k=K,scorer=fbgemm``) on seeded random q/k/v of shape (batch 8, 12 heads, seq, head_dim)."""
+
+    version = "1"
+    params = ([16, 32], [128, 512], [32, 64], [1, 2])
+    param_names = ["k", "seq", "head_dim", "threads"]
+    number = 1
+    repeat = (3, 20, 10.0)
+
+    def setup(self, k, seq, head_dim, threads):
+        import torch
+
+        import cython_kernels as ck
+        if not ck.TOPK_AVAILABLE:
+            raise NotImplementedError(ck.TOPK_UNAVAILABLE_REASON)
+        generator = torch.Generator().manual_seed(0)
+        self.qkv = [torch.randn(8, 12, seq, head_dim, generator=generator) for _ in range(3)]
+        self.fn = ck.topk_attention_u8s8
+
+    def time_topk_attention(self, k, seq, head_dim, threads):
+        q, kk, v = self.qkv
+        self.fn(q, kk, v, topk=k, granularity="head", threads=threads)
+
+
 from .common import EXTENDED  # noqa: E402
 
-if not EXTENDED:  # per commit, bench_commit.CommitGemm covers one shape; the grids are the extended selection
-    del Gemm, GemmSpeedup
+if not EXTENDED:  # per commit, bench_commit covers one shape; these grids are the extended selection
+    del Gemm, GemmSpeedup, TopkAttention

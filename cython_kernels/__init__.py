@@ -17,6 +17,10 @@ Typical Q @ K^T on per-head tensors (batch*heads, seq, head_dim)::
 Whole self-attention with Q.K^T (and optionally P.V) in int8, fused per head::
 
     out = attention_u8s8(q, k, v, key_valid, pv="int8")    # (B, H, S, D) views -> (B, S, H, D)
+
+Top-k sparse self-attention (int8 selection, exact softmax over the k chosen keys), fused per head::
+
+    out = topk_attention_u8s8(q, k, v, key_valid, topk=16)  # (B, H, S, D) views -> (B, S, H, D)
 """
 
 from .ops import (
@@ -31,6 +35,11 @@ from .ops import (
     own_packing,
     quantize_s8_sym,
     quantize_u7_asym,
+    TOPK_AVAILABLE,
+    TOPK_PHASES,
+    TOPK_UNAVAILABLE_REASON,
+    topk_attention_u8s8,
+    topk_select,
 )
 
 __all__ = [
@@ -45,4 +54,9 @@ __all__ = [
     "own_packing",
     "quantize_s8_sym",
     "quantize_u7_asym",
+    "TOPK_AVAILABLE",
+    "TOPK_PHASES",
+    "TOPK_UNAVAILABLE_REASON",
+    "topk_attention_u8s8",
+    "topk_select",
 ]

@@ -55,3 +55,9 @@ def load() -> tuple[ModuleType | None, ModuleType | None, ModuleType | None, str
     if reason:
         return None, None, None, reason
     return gemm, quant, attention, None
+
+
+def load_extra(name: str) -> tuple[ModuleType | None, str | None]:
+    """Import one more AVX2 + FMA extension (e.g. ``_topk``); call it only after ``load()`` succeeded (the
+    CPU check). Returns ``(module, None)`` or ``(None, reason)``, never raises."""
+    return _import(name)

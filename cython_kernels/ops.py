@@ -24,10 +24,13 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _arrays as arr
-from ._loader import load
+from ._loader import load, load_extra
 
 _gemm, _quant, _attention, UNAVAILABLE_REASON = load()
 AVAILABLE: bool = UNAVAILABLE_REASON is None
+_topk, TOPK_UNAVAILABLE_REASON = load_extra("_topk") if AVAILABLE else (None, UNAVAILABLE_REASON)
+#: Whether the fused top-k kernel (:func:`topk_attention_u8s8`) can run here.
+TOPK_AVAILABLE: bool = TOPK_UNAVAILABLE_REASON is None
 
 Array = Any  # numpy.ndarray or torch.Tensor
 Per = Literal["row", "matrix"]
@@ -345,3 +348,100 @@ def own_packing() -> bool:
     against FBGEMM's own packing once per ISA); if not, FBGEMM packs K and V for every head."""
     _require()
     return bool(_attention.own_packing())
+
+
+#: Phases of :func:`topk_attention_u8s8`'s optional profile, in order (seconds summed over threads).
+TOPK_PHASES: tuple[str, ...] = ("quantize", "gemm_qk", "select", "exact_scores", "softmax", "v_sum")
+
+
+def _require_topk() -> None:
+    if not TOPK_AVAILABLE:
+        raise RuntimeError(f"the fused top-k kernel is unavailable: {TOPK_UNAVAILABLE_REASON}")
+
+
+def topk_attention_u8s8(
+    q: Array,
+    k: Array,
+    v: Array,
+    key_valid: Array | None = None,
+    *,
+    topk: int,
+    scaling: float | None = None,
+    granularity: Literal["token", "head"] = "token",
+    smooth_k: bool = False,
+    threads: int | None = None,
+    profile: np.ndarray | None = None,
+) -> Array:
+    """Top-k sparse self-attention, fused per (batch, head): int8 selection scores, exact softmax over the
+    ``topk`` selected keys of every query (``_topk.pyx`` has the scheme).
+
+    ``q``, ``k``, ``v``: float32 (batch, heads, seq, head_dim), any strides with a contiguous last axis.
+    ``key_valid``: bool or uint8 (batch, seq), True = attend, or None. Returns float32
+    (batch, seq, heads, head_dim), C-contiguous (a torch tensor if ``q`` is one).
+
+    Selection: Q as 7-bit u8 (asymmetric) and K as s8 (symmetric; ``smooth_k`` subtracts K's mean over the
+    valid keys), one scale per token (``granularity="token"``) or per (batch, head) over its valid tokens
+    (``"head"``); exact int32 Q.K^T on FBGEMM; per query the ``topk`` best *valid* keys, ties to the lower key
+    index (all valid keys when there are fewer). Then exact float32 scores ``q.k * scaling`` (default
+    head_dim**-0.5) for those keys only, softmax, and the weighted sum of their V rows. With ``topk`` >= the
+    number of valid keys this is dense attention. A row without a valid key gives 0.
+
+    Non-finite inputs propagate like dense attention (no exception): a query row holding NaN or infinity
+    gives a NaN output row; NaN or infinity in the k or v row of a valid key gives NaN in every output of
+    that (batch, head). Padding keys are never read for scores. ``profile``: optional float64 array of
+    ``len(TOPK_PHASES)`` to which the seconds of each phase (summed over threads) are added.
+    """
+    _require_topk()
+    q_np, k_np, v_np = (_attention_input(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
+    if not q_np.shape == k_np.shape == v_np.shape:
+        raise ValueError(f"q, k and v must have the same shape (self-attention), got "
+                         f"{q_np.shape}, {k_np.shape}, {v_np.shape}")
+    batch, heads, seq, dim = q_np.shape
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
+    if granularity not in ("token", "head"):
+        raise ValueError(f"granularity must be 'token' or 'head', got {granularity!r}")
+    valid = _key_valid(key_valid, batch, seq)
+    any_valid = valid.any(axis=1)
+    n_keys = np.where(any_valid, seq - np.argmax(valid[:, ::-1], axis=1), 0).astype(np.int32)
+    scale = dim ** -0.5 if scaling is None else float(scaling)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scaling must be finite and > 0, got {scaling!r}")
+    if profile is not None and (not isinstance(profile, np.ndarray) or profile.dtype != np.float64
+                                or profile.shape != (len(TOPK_PHASES),)):
+        raise ValueError(f"profile must be a float64 array of shape ({len(TOPK_PHASES)},)")
+    torch = arr._torch()
+    if arr.is_tensor(q):
+        out = torch.empty((batch, seq, heads, dim), dtype=torch.float32)
+        out_np = out.numpy()
+    else:
+        out = out_np = np.empty((batch, seq, heads, dim), np.float32)
+    _topk.topk_attention(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale, int(topk),
+                         granularity == "token", bool(smooth_k), bool(_attention.own_packing()),
+                         arr.threads_arg(threads), profile)
+    return out
+
+
+def topk_select(scores: Array, key_valid: Array | None, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fused kernel's selection alone, on given int32 ``scores`` (rows, n) (for tests).
+
+    Returns ``(index, count)``: int32 (rows, min(topk, n)) and (rows,); ``index[i, :count[i]]`` are, in
+    increasing order, the ``topk`` largest scores of row i among the valid keys (``key_valid`` (n,), None =
+    all), ties to the lower index; all valid keys when there are at most ``topk``. Valid scores must be
+    > INT32_MIN (the kernel's mark of masked keys).
+    """
+    _require_topk()
+    s = np.ascontiguousarray(arr.to_numpy(scores, "scores", np.int32, ndim=2))
+    rows, n = s.shape
+    valid = np.ones(n, np.uint8) if key_valid is None else (np.asarray(key_valid) != 0).astype(np.uint8)
+    if valid.shape != (n,):
+        raise ValueError(f"key_valid must have shape ({n},), got {valid.shape}")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if (s[:, valid.astype(bool)] == np.iinfo(np.int32).min).any():
+        raise ValueError("valid scores must be > INT32_MIN")
+    index = np.full((rows, max(1, min(topk, n))), -1, np.int32)
+    count = np.zeros(rows, np.int32)
+    if n:
+        _topk.select_rows(s, valid, int(topk), index, count)
+    return index, count

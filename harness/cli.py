@@ -22,25 +22,33 @@ def _registry():
 
 def cmd_backends(args: argparse.Namespace) -> int:
     from .backends.contract import ask_unavailable_reason
+    from .devices import backend_devices, dtype_name, parse_placement, placement_reason
 
+    placement = parse_placement(args.device or "cpu", args.dtype or "float32")
     registry = _registry()
     listing = []
     for name in sorted(registry.backends):
         entry = registry.backends[name]
-        reason = ask_unavailable_reason(entry.cls)
+        # the class's declared devices and dtypes first (instances may narrow them per parameter)
+        reason = placement_reason(entry.cls, placement) or ask_unavailable_reason(entry.cls)
         listing.append({"name": name, "description": entry.cls.description, "plugin": entry.plugin.name,
+                        "devices": list(backend_devices(entry.cls)),
+                        "dtypes": [dtype_name(d) for d in getattr(entry.cls, "dtypes", ())],
                         "distribution": entry.plugin.dist, "version": entry.plugin.version,
                         "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
                                     "summary": p.describe()} for p in entry.cls.params],
                         "available": reason is None, "reason": reason})
     failures = [{"plugin": f.plugin, "distribution": f.dist, "error": f.error} for f in registry.failures]
     if args.json:
-        print(json.dumps({"backends": listing, "failed_plugins": failures}, indent=2, default=str))
+        print(json.dumps({"backends": listing, "failed_plugins": failures, "device": placement.device,
+                          "dtype": placement.dtype}, indent=2, default=str))
         return 0
+    print(f"availability on {placement.device}, {placement.dtype} (--device/--dtype to ask about another)")
     for item in listing:
         status = "available" if item["available"] else f"UNAVAILABLE: {item['reason']}"
         print(f"{item['name']}  —  {item['description']}")
         print(f"    plugin {item['plugin']} ({item['distribution']} {item['version']}); {status}")
+        print(f"    devices {', '.join(item['devices'])}; dtypes {', '.join(item['dtypes'])}")
         for param in item["params"]:
             print(f"    {param['summary']}" + (f"  — {param['help']}" if param["help"] else ""))
     for failure in failures:
@@ -71,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads, repeats=args.repeats,
                    warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
                    executor=args.executor, resume=args.resume, store=None if args.no_store else args.store,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, device=args.device, dtype=args.dtype,
+                   l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch)
     result = run(spec)
     print(run_summary(result.rows))
     if spec.store is not None:
@@ -110,21 +119,37 @@ def cmd_import_asv(args: argparse.Namespace) -> int:
     summary = import_asv(args.results, args.store)
     print(f"{summary.files} asv result file(s): {summary.imported} imported ({summary.rows} rows), "
           f"{summary.skipped_existing} already in {args.store}")
+    if summary.skipped_version or summary.skipped_unknown:
+        print(f"skipped {summary.skipped_version} benchmark result(s) recorded with another version of the "
+              f"benchmark than {args.results}/benchmarks.json (their parameters may be named or ordered "
+              f"differently now) and {summary.skipped_unknown} of benchmark(s) no longer in it")
     return 0
+
+
+def _check_thresholds(args: argparse.Namespace, *names: str) -> None:
+    """Thresholds are sizes (``>= 0``) and ``--alpha`` a probability in (0, 1)."""
+    for name in names:
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(args, name)}")
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .history.compare import compare, to_markdown
     from .history.store import read_results
 
+    _check_thresholds(args, "threshold", "abs_threshold")
     rows = read_results(args.store)
     paired = _compare_paired(rows, args)
     if paired is not None:
         return paired
     if args.category:
         rows = rows[rows["category"].isin(args.category)]
-    comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha)
-    print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed))
+    comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha,
+                         abs_threshold=args.abs_threshold)
+    print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed,
+                      abs_threshold=args.abs_threshold))
     return 1 if len(comparison.regressions) else 0
 
 
@@ -165,15 +190,23 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 def cmd_regressions(args: argparse.Namespace) -> int:
     from .history.compare import format_param
-    from .history.regressions import find_regressions, to_frame
+    from .history.regressions import compare_hint, find_regressions, to_frame
+    from .history.scales import format_change
     from .history.store import read_results
 
+    _check_thresholds(args, "min_effect", "min_abs_effect")
     rows = read_results(args.store)
+    if args.category:
+        rows = rows[rows["category"].isin(args.category)]
     points = to_frame(find_regressions(rows, alpha=args.alpha, min_effect=args.min_effect,
+                                       min_abs_effect=args.min_abs_effect,
                                        categories=tuple(args.category) if args.category else None,
                                        relative_to=None if args.absolute_only else args.reference))
+    hint = compare_hint(rows)
     if points.empty:
         print("no significant change points")
+        if hint:
+            print(hint)
         return 0
     if not args.all:
         points = points[points["kind"] == "regression"]
@@ -184,7 +217,9 @@ def cmd_regressions(args: argparse.Namespace) -> int:
         series = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("metric", "backend", "task", "threads", "seq_len",
                                                             "machine") if pd.notna(getattr(r, k)))
         print(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series}{r.series_kind} | {r.before:.4g} | {r.after:.4g} | "
-              f"{r.ratio:.3f}x | {r.p_value:.3g} |")
+              f"{format_change(r.change, r.scale)} | {r.p_value:.3g} |")
+    if hint:
+        print(hint)
     return 1 if (points["kind"] == "regression").any() else 0
 
 
@@ -217,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list backends with plugin, version, parameters and availability")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", metavar="cpu|cuda[:N]", help="availability on this device (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="availability in this dtype "
+                   "(default float32)")
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("tasks", help="list tasks with data source and metrics")
@@ -242,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-examples", type=int, default=64, metavar="N",
                    help="examples per task for the attention-fidelity pass; 0 skips it (default 64)")
     p.add_argument("--no-speed", action="store_true", help="skip the latency and memory cells")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]",
+                   help="where model and inputs live (default cpu); CUDA timings use CUDA events")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="model and inputs cast to this dtype (default float32); below float32 the dense "
+                        "reference is also compared with dense float32")
+    p.add_argument("--no-l2-flush", action="store_true",
+                   help="CUDA timing: do not flush the L2 cache before every timed call (recorded as the clock)")
+    p.add_argument("--throughput-batch", type=_positive, default=128, metavar="N",
+                   help="CUDA: the large-batch throughput shape N × --seq-len, besides batch 1 (default 128)")
     p.add_argument("--executor", default="local", metavar="local|processes:N|dask://HOST:PORT",
                    help="where eval cells run (default: this process); timing always stays here")
     p.add_argument("--resume", action="store_true",
@@ -266,10 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_import_asv)
 
-    p = sub.add_parser("compare", help="B/A per benchmark with confidence intervals; exit 1 on a regression")
+    p = sub.add_parser("compare", help="B/A (times, sizes, rates) or B - A (scores) per benchmark with "
+                       "confidence intervals; exit 1 on a regression")
     p.add_argument("a", metavar="A", help="baseline: commit (prefix) or run id")
     p.add_argument("b", metavar="B", help="candidate: commit (prefix) or run id")
-    p.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (default 0.05)")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="relative change B/A that counts, for times, sizes and rates (default 0.05)")
+    p.add_argument("--abs-threshold", type=float, default=0.01,
+                   help="absolute change B - A that counts, for scores and other metrics (default 0.01)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--category", action="append", metavar="C",
                    help="only these categories (quality, agreement, fidelity, speed, memory); repeatable")
@@ -297,7 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("regressions", help="change points over the commit history of every series")
     p.add_argument("--alpha", type=float, default=0.01, help="significance of the permutation test (default 0.01)")
-    p.add_argument("--min-effect", type=float, default=0.02, help="smallest step reported (default 0.02)")
+    p.add_argument("--min-effect", type=float, default=0.02,
+                   help="smallest relative step reported, for times, sizes and rates (default 0.02)")
+    p.add_argument("--min-abs-effect", type=float, default=0.01,
+                   help="smallest absolute step reported, for scores and other metrics (default 0.01)")
     p.add_argument("--category", action="append", metavar="C", help="only these categories; repeatable")
     p.add_argument("--all", action="store_true", help="list improvements too")
     p.add_argument("--reference", default="dense",

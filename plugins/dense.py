@@ -21,6 +21,7 @@ class Dense(Backend):
     params = (Param("impl", str, "sdpa", "PyTorch scaled_dot_product_attention or BERT's eager path",
                     choices=("sdpa", "eager")),)
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    devices = ("cpu", "cuda")
 
     def check_values(self) -> None:
         self.mask_kind = "bool" if self.values["impl"] == "sdpa" else "additive"

@@ -40,6 +40,8 @@ class DynamicQuant(Backend):
         Param("engine", str, "x86", "quantized engine (FBGEMM-based x86 or fbgemm)", choices=("x86", "fbgemm")),
     )
 
+    devices = ("cpu",)  # torch.ao dynamic quantization has CPU kernels only
+
     @classmethod
     def unavailable_reason(cls, values=None) -> str | None:
         missing = {"x86", "fbgemm"} - set(torch.backends.quantized.supported_engines)

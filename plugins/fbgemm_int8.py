@@ -58,6 +58,8 @@ class FbgemmInt8(Backend):
         Param("smooth_k", bool, False, "subtract K's mean over the valid tokens before quantizing"),
     )
 
+    devices = ("cpu",)  # FBGEMM is a CPU library
+
     @classmethod
     def unavailable_reason(cls, values=None) -> str | None:
         return None if ck.AVAILABLE else ck.UNAVAILABLE_REASON

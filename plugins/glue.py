@@ -20,7 +20,7 @@ GLUE_TASKS: tuple[Task, ...] = (
          label_names=("not_equivalent", "equivalent"), description="paraphrase"),
     Task("stsb", GLUE, "stsb", "validation", ("sentence1", "sentence2"), 1,
          (Metric("pearson", metrics.pearson), Metric("spearman", metrics.spearman)),
-         description="semantic similarity (regression, 0-5)"),
+         description="semantic similarity (regression, 0-5)", label_range=(0.0, 5.0)),
     Task("qqp", GLUE, "qqp", "validation", ("question1", "question2"), 2, (_ACC, _F1),
          label_names=("not_duplicate", "duplicate"), description="question paraphrase"),
     Task("mnli-m", GLUE, "mnli", "validation_matched", ("premise", "hypothesis"), 3, (_ACC,),

@@ -13,6 +13,10 @@
 3. Exact full-precision scores are computed only for the selected keys (gathered, so the cost scales with
    ``k``), then softmax and the weighted sum of V over them. With ``k`` ≥ the valid length this is dense
    attention.
+
+With ``scorer=fbgemm`` and ``granularity`` ``head`` or ``token``, all three steps run fused per (batch, head)
+in ``cython_kernels.topk_attention_u8s8`` (same quantizers and selection, no score tensor, no gathered
+copies of K and V; NaN/inf propagate as in dense attention); ``granularity=tensor`` uses the steps above.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> to
     """``(batch, 1, 1, k_len)`` bool, True for real keys, from a bool mask (True = attend) or None."""
     batch, _, _, _ = query.shape
     if attention_mask is None:
-        return torch.ones(batch, 1, 1, query.shape[2], dtype=torch.bool)
+        return torch.ones(batch, 1, 1, query.shape[2], dtype=torch.bool, device=query.device)
     if attention_mask.dtype != torch.bool:
         raise TypeError("topk expects a bool attention mask (mask_kind='bool')")
     # BERT's padding mask is the same in every query row; any() keeps it exact for padded query rows too.
@@ -78,6 +82,18 @@ def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Te
     return ck.gemm_u8s8_f32(qq, kq, q_scale, q_zero, k_scale).view(b, h, s, s)
 
 
+def nonfinite_heads(key: torch.Tensor, value: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor | None:
+    """``(batch, heads, 1, 1)`` bool, True where a real token's key or value holds NaN or an infinity; ``None``
+    when every real token's key and value are finite (the usual case: no extra work afterwards)."""
+    finite = torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1)        # (batch, heads, k_len)
+    bad = (~finite & valid_keys[:, :, 0]).any(dim=-1)[..., None, None]
+    return bad if bool(bad.any()) else None
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _ordered_keys(scores: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
     """int64 keys that sort like ``scores``, unique per row: ties rank the lower key index first.
 
@@ -92,7 +108,7 @@ def _ordered_keys(scores: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tenso
     keys -= sign
     k_len = scores.shape[-1]
     keys *= k_len
-    keys += torch.arange(k_len - 1, -1, -1, dtype=torch.int64)
+    keys += torch.arange(k_len - 1, -1, -1, dtype=torch.int64, device=scores.device)
     return keys.masked_fill_(~valid_keys, torch.iinfo(torch.int64).min)
 
 
@@ -118,7 +134,7 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     ``gather`` with the index broadcast over ``d``.
     """
     b, h, k_len, d = x.shape
-    offsets = torch.arange(b * h, dtype=index.dtype).view(b, h, 1, 1) * k_len
+    offsets = torch.arange(b * h, dtype=index.dtype, device=index.device).view(b, h, 1, 1) * k_len
     rows = (index + offsets).reshape(-1)
     return x.reshape(b * h * k_len, d).index_select(0, rows).view(*index.shape, d)
 
@@ -145,10 +161,12 @@ class TopK(Backend):
     )
 
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    devices = ("cpu", "cuda")  # the fake scorer is plain torch ops
 
     def check_values(self) -> None:
         if self.values["scorer"] == "fbgemm":
             self.dtypes = (torch.float32,)  # FBGEMM's quantizers take float32
+            self.devices = ("cpu",)  # and run on the CPU
         if self.values["scorer"] == "fbgemm" and self.values["bits"] != FBGEMM_BITS:
             k, bits = self.values["k"], self.values["bits"]
             raise ParamError(f"topk: scorer=fbgemm scores with FBGEMM's fixed 7-bit Q and 8-bit K, so bits={bits} "
@@ -166,6 +184,11 @@ class TopK(Backend):
         if self.values["scorer"] == "fbgemm" and ck.AVAILABLE:
             return {"fbgemm_isa": str(ck.cpu_features()["isa"])}
         return {}
+
+    def fused(self) -> bool:
+        """Whether :meth:`attention` runs the fused kernel (``scorer=fbgemm``, per-head or per-token scales)."""
+        return (self.values["scorer"] == "fbgemm" and self.values["granularity"] in ("head", "token")
+                and ck.TOPK_AVAILABLE)
 
     def approximate_scores(self, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
         """Low-precision scores used only for ranking (no softmax scaling: it does not change the order)."""
@@ -186,8 +209,18 @@ class TopK(Backend):
                   **kwargs) -> tuple[torch.Tensor, None]:
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
         valid_keys = key_validity(attention_mask, query)
-        index, selected = select_keys(self.approximate_scores(query, key, valid_keys), valid_keys, self.values["k"])
+        if self.fused():
+            return ck.topk_attention_u8s8(query, key, value, valid_keys[:, 0, 0, :], topk=self.values["k"],
+                                          scaling=scaling, granularity=self.values["granularity"],
+                                          smooth_k=self.values["smooth_k"]), None
+        poisoned = nonfinite_heads(key, value, valid_keys)
+        finite_inputs = poisoned is None and bool(torch.isfinite(query).all())
+        approximate = self.approximate_scores(query if finite_inputs else _finite(query),
+                                              key if finite_inputs else _finite(key), valid_keys)
+        index, selected = select_keys(approximate, valid_keys, self.values["k"])
         out = sparse_attention(query, key, value, index, selected, scaling)
+        if poisoned is not None:  # like dense: a bad key or value reaches every query of its head
+            out = out.masked_fill(poisoned, float("nan"))
         return out.transpose(1, 2).contiguous(), None
 
     def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -5,6 +5,7 @@ Nothing here touches the network: the tokenizer comes from the installed gt-all-
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,26 @@ def tiny_encoder(seed: int = 0) -> BertModel:
     return BertModel(tiny_config(), add_pooling_layer=False).eval()
 
 
+def write_relabelled(root: Path, task, labels_fn) -> Path:
+    """The bundled sample of ``task`` with its label column replaced by ``labels_fn(labels)`` (may hold None)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness.tasks.data import SAMPLE_DIR
+
+    table = pq.read_table(SAMPLE_DIR / task.config / f"{task.split}.parquet")
+    labels = labels_fn(table.column("label").to_pylist())
+    kind = pa.float32() if task.is_regression else pa.int64()
+    table = table.set_column(table.column_names.index("label"), "label", pa.array(labels, type=kind))
+    (root / task.config).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / task.config / f"{task.split}.parquet")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(embedded_model_dir())
+    # ATTNBENCH_TEST_TOKENIZER: a tokenizer directory where the packaged MiniLM is not installed (tools/gpu_check.sh)
+    return AutoTokenizer.from_pretrained(os.environ.get("ATTNBENCH_TEST_TOKENIZER") or embedded_model_dir())
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 
 from harness.tasks.data import SAMPLE_DIR, DataSource, sample_manifest
 from harness.errors import DataError
+from conftest import write_relabelled
 from plugins.glue import GLUE_TASKS
 
 SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
@@ -92,3 +93,42 @@ def test_sample_rows_are_exact_copies_of_the_full_data():
 def test_full_local_glue_loads_through_datasets(task):
     rows = DataSource.parse(str(SHARED_GLUE)).load(task)
     assert len(rows) > 70 and set(task.text_fields) <= set(rows.column_names)
+
+
+# -- issue 11.6: unlabelled rows (GLUE's test-split -1, null/NaN) and out-of-range labels are refused --------
+TASKS = {t.name: t for t in GLUE_TASKS}
+
+
+@pytest.mark.parametrize("task_name, labels_fn, message", [
+    ("sst2", lambda ls: [-1] * len(ls), r"(\d+) of \1 rows have no label \(-1 or null/NaN"),
+    ("mrpc", lambda ls: [-1] * len(ls), r"(\d+) of \1 rows have no label"),
+    ("mnli-m", lambda ls: [None] * 5 + ls[5:], r"5 of \d+ rows have no label"),
+    ("cola", lambda ls: [-1, -1, None] + ls[3:], r"3 of \d+ rows have no label"),
+    ("stsb", lambda ls: [float("nan")] * len(ls), r"(\d+) of \1 rows have no label"),
+    ("stsb", lambda ls: [None, -1.0] + ls[2:], r"2 of \d+ rows have no label"),
+    ("stsb", lambda ls: [7.5] + ls[1:], r"1 of \d+ rows have labels outside finite scores in 0\.\.5 \(e\.g\. 7\.5\)"),
+    ("sst2", lambda ls: [3, 3] + ls[2:], r"2 of \d+ rows have labels outside class ids 0\.\.1 \(e\.g\. 3\)"),
+    ("mnli-m", lambda ls: [3] + ls[1:], r"labels outside class ids 0\.\.2 \(e\.g\. 3\)"),
+    ("rte", lambda ls: [-2] + ls[1:], r"labels outside class ids 0\.\.1 \(e\.g\. -2\)"),
+])
+def test_unlabelled_or_out_of_range_labels_are_refused(tmp_path, task_name, labels_fn, message):
+    task = TASKS[task_name]
+    source = DataSource.parse(str(write_relabelled(tmp_path, task, labels_fn)))
+    with pytest.raises(DataError, match=message) as exc:
+        source.load(task)
+    text = str(exc.value)
+    assert "\n" not in text and f"task {task_name!r}, split {task.split!r}" in text
+
+
+def test_the_bundled_sample_is_fully_labelled():
+    for task in GLUE_TASKS:
+        DataSource.parse("sample").load(task)  # raises if any row is unlabelled or out of range
+
+
+def test_a_split_without_a_label_column_is_refused(tmp_path):
+    task = TASKS["sst2"]
+    table = pq.read_table(SAMPLE_DIR / "sst2" / "validation.parquet").drop(["label"])
+    (tmp_path / "sst2").mkdir()
+    pq.write_table(table, tmp_path / "sst2" / "validation.parquet")
+    with pytest.raises(DataError, match="no 'label' column"):
+        DataSource.parse(str(tmp_path)).load(task)

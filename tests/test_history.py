@@ -264,7 +264,8 @@ def test_every_run_setting_is_recorded_or_declared_not_to_change_values():
     recorded = {"backends": "backend", "tasks": "task", "model": "model", "data": "data_source", "limit": "limit",
                 "max_tokens": "max_tokens", "eval_batch_size": "eval_batch_size", "batch_size": "batch_size",
                 "seq_len": "seq_len", "threads": "threads", "warmup": "warmup",
-                "fidelity_examples": "fidelity_examples", "executor": "executor"}
+                "fidelity_examples": "fidelity_examples", "executor": "executor", "device": "device",
+                "dtype": "dtype", "l2_flush": "clock", "extra_shapes": "batch_size", "throughput_batch": "batch_size"}
     no_effect = {"repeats": "the number of samples (len(samples)); statistics account for it",
                  "speed": "whether speed cells run", "resume": "which cells run", "store": "where rows go",
                  "progress": "terminal output"}

@@ -19,11 +19,19 @@ from harness.backends.manager import PLUGINS_ENV
 EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
 
 
-def make_distribution(root: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]):
-    """Install a fake distribution (dist-info + modules) under ``root``; importlib.metadata finds it on sys.path."""
-    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+def make_distribution(root: Path, dist: str, version: str | None, entry_points: dict[str, str],
+                      modules: dict[str, str], *, name_in_metadata: bool = True, metadata_file: bool = True):
+    """Install a fake distribution (dist-info + modules) under ``root``; importlib.metadata finds it on sys.path.
+
+    ``version=None`` leaves ``Version:`` out of METADATA, ``name_in_metadata=False`` leaves ``Name:`` out and
+    ``metadata_file=False`` writes no METADATA at all (broken installs seen in the wild).
+    """
+    info = root / f"{dist.replace('-', '_')}-{version or '0'}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = ["Metadata-Version: 2.1"] + ([f"Name: {dist}"] if name_in_metadata else []) + \
+        ([f"Version: {version}"] if version is not None else [])
+    if metadata_file:
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
     lines = ["[attnbench.backends]"] + [f"{name} = {target}" for name, target in entry_points.items()]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     for module, source in modules.items():
@@ -189,3 +197,110 @@ def test_example_package_installs_and_is_listed(tmp_path):
                          capture_output=True, text=True).stdout
     entry = next(b for b in json.loads(out)["backends"] if b["name"] == "bf16-sdpa")
     assert (entry["plugin"], entry["distribution"], entry["version"]) == ("bf16", "attnbench-example", "0.2.0")
+
+
+@pytest.mark.parametrize("kind", ["no-version", "no-name", "no-metadata"])
+def test_plugin_with_missing_metadata_is_recorded_as_unknown(site, kind):
+    """Issue 11.4: a dist-info without Version (or Name, or METADATA) loads; the gaps read "unknown"."""
+    make_distribution(site, "attnbench-fake", None if kind != "no-name" else "0.3", {"fake": "fake_good"},
+                      {"fake_good": GOOD}, name_in_metadata=kind != "no-name", metadata_file=kind != "no-metadata")
+    registry = load_registry()
+    assert not registry.failures
+    entry = registry.backends["fake-backend"]
+    expected = {"no-version": ("attnbench-fake", "unknown"), "no-name": ("unknown", "0.3"),
+                "no-metadata": ("unknown", "unknown")}[kind]
+    assert (entry.plugin.dist, entry.plugin.version) == expected
+    backend = registry.resolve("fake-backend")
+    assert (backend.plugin_dist, backend.plugin_version) == expected
+
+
+def test_plugin_info_never_holds_none():
+    from harness import PluginInfo
+
+    info = PluginInfo("probe", None, "")
+    assert (info.dist, info.version) == ("unknown", "unknown")
+
+
+PROBE = """
+    from harness import Backend, hookimpl
+
+    class Probe(Backend):
+        name = "{name}"
+
+    @hookimpl
+    def register_backends(register):
+        register(Probe)
+"""
+
+
+def test_two_distributions_declaring_one_entry_point_name_is_a_reported_clash(site, capsys):
+    """Issue 11.5: neither loads, and the failure names both distributions."""
+    make_distribution(site, "attnbench-probe-one", "1.0", {"probe": "probe_one"},
+                      {"probe_one": PROBE.format(name="probe-one")})
+    make_distribution(site, "attnbench-probe-two", "2.0", {"probe": "probe_two"},
+                      {"probe_two": PROBE.format(name="probe-two")})
+    make_distribution(site, "attnbench-fake", "0.3", {"fake": "fake_good"}, {"fake_good": GOOD})
+    registry = load_registry()
+    (failure,) = registry.failures
+    assert failure.plugin == "probe"
+    assert "attnbench-probe-one 1.0" in failure.dist and "attnbench-probe-two 2.0" in failure.dist
+    assert "declared by 2 distributions" in failure.error and "probe_one" in failure.error \
+        and "probe_two" in failure.error and "neither is loaded" in failure.error
+    assert not {"probe-one", "probe-two"} & set(registry.backends)
+    assert {"dense", "fake-backend"} <= set(registry.backends)  # everything else still works
+    assert main(["backends", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [f["plugin"] for f in listing["failed_plugins"]] == ["probe"]
+    assert main(["backends"]) == 0
+    assert "failed plugin probe (attnbench-probe-one 1.0 and attnbench-probe-two 2.0)" in capsys.readouterr().out
+
+
+def _quick_run(store, model_dir, backends):
+    from harness import RunSpec, run
+
+    spec = RunSpec(backends=backends, tasks=["sst2"], model=[str(model_dir)], limit=8, eval_batch_size=4,
+                   batch_size=1, seq_len=8, repeats=1, warmup=0, fidelity_examples=4, store=store, progress=False)
+    return run(spec, log=lambda m: None)
+
+
+def test_run_with_a_versionless_plugin_measures_it_and_records_unknown(site, tmp_path, tiny_model_dir):
+    """Issue 11.4: every cell of the plugin used to fail (eval) or crash the run (speed) on the None version."""
+    from harness import read_results
+
+    make_distribution(site, "attnbench-fake", None, {"fake": "fake_good"}, {"fake_good": GOOD})
+    result = _quick_run(tmp_path / "store", tiny_model_dir, ["dense", "fake-backend"])
+    assert result.failures == {}
+    stored = read_results(tmp_path / "store")
+    fake = stored[stored["backend"] == "fake-backend"]
+    assert set(fake["category"]) >= {"speed", "memory", "quality", "agreement"}
+    assert set(fake["plugin_version"]) == {"unknown"} and set(fake["plugin_dist"]) == {"attnbench-fake"}
+
+
+def test_a_failing_speed_cell_is_recorded_and_the_others_are_stored(tmp_path, tiny_model_dir):
+    """Issue 11.4: one backend that raises in its speed cell fails alone, with its reason, like an eval cell."""
+    from harness import read_results
+
+    class Broken(Backend):
+        name = "broken-attn"
+
+        def attention(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+            raise RuntimeError("kernel exploded")
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register(Broken)
+
+    from harness import RunSpec, run
+
+    registry = load_registry(entry_points=False, extra_plugins=(Plugin(),))
+    spec = RunSpec(backends=["dense", "broken-attn"], tasks=["sst2"], model=[str(tiny_model_dir)], limit=8,
+                   eval_batch_size=4, batch_size=1, seq_len=8, repeats=1, warmup=0, fidelity_examples=4,
+                   store=tmp_path / "store", progress=False)
+    result = run(spec, registry, log=lambda m: None)
+    assert set(result.failures) == {"speed/1x8/t%d/broken-attn" % result.rows["threads"].iloc[0],
+                                    "eval/sst2/broken-attn"}
+    assert all("RuntimeError: kernel exploded" in reason for reason in result.failures.values())
+    stored = read_results(tmp_path / "store")
+    assert set(stored["backend"]) == {"dense"}
+    assert {"latency_forward", "latency_attention_core", "accuracy"} <= set(stored["metric"])

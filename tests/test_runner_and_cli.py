@@ -125,3 +125,32 @@ def test_compare_of_runs_with_different_limits_says_settings_differ(tmp_path, ti
     out = capsys.readouterr().out
     assert "settings differ: n_examples 8 → 16, limit 8 → 16" in out and "❌" not in out
     assert "regression" not in out.split("\n", 1)[0]
+@pytest.mark.parametrize("task_name, labels, expected", [
+    ("sst2", "all-minus-one", r"task 'sst2', split 'validation' of dir:\S+: (\d+) of \1 rows have no label"),
+    ("mrpc", "all-minus-one", r"task 'mrpc', split 'validation' of dir:\S+: (\d+) of \1 rows have no label"),
+    ("stsb", "some-nan", r"task 'stsb', split 'validation' of dir:\S+: 4 of \d+ rows have no label"),
+])
+def test_unlabelled_data_is_refused_before_measuring(tmp_path, tiny_model_dir, tiny_regression_dir, capsys,
+                                                     task_name, labels, expected):
+    """Issue 11.6: SST-2 used to store accuracy 0.0; MRPC failed inside scikit-learn. Now: exit 2, one line,
+    and the store keeps what it had and gains nothing."""
+    import re
+
+    from plugins.glue import GLUE_TASKS
+    from conftest import write_relabelled
+
+    task = next(t for t in GLUE_TASKS if t.name == task_name)
+    fn = (lambda ls: [-1] * len(ls)) if labels == "all-minus-one" else (lambda ls: [float("nan")] * 4 + ls[4:])
+    data = write_relabelled(tmp_path / "data", task, fn)
+    store = tmp_path / "store"
+    model = tiny_regression_dir if task.is_regression else tiny_model_dir
+    run(quick(store, tiny_model_dir, backends=["dense"], tasks=["rte"], speed=False),
+        log=lambda m: None)  # something already stored
+    before = read_results(store)
+    code = main(["run", "--data", str(data), "--tasks", task_name, "--model", str(model), "--store", str(store),
+                 "--batch-size", "1", "--seq-len", "8", "--repeats", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not any("Traceback" in line for line in err)
+    assert err[-1].startswith("attnbench: error: ") and re.search(expected, err[-1])
+    after = read_results(store)
+    assert len(after) == len(before) and set(after["run_id"]) == set(before["run_id"])

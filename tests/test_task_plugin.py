@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import ModelError, RunSpec, load_registry, run
+from harness import DataError, RunSpec, load_registry, run
 from harness.tasks.data import SAMPLE_DIR
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -59,5 +59,6 @@ def test_task_without_rows_in_the_sample_says_which_files_it_needs(tmp_path):
     registry = load_registry(entry_points=False, extra_plugins=(readme_task_plugin(),))
     spec = RunSpec(backends=["dense"], tasks=["reviews"], limit=8, store=None, progress=False, speed=False,
                    fidelity_examples=0)
-    with pytest.raises(ModelError, match=r"--data DIR, where DIR/reviews/train.parquet .* DIR/reviews/test.parquet"):
+    with pytest.raises(DataError, match=r"bundled sample has no 'test' rows of it .* --data DIR, where "
+                                        r"DIR/reviews/test.parquet .* and DIR/reviews/train.parquet"):
         run(spec, registry, log=lambda message: None)

@@ -3,14 +3,22 @@ the raw int8 vs fp32 GEMM speed at attention shapes. Prints markdown tables.
 
     python tools/bench_attention_core.py                      # seq 128 and 512, batch 8, 1 and 2 threads
     python tools/bench_attention_core.py --repeats 40 --no-gemm
+    python tools/bench_attention_core.py --head-dim 64 -b dense -b topk:k=16,scorer=fbgemm   # q/k/v of dim 64
+    python tools/bench_attention_core.py --clock cpu ...       # process CPU seconds per call instead of wall
+    python tools/bench_attention_core.py --forward --seq 512 --threads 2 -b dense -b topk:k=16,scorer=fbgemm
 
 The attention core is what the runner and asv time (``harness.speed``): the backend's attention function
 (``harness.backends.attention_interface.attention_function``) called as the embedded MiniLM's first layer calls it, on seeded
-random q/k/v of shape (batch, 12 heads, seq, 32) without a mask. All backends of one (seq, threads)
+random q/k/v of shape (batch, 12 heads, seq, 32) without a mask (``--head-dim`` changes the 32, with scaling
+head_dim ** -0.5). All backends of one (seq, threads)
 configuration are timed round-robin in this process (``harness.execution.sampling.time_interleaved``: warm-up,
 rotating order, one sample per call); cells give the median in ms, the IQR and the speed-up over dense SDPA.
 ``other load`` is the mean number of cores other processes kept busy meanwhile: numbers taken while it is
-well above 0 are not to be trusted on a 2-core machine.
+well above 0 are not to be trusted on a 2-core machine. ``--clock cpu`` samples the process's CPU time per call
+(user + system, all threads) instead: on a busy shared machine it is far less disturbed by time-slicing than
+wall time (it does not see waits, so compare it with wall-time ratios taken at low load). ``--forward`` times
+the whole model forward (``harness.speed`` speed cases: the embedded model on the sample data) instead of
+the attention core.
 """
 
 from __future__ import annotations
@@ -27,18 +35,61 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cython_kernels as ck  # noqa: E402
 from harness import load_registry  # noqa: E402
-from harness.execution.sampling import Timing, time_interleaved  # noqa: E402
+from harness import kernels_bench as bench  # noqa: E402
+from harness.backends.attention_interface import attention_function  # noqa: E402
+from harness.backends.attention_interface import attention_modules  # noqa: E402
+from harness.execution.sampling import WALL_CLOCK, Timing, time_interleaved  # noqa: E402
 from harness.models.loading import load_task_models  # noqa: E402
 from harness.execution.runner import prepare_model  # noqa: E402
-from harness.speed import SPEED_TASK, attention_core_call, random_qkv  # noqa: E402
+from harness.speed import SPEED_TASK, attention_core_call, random_qkv, speed_case  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class CpuClock:
+    """Process CPU seconds (user + system, all threads) per call, from ``time.process_time``."""
+
+    name: str = "cpu"
+    unit: str = "s"
+
+    def measure(self, fn, number: int) -> float:
+        start = time.process_time()
+        for _ in range(number):
+            fn()
+        return (time.process_time() - start) / number
+
+
+CLOCKS = {"wall": WALL_CLOCK, "cpu": CpuClock()}
 
 BACKENDS = ("dense", "dense:impl=eager", "fbgemm-int8", "fbgemm-int8:pv=float", "topk:k=16",
-            "topk:k=16,scorer=fbgemm")
+            "topk:k=16,scorer=fbgemm", "topk:k=32,scorer=fbgemm")
 REFERENCE = "dense"
 
 
+def _core_call(backend, model: torch.nn.Module, qkv: tuple[torch.Tensor, ...], head_dim: int | None):
+    if head_dim is None:
+        return attention_core_call(backend, model, qkv)
+    fn, module = attention_function(backend), attention_modules(model)[0]
+    q, k, v = qkv
+
+    def call() -> object:
+        with torch.inference_mode():
+            return fn(module, q, k, v, None, scaling=head_dim ** -0.5, dropout=0.0)
+    return call
+
+
+def time_forwards(specs: list[str], seq: int, batch: int, threads: int, repeats: int, warmup: int,
+                  clock=WALL_CLOCK) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
+    """Timings of the whole model forward per backend (``harness.speed.speed_case``), interleaved."""
+    calls = {spec: speed_case(spec, seq_len=seq, batch_size=batch, threads=threads).forward for spec in specs}
+    timings = time_interleaved(calls, repeats=repeats, warmup=warmup, clock=clock)
+    return timings, next(iter(timings.values())).foreign_load, {}
+
+
 def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: int, warmup: int,
-               ) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
+               head_dim: int | None = None, topk_profiles: tuple[int, ...] = (16,), clock=WALL_CLOCK,
+               int8_profiles: bool = True) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
     """Median-ready timings of every backend's attention core, the foreign load, and int8 phase profiles."""
     torch.set_num_threads(threads)
     registry = load_registry()
@@ -46,19 +97,29 @@ def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: in
     models = load_task_models(None, [task])
     base = models.model(task)
     qkv = random_qkv(base.config, batch, seq)
+    if head_dim is not None:
+        generator = torch.Generator().manual_seed(0)
+        heads = base.config.num_attention_heads
+        qkv = tuple(torch.randn(batch, heads, seq, head_dim, generator=generator) for _ in range(3))
     calls = {}
     for spec in specs:
         backend = registry.resolve(spec)
-        calls[spec] = attention_core_call(backend, prepare_model(base, backend), qkv)
-    timings = time_interleaved(calls, repeats=repeats, warmup=warmup)
+        calls[spec] = _core_call(backend, prepare_model(base, backend), qkv, head_dim)
+    timings = time_interleaved(calls, repeats=repeats, warmup=warmup, clock=clock)
     load = next(iter(timings.values())).foreign_load
     profiles = {}
-    for pv in ("int8", "float"):
+    q, k, v = qkv
+    for pv in ("int8", "float") if int8_profiles else ():
         profile = np.zeros(len(ck.ATTENTION_PHASES))
-        q, k, v = qkv
         for _ in range(repeats):
             ck.attention_u8s8(q, k, v, pv=pv, profile=profile)
         profiles[pv] = profile / repeats
+    if ck.TOPK_AVAILABLE:
+        for topk in topk_profiles:
+            profile = np.zeros(len(ck.TOPK_PHASES))
+            for _ in range(repeats):
+                ck.topk_attention_u8s8(q, k, v, topk=topk, granularity="head", profile=profile)
+            profiles[f"topk{topk}"] = profile / repeats
     return timings, load, profiles
 
 
@@ -78,11 +139,11 @@ def latency_table(results: dict[tuple[int, int], tuple[dict[str, Timing], float 
     return "\n".join(lines)
 
 
-def breakdown_table(results: dict, pv: str) -> str:
+def breakdown_table(results: dict, pv: str, phases: tuple[str, ...] = ck.ATTENTION_PHASES) -> str:
     configs = sorted(results)
     lines = ["| phase | " + " | ".join(f"seq {s}, {t}t" for s, t in configs) + " |", "|---|" + "---:|" * len(configs)]
     totals = {c: results[c][2][pv].sum() for c in configs}
-    for i, phase in enumerate(ck.ATTENTION_PHASES):
+    for i, phase in enumerate(phases):
         if all(results[c][2][pv][i] == 0 for c in configs):
             continue
         cells = [f"{results[c][2][pv][i] * 1e3:.2f} ms ({100 * results[c][2][pv][i] / totals[c]:.0f} %)" for c in configs]
@@ -109,6 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("-b", "--backend", action="append", help=f"backend specs (default: {', '.join(BACKENDS)})")
+    parser.add_argument("--head-dim", type=int, default=None, help="head dim of the random q/k/v (default: the model's)")
+    parser.add_argument("--topk-profile", type=int, nargs="*", default=[16],
+                        help="k values of the fused top-k kernel's phase profile (granularity=head)")
+    parser.add_argument("--no-int8-profile", action="store_true", help="skip fbgemm-int8's phase tables")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall seconds (default) or process CPU seconds per call")
+    parser.add_argument("--forward", action="store_true", help="time the whole model forward, not the core")
     parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM GOP/s table")
     args = parser.parse_args(argv)
     if not ck.AVAILABLE:
@@ -119,24 +187,39 @@ def main(argv: list[str] | None = None) -> None:
     features = ck.cpu_features()
     print(f"FBGEMM ISA {features['isa']}, own packing {ck.own_packing()}, torch {torch.__version__}, "
           f"batch {args.batch}, {args.repeats} interleaved samples per backend\n")
+    clock = CLOCKS[args.clock]
     results = {}
     for seq in args.seq:
         for threads in args.threads:
-            results[seq, threads] = time_cores(specs, seq, args.batch, threads, args.repeats, args.warmup)
-    print("### Attention core latency (median ± IQR, speed-up over dense SDPA)\n")
+            if args.forward:
+                results[seq, threads] = time_forwards(specs, seq, args.batch, threads, args.repeats, args.warmup,
+                                                      clock)
+            else:
+                results[seq, threads] = time_cores(specs, seq, args.batch, threads, args.repeats, args.warmup,
+                                                   args.head_dim, tuple(args.topk_profile), clock,
+                                                   not (args.no_int8_profile or args.head_dim))
+    what = "Whole forward" if args.forward else "Attention core"
+    print(f"### {what} latency ({args.clock} clock; median ± IQR, speed-up over dense SDPA)\n")
     print(latency_table(results, specs))
-    for pv in ("int8", "float"):
+    if args.forward:
+        return
+    for pv in () if args.no_int8_profile or args.head_dim else ("int8", "float"):
         print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (per call, summed over threads)\n")
         print(breakdown_table(results, pv))
+    for topk in args.topk_profile if ck.TOPK_AVAILABLE else ():
+        print(f"\n### Where the fused top-k kernel (`topk:k={topk},scorer=fbgemm`) spends its time "
+              "(per call, summed over threads)\n")
+        print(breakdown_table(results, f"topk{topk}", ck.TOPK_PHASES))
     if not args.no_gemm:
         print("\n### Raw GEMM: int8 FBGEMM (packing included) vs fp32 torch.matmul, Q·Kᵀ shapes\n")
         print(gemm_table(bench.gemm_gops()))
     medians = {c: {s: results[c][0][s].median for s in specs} for c in results}
-    best = {c: max(medians[c][REFERENCE] / medians[c][s] for s in specs if s.startswith("fbgemm-int8"))
-            for c in medians}
-    print("\nbest fbgemm-int8 speed-up over dense SDPA: "
-          + ", ".join(f"seq {s} × {t}t {best[s, t]:.2f}×" for s, t in sorted(best)))
-    print(f"(median of per-config medians: {statistics.median(best.values()):.2f}×)")
+    int8 = [s for s in specs if s.startswith("fbgemm-int8")]
+    if int8:
+        best = {c: max(medians[c][REFERENCE] / medians[c][s] for s in int8) for c in medians}
+        print("\nbest fbgemm-int8 speed-up over dense SDPA: "
+              + ", ".join(f"seq {s} × {t}t {best[s, t]:.2f}×" for s, t in sorted(best)))
+        print(f"(median of per-config medians: {statistics.median(best.values()):.2f}×)")
 
 
 if __name__ == "__main__":

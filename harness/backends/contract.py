@@ -41,6 +41,11 @@ class Backend:
     * ``dtypes`` — the floating dtypes :meth:`attention` accepts for q/k/v (default ``(torch.float32,)``); the
       harness refuses any other dtype with a ``TypeError`` before calling it. The output has the input's
       dtype. An instance may narrow it in :meth:`check_values` (e.g. an int8 scorer that takes float32 only).
+    * ``devices`` — the device types the backend runs on (default ``("cpu",)``; e.g. ``("cpu", "cuda")``). On
+      a device outside it, or a run ``--dtype`` outside ``dtypes``, the harness lists the backend as
+      unavailable with the reason, before asking :meth:`unavailable_reason`. An instance may narrow it in
+      :meth:`check_values`. On CUDA, :meth:`attention` receives CUDA tensors and must allocate on
+      ``query.device``.
 
     **Methods** a subclass may override: :meth:`check_values`, :meth:`unavailable_reason`, :meth:`prepare`,
     :meth:`attention`, :meth:`run_facts`, :meth:`fidelity_stats`.
@@ -49,9 +54,11 @@ class Backend:
     for every registered backend):
 
     * Padding never influences valid positions: the output rows of valid queries depend only on valid keys.
-    * Non-finite inputs never become finite outputs: if a query row's inputs (its query, or a valid key or
-      value) hold NaN or ±inf, its output row is not all finite; finite inputs give finite outputs. The
-      harness checks this on every evaluated batch (outside timed regions) and fails the eval cell otherwise.
+    * Non-finite inputs never become finite outputs (the finiteness rule): if any q, k or v value of a
+      sequence's real (non-padding) tokens is NaN or infinite, its output over those tokens must not be all
+      finite (or the function raises, saying so); if they are all finite, the output must be finite.
+      Evaluation checks every call (``attention_interface.check_finite``, never in timed calls) and an eval
+      cell that breaks the rule, or whose logits are non-finite, fails with the reason.
     * Parameters that cannot apply are refused in :meth:`check_values` (a :class:`~harness.ParamError` that
       says how to fix the spec), not silently ignored.
     * A configuration that cannot run on this machine says why in :meth:`unavailable_reason`; the harness
@@ -63,6 +70,7 @@ class Backend:
     params: ClassVar[tuple[Param, ...]] = ()
     mask_kind: ClassVar[MaskKind] = "bool"
     dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, **values: Any) -> None:
         """Validate parameter values (Python-typed, e.g. ``k=8``); missing ones take their defaults.
@@ -115,7 +123,8 @@ class Backend:
 
         :param model: a private deep copy of the dense model (a transformers ``PreTrainedModel``, or the
             embedded default's wrapper around one), in ``eval()`` mode, float32, on the CPU. In-place changes
-            are fine: the dense reference is never touched.
+            are fine: the dense reference is never touched. The harness moves the returned model to the run's
+            device and dtype afterwards (``model.to(device, dtype)``; nothing is moved for CPU float32).
 
         May: replace or wrap submodules (quantized ``nn.Linear``, fused layers), change weights' storage.
         Must not: change the model's inputs or outputs (shapes, label order), its tokenizer, its attention
@@ -135,8 +144,8 @@ class Backend:
         :param module: the calling ``BertSelfAttention`` (attributes ``scaling``, ``is_causal``, ``training``,
             ``config``); the attention-core timings pass the model's first such module.
         :param query: ``(batch, heads, q_len, head_dim)``; ``key``, ``value``: ``(batch, heads, k_len,
-            head_dim)``. One of :attr:`dtypes` (float32 on the CPU), possibly non-contiguous views;
-            self-attention, so ``q_len == k_len``.
+            head_dim)``. One of :attr:`dtypes` (the run's ``--dtype``, on its ``--device``), possibly
+            non-contiguous views; self-attention, so ``q_len == k_len``.
         :param attention_mask: ``None`` when no sequence of the batch has padding; otherwise
             ``(batch, 1, q_len, k_len)``, broadcast over heads, of this backend's ``mask_kind``:
             ``"bool"`` — ``torch.bool``, ``True`` = attend (built by transformers' ``sdpa_mask``);
@@ -198,11 +207,20 @@ def _param_list(params: tuple[Param, ...]) -> str:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """Where a backend or task came from: plugin name and the distribution that installed it."""
+    """Where a backend or task came from: plugin name and the distribution that installed it.
+
+    A field the plugin's metadata does not state (``None`` or empty) is recorded as ``"unknown"``.
+    """
 
     name: str
     dist: str
     version: str
+
+    def __post_init__(self) -> None:
+        for field_ in ("name", "dist", "version"):
+            value = getattr(self, field_)
+            if not isinstance(value, str) or not value.strip():
+                object.__setattr__(self, field_, "unknown" if value is None or not str(value).strip() else str(value))
 
 
 @dataclass(frozen=True)
@@ -246,14 +264,32 @@ class ResolvedBackend:
         part = self.attention_part
         return part.mask_kind if part is not None else "bool"
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, placement: Any = None) -> str | None:
         """Why this configuration cannot run here (the first part's :meth:`Backend.unavailable_reason`
-        for its values, prefixed with the part's name), or ``None``."""
+        for its values, prefixed with the part's name), or ``None``.
+
+        With a ``placement`` (:class:`harness.devices.Placement`: the run's device and dtype), each part's
+        declared ``devices`` and ``dtypes`` are checked first (:func:`harness.devices.placement_reason`)."""
         for part in self.parts:
-            reason = ask_unavailable_reason(type(part), part.values)
+            reason = None
+            if placement is not None:
+                from ..devices import placement_reason
+
+                reason = placement_reason(part, placement)
+            reason = reason or ask_unavailable_reason(type(part), part.values)
             if reason:
                 return f"{part.name}: {reason}"
         return None
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Device types every part runs on."""
+        from ..devices import backend_devices
+
+        common = backend_devices(self.parts[0])
+        for part in self.parts[1:]:
+            common = tuple(d for d in common if d in backend_devices(part))
+        return common
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         for part in self.parts:

@@ -10,6 +10,11 @@ list of entry-point names (empty: none). Unset, every installed plugin loads. Bu
 
 A plugin that fails to import or register never takes the harness down: the failure is recorded as a
 :class:`PluginFailure` (plugin name, distribution, error) and every other plugin still works.
+
+Two installed distributions that declare the same entry-point name in the group are a clash: which one
+Python would find first depends on ``sys.path`` order, so *neither* loads and one failure names both
+distributions (uninstall one, or have one rename its entry point). A distribution whose metadata lacks a
+name or a version is recorded with :data:`UNKNOWN` in its place and otherwise loads normally.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 PLUGINS_ENV = "ATTNBENCH_PLUGINS"
+#: Recorded for a distribution name or version that the installed metadata does not state.
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,26 @@ class PluginFailure:
 
 def _format_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def distribution_identity(dist: object | None) -> tuple[str, str]:
+    """``(name, version)`` of an installed distribution, each :data:`UNKNOWN` when its metadata lacks it.
+
+    ``dist`` is an ``importlib.metadata.Distribution``, pluggy's ``DistFacade`` around one, or ``None``
+    (an entry point without a distribution). Never raises: missing metadata is recorded, not fatal.
+    """
+    if dist is None:
+        return UNKNOWN, UNKNOWN
+    try:
+        name = dist.metadata["Name"]
+    except Exception:  # no METADATA file at all, or an unreadable one
+        name = None
+    try:
+        version = dist.version
+    except Exception:
+        version = None
+    return (name.strip() if isinstance(name, str) and name.strip() else UNKNOWN,
+            version.strip() if isinstance(version, str) and version.strip() else UNKNOWN)
 
 
 def _builtin_dist() -> tuple[str, str]:
@@ -91,11 +118,21 @@ def get_plugin_manager(*, entry_points: bool = True, extra_plugins: tuple[object
 
 def _load_entry_points(pm: pluggy.PluginManager, allowed: set[str] | None) -> list[PluginFailure]:
     failures = []
-    found = {ep.name: ep for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)}
-    for name, ep in sorted(found.items()):
+    found: dict[str, list[metadata.EntryPoint]] = {}
+    for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, []).append(ep)
+    for name, eps in sorted(found.items()):
         if allowed is not None and name not in allowed:
             continue
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+        dists = sorted({" ".join(distribution_identity(ep.dist)) + f" ({ep.value})" for ep in eps})
+        if len(eps) > 1:
+            pm.set_blocked(name)  # neither loads: which one would win depends on sys.path order
+            failures.append(PluginFailure(name, " and ".join(d.rsplit(" (", 1)[0] for d in dists),
+                                          f"entry point name {name!r} in group {hookspecs.ENTRY_POINT_GROUP!r} is "
+                                          f"declared by {len(eps)} distributions: {'; '.join(dists)}; neither is "
+                                          "loaded. Uninstall all but one, or rename one of the entry points"))
+            continue
+        dist = " ".join(distribution_identity(eps[0].dist))
         try:
             # pluggy's own loader, one entry point at a time so that one failure cannot hide the others.
             pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP, name=name)
@@ -113,8 +150,9 @@ def _load_entry_points(pm: pluggy.PluginManager, allowed: set[str] | None) -> li
 
 
 def plugin_distribution(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
-    """(distribution name, version) of a registered plugin; built-ins belong to attnbench."""
+    """(distribution name, version) of a registered plugin (:data:`UNKNOWN` where its metadata lacks one);
+    built-ins belong to attnbench."""
     for loaded, dist in pm.list_plugin_distinfo():
         if loaded is plugin:
-            return dist.metadata["name"], dist.version
+            return distribution_identity(dist)
     return _builtin_dist()

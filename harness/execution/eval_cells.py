@@ -10,6 +10,7 @@ one atomic file, so a cell is in the store completely or not at all.
 from __future__ import annotations
 
 import copy
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends.attention_interface import attach
+from ..backends.attention_interface import NonFiniteAttentionError, attach, finite_checked
 from ..backends.contract import ResolvedBackend
+from ..devices import Placement, move_batch, place_model
 from .cells import EvalCell
 from ..tasks.data import DataSource
 from ..tasks.encoding import EncodedSplit, encode
@@ -56,11 +58,21 @@ class EvalContext:
     run_meta: dict
     progress: bool = False
     executor: str = "local"  # where the eval cells run (recorded on throughput rows)
+    device: str = "cpu"      # a validated --device (harness.devices.parse_placement) …
+    dtype: str = "float32"   # … and --dtype of model and inputs
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.device, self.dtype)
 
 
-def prepare_model(base: torch.nn.Module, backend: ResolvedBackend) -> torch.nn.Module:
-    """A private copy of ``base`` with the backend's transform and attention; the base is never modified."""
-    model = backend.prepare(copy.deepcopy(base))
+def prepare_model(base: torch.nn.Module, backend: ResolvedBackend,
+                  placement: Placement | None = None) -> torch.nn.Module:
+    """A private copy of ``base`` with the backend's transform and attention; the base is never modified.
+
+    The transform sees the float32 CPU copy (the contract of ``Backend.prepare``); the result is then moved
+    to the placement's device and dtype."""
+    model = place_model(backend.prepare(copy.deepcopy(base)), placement)
     attach(model, backend)
     return model.eval()
 
@@ -78,8 +90,10 @@ class EvalSession:
         self.source = DataSource.parse(context.data)
         self.models = models or load_task_models(list(context.model) if context.model else None, self.tasks,
                                                   self.source)
+        self.placement = context.placement
         self._encoded: dict[str, EncodedSplit] = {}
-        self._prepared: OrderedDict[tuple[int, str], torch.nn.Module] = OrderedDict()
+        self._prepared: OrderedDict[tuple[int, str, str], torch.nn.Module] = OrderedDict()
+        self._reference_fp32: dict[str, np.ndarray] = {}
         self._reference: dict[str, tuple[np.ndarray, PassStats | None]] = {}
         self._reference_outputs: dict[str, tuple[list, list]] = {}
         self._backends: dict[str, ResolvedBackend] = {}
@@ -105,20 +119,53 @@ class EvalSession:
             self._encoded[task.name] = full if len(keep) == len(full) else full.subset(keep)
         return self._encoded[task.name]
 
-    def prepared(self, task: Task, backend: ResolvedBackend) -> torch.nn.Module:
+    def prepared(self, task: Task, backend: ResolvedBackend, placement: Placement | None = None) -> torch.nn.Module:
+        """The backend's model for ``task`` at the session's placement (or ``placement``), cached."""
+        placement = placement or self.placement
         base = self.models.model(task)
-        key = (id(base), backend.spec)
+        key = (id(base), backend.spec, placement.dtype)
         if key not in self._prepared:
-            self._prepared[key] = prepare_model(base, backend)
+            self._prepared[key] = prepare_model(base, backend, placement)
             while len(self._prepared) > PREPARED_CACHE:
                 self._prepared.popitem(last=False)
         self._prepared.move_to_end(key)
         return self._prepared[key]
 
-    def _predict(self, task: Task, backend: ResolvedBackend, stats: PassStats | None) -> np.ndarray:
-        return predict(self.prepared(task, backend), self.encoded(task), max_tokens=self.context.max_tokens,
-                       eval_batch_size=self.context.eval_batch_size, forward_kwargs=self.models.forward_kwargs(task),
-                       desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats)
+    def _predict(self, task: Task, backend: ResolvedBackend, stats: PassStats | None,
+                 placement: Placement | None = None) -> np.ndarray:
+        """Logits in the task's label order (a checkpoint that names its labels differently is reordered), from
+        the backend's model at the session's placement (or ``placement``: the float32 reference of a run below
+        float32).
+
+        Every attention call is checked for the backend finiteness rule (:func:`finite_checked`), and the
+        logits must be finite: otherwise :class:`NonFiniteAttentionError` fails the cell, and no metric of
+        NaN logits (whose argmax would look like a real prediction) is ever stored. The checks' time is
+        taken out of ``stats``, so throughput figures do not pay for them.
+        """
+        placement = placement or self.placement
+        model = self.prepared(task, backend, placement)
+        with finite_checked(model, backend) as check:
+            logits = predict(model, self.encoded(task), max_tokens=self.context.max_tokens,
+                             eval_batch_size=self.context.eval_batch_size, forward_kwargs=self.models.forward_kwargs(task),
+                             desc=f"{task.name} {backend.spec}", progress=self.context.progress, stats=stats,
+                             placement=placement)
+        if stats is not None:
+            stats.model_time -= check.seconds
+            stats.wall_time -= check.seconds
+        bad = ~np.isfinite(logits).all(axis=-1)
+        if bad.any():
+            raise NonFiniteAttentionError(f"backend {backend.spec!r} on task {task.name!r}: the model's outputs are "
+                                          f"NaN or infinite for {int(bad.sum())} of {len(bad)} examples; no metric "
+                                          "is computed from them")
+        order = self.models.label_order(task)
+        return logits if order is None else logits[:, order]
+
+    def reference_fp32_logits(self, task: Task) -> np.ndarray:
+        """The dense reference in float32 on the session's device (what a lower ``--dtype`` alone costs)."""
+        if task.name not in self._reference_fp32:
+            self._reference_fp32[task.name] = self._predict(task, self.backend(self.context.reference), None,
+                                                            self.placement.with_dtype("float32"))
+        return self._reference_fp32[task.name]
 
     def reference_logits(self, task: Task) -> np.ndarray:
         if task.name not in self._reference:
@@ -128,8 +175,9 @@ class EvalSession:
 
     def reference_fidelity(self, task: Task) -> tuple[list, list]:
         if task.name not in self._reference_outputs:
-            batches = fidelity_batches(self.encoded(task), self.context.fidelity_examples, self.context.max_tokens,
-                                       self.context.eval_batch_size)
+            batches = [move_batch(b, self.placement)
+                       for b in fidelity_batches(self.encoded(task), self.context.fidelity_examples,
+                                                 self.context.max_tokens, self.context.eval_batch_size)]
             reference = self.prepared(task, self.backend(self.context.reference))
             self._reference_outputs[task.name] = (batches, reference_outputs(reference, batches,
                                                                              self.models.forward_kwargs(task)))
@@ -137,7 +185,11 @@ class EvalSession:
 
     # -- one cell -----------------------------------------------------------------------------------------
     def run(self, cell: EvalCell) -> list[dict[str, Any]]:
-        """Rows of one eval cell (not written)."""
+        """Rows of one eval cell (not written), with the model's facts for the task (e.g. a label reordering)
+        merged into every row's ``extra``."""
+        return _with_facts(self._run(cell), self.models.model_facts(self.registry.task(cell.task)))
+
+    def _run(self, cell: EvalCell) -> list[dict[str, Any]]:
         task = self.registry.task(cell.task)
         backend = self.backend(cell.backend)
         encoded = self.encoded(task)
@@ -147,7 +199,7 @@ class EvalSession:
         if is_reference:
             self._reference.setdefault(task.name, (logits, stats))
         common = {"run_id": self.context.run_id, "timestamp": self.context.timestamp, "plan_id": self.context.plan_id,
-                  "cell_id": cell.id, **process_fields(torch.get_num_threads()),
+                  "cell_id": cell.id, **process_fields(torch.get_num_threads()), **self.placement.row_fields(),
                   "data_source": self.source.label, "model": self.models.name(task), "task": task.name,
                   "split": task.split, "n_examples": len(encoded), "limit": self.context.limit,
                   "max_tokens": self.context.max_tokens, "eval_batch_size": self.context.eval_batch_size}
@@ -162,7 +214,7 @@ class EvalSession:
             row(timed, backend, "throughput", "time_outside_model", stats.outside_model, "ratio", "lower"),
         ]
         if is_reference:
-            return out
+            return out + self._dtype_cost_rows(task, backend, logits, common)
         for name, value in agreement(self.reference_logits(task), logits, task.is_regression).items():
             out.append(row(common, backend, "agreement", name, value, "ratio" if name == "agreement" else "logit",
                            "higher" if name == "agreement" else "lower"))
@@ -176,6 +228,36 @@ class EvalSession:
                 out.append(row({**common, "n_examples": n, "fidelity_examples": self.context.fidelity_examples},
                                backend, "fidelity", name, value, unit, direction))
         return out
+
+    def _dtype_cost_rows(self, task: Task, backend: ResolvedBackend, logits: np.ndarray,
+                         common: dict[str, Any]) -> list[dict[str, Any]]:
+        """Below float32, the reference cell also compares dense at ``--dtype`` with dense float32 on the same
+        device and inputs: ``*_vs_fp32`` agreement (and attention-fidelity) rows, what the dtype alone costs."""
+        if self.placement.dtype == "float32":
+            return []
+        out = [row(common, backend, "agreement", f"{name}_vs_fp32", value,
+                   "ratio" if name == "agreement" else "logit", "higher" if name == "agreement" else "lower")
+               for name, value in agreement(self.reference_fp32_logits(task), logits, task.is_regression).items()]
+        if self.context.fidelity_examples:
+            batches, _ = self.reference_fidelity(task)
+            fp32 = self.prepared(task, backend, self.placement.with_dtype("float32"))
+            reference = reference_outputs(fp32, batches, self.models.forward_kwargs(task))
+            figures = attention_fidelity(self.prepared(task, backend), backend, batches, reference,
+                                         self.models.forward_kwargs(task))
+            n = min(self.context.fidelity_examples, len(self.encoded(task)))
+            for name, value in figures.items():
+                unit, direction = FIDELITY_METRICS.get(name, ("ratio", "higher"))
+                out.append(row({**common, "n_examples": n, "fidelity_examples": self.context.fidelity_examples},
+                               backend, "fidelity", f"{name}_vs_fp32", value, unit, direction))
+        return out
+
+def _with_facts(rows: list[dict[str, Any]], facts: dict[str, str]) -> list[dict[str, Any]]:
+    """``rows`` with ``facts`` merged into each row's ``extra`` JSON."""
+    if not facts:
+        return rows
+    for r in rows:
+        r["extra"] = json.dumps({**(json.loads(r["extra"]) if r.get("extra") else {}), **facts}, sort_keys=True)
+    return rows
 
 
 _SESSIONS: OrderedDict[tuple[str, str], EvalSession] = OrderedDict()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import Placement, move_batch, synchronize
 from ..tasks.encoding import EncodedSplit
 
 
@@ -43,11 +44,12 @@ class PassStats:
 
 def predict(model: torch.nn.Module, encoded: EncodedSplit, *, max_tokens: int | None = None,
             eval_batch_size: int | None = None, forward_kwargs: dict | None = None, desc: str | None = None,
-            progress: bool = True, stats: PassStats | None = None) -> np.ndarray:
+            progress: bool = True, stats: PassStats | None = None, placement: Placement | None = None) -> np.ndarray:
     """Logits for every example, in the split's order, from length-sorted batches under ``inference_mode``.
 
     Batches hold at most ``max_tokens`` padded tokens and ``eval_batch_size`` examples. Pass a
-    :class:`PassStats` to have the pass's cost recorded in it.
+    :class:`PassStats` to have the pass's cost recorded in it. With a CUDA ``placement`` the batches are moved
+    to the device and the device is synchronised before the model time is read.
     """
     out: np.ndarray | None = None
     forward_kwargs = forward_kwargs or {}
@@ -56,12 +58,13 @@ def predict(model: torch.nn.Module, encoded: EncodedSplit, *, max_tokens: int | 
     started = time.perf_counter()
     with torch.inference_mode():
         for rows in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
-            batch = encoded.collate(rows)
+            batch = move_batch(encoded.collate(rows), placement)
             before = time.perf_counter()
             logits = logits_of(model(**batch, **forward_kwargs))
+            synchronize(placement)
             stats.model_time += time.perf_counter() - before
             stats.padded_tokens += batch["input_ids"].numel()
-            logits = logits.float().numpy()
+            logits = logits.float().cpu().numpy()
             if out is None:
                 out = np.empty((len(encoded), logits.shape[-1]), dtype=np.float32)
             out[rows] = logits

@@ -21,9 +21,12 @@ def process_fields(threads: int) -> dict[str, Any]:
 
 
 def row(common: dict[str, Any], backend: ResolvedBackend, category: str, metric: str, value: float, unit: str,
-        direction: str, **fields: Any) -> dict[str, Any]:
-    """One tidy row: ``common`` run fields, the backend's identity, the measured value, and ``fields``."""
-    extra = backend.run_facts()
+        direction: str, *, facts: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """One tidy row: ``common`` run fields, the backend's identity, the measured value, and ``fields``.
+
+    ``extra`` (JSON) holds the backend's :meth:`~harness.Backend.run_facts` plus ``facts`` of the measurement.
+    """
+    extra = {**backend.run_facts(), **(facts or {})}
     return {**common, "plugin": backend.plugin, "plugin_dist": backend.plugin_dist,
             "plugin_version": backend.plugin_version, "backend": backend.spec, "backend_name": backend.name,
             "backend_params": backend.params_json, "category": category, "metric": metric, "value": float(value),

@@ -1,6 +1,7 @@
 """The runner: a run of backends × tasks as a set of cells, written to the results store cell by cell.
 
-1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason.
+1. Resolve backend specs (grids expand), tasks, model and data; skip unavailable backends with the reason;
+   refuse evaluation data with unlabelled or out-of-range labels before anything is measured.
 2. Plan the cells: one *speed* cell per backend at the latency shape, one *eval* cell per backend × task.
    The plan id hashes everything that defines the results; with ``resume``, cells of the latest run of the
    same plan that are already in the store are not run again.
@@ -27,12 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backends.contract import ResolvedBackend
+from ..devices import Placement, attention_flops, parse_placement, peak_memory_bytes
 from .cells import EvalCell, SpeedCell, completed_cells, plan_id
 from ..tasks.data import DataSource
 from ..errors import UserError
 from .eval_cells import EvalContext, EvalSession, adopt_session, prepare_model, run_eval_cell
 from .executors import make_executor
-from .sampling import Timing, cpu_count, peak_allocated_bytes, time_interleaved
+from .sampling import Clock, Timing, clock_for, cpu_count, time_interleaved
 from ..models.loading import parse_model_args
 from ..paths import DEFAULT_STORE
 from ..provenance import cpu_facts, git_commit, library_versions, machine_id
@@ -66,6 +68,11 @@ class RunSpec:
     fidelity_examples: int = 64             # examples per task for the attention-fidelity pass (0: skip)
     speed: bool = True                      # run the speed cells
     executor: str = "local"                 # local, processes:N or dask://HOST:PORT (eval cells only)
+    device: str = "cpu"                     # cpu, cuda or cuda:N: where model and inputs live
+    dtype: str = "float32"                  # float32, bfloat16 or float16: model and inputs cast to it
+    l2_flush: bool = True                   # CUDA timing: flush L2 before every timed call
+    extra_shapes: list[tuple[int, int]] | None = None  # more latency shapes (batch, seq); None: none on the
+    throughput_batch: int = 128             # CPU, and on CUDA batch 1 and this batch at seq_len
     resume: bool = False                    # skip cells of the same plan already in the store
     store: Path | str | None = DEFAULT_STORE  # None: do not write
     progress: bool = True
@@ -82,6 +89,21 @@ class RunSpec:
             raise UserError("--warmup and --fidelity-examples must be >= 0")
         if self.resume and self.store is None:
             raise UserError("--resume needs a store (it looks up the finished cells there)")
+        if self.throughput_batch < 1 or any(b < 1 or s < 1 for b, s in self.extra_shapes or ()):
+            raise UserError("--throughput-batch and extra shapes must be >= 1")
+        self.placement()  # raises for a bad --device / --dtype, or CUDA where there is none
+
+    def placement(self) -> Placement:
+        """The validated device and dtype (:func:`harness.devices.parse_placement`)."""
+        return parse_placement(self.device, self.dtype)
+
+    def speed_shapes(self, placement: Placement) -> list[tuple[int, int]]:
+        """Latency shapes: ``batch_size × seq_len``, then ``extra_shapes`` (default: none on the CPU; on CUDA,
+        where GLUE shapes are launch-bound, batch 1 for latency and ``throughput_batch`` for throughput)."""
+        extra = self.extra_shapes
+        if extra is None:
+            extra = [(1, self.seq_len), (self.throughput_batch, self.seq_len)] if placement.is_cuda else []
+        return list(dict.fromkeys([(self.batch_size, self.seq_len), *map(tuple, extra)]))
 
 
 @dataclass
@@ -123,12 +145,17 @@ def serialized_size(model: torch.nn.Module) -> int:
 
 
 def _plan_definition(spec: RunSpec, backends: list[ResolvedBackend], tasks: list[Task], source: DataSource,
-                     threads: int) -> dict[str, Any]:
-    return {"backends": sorted(b.spec for b in backends), "tasks": sorted(t.name for t in tasks),
-            "model": spec.model, "data": source.label, "limit": spec.limit, "max_tokens": spec.max_tokens,
-            "eval_batch_size": spec.eval_batch_size, "shape": [spec.batch_size, spec.seq_len], "threads": threads,
-            "repeats": spec.repeats, "warmup": spec.warmup, "fidelity_examples": spec.fidelity_examples,
-            "speed": spec.speed, "commit": git_commit().sha}
+                     threads: int, placement: Placement | None = None) -> dict[str, Any]:
+    definition = {"backends": sorted(b.spec for b in backends), "tasks": sorted(t.name for t in tasks),
+                  "model": spec.model, "data": source.label, "limit": spec.limit, "max_tokens": spec.max_tokens,
+                  "eval_batch_size": spec.eval_batch_size, "shape": [spec.batch_size, spec.seq_len],
+                  "threads": threads, "repeats": spec.repeats, "warmup": spec.warmup,
+                  "fidelity_examples": spec.fidelity_examples, "speed": spec.speed, "commit": git_commit().sha}
+    if placement is not None and not placement.is_default:  # CPU float32 plans keep their ids
+        definition.update(device=placement.label(), dtype=placement.dtype, l2_flush=spec.l2_flush)
+    if spec.speed_shapes(placement or Placement())[1:]:
+        definition["extra_shapes"] = spec.speed_shapes(placement or Placement())[1:]
+    return definition
 
 
 def _worker_threads(executor: str, threads: int) -> int | None:
@@ -142,10 +169,11 @@ def _worker_threads(executor: str, threads: int) -> int | None:
     return None
 
 
-def plan_cells(spec: RunSpec, backends: list[ResolvedBackend], tasks: list[Task], threads: int
-               ) -> tuple[list[SpeedCell], list[EvalCell]]:
-    """Speed cells per backend; eval cells task by task, the reference first so its pass is timed once."""
-    speed = [SpeedCell(b.spec, spec.batch_size, spec.seq_len, threads) for b in backends] if spec.speed else []
+def plan_cells(spec: RunSpec, backends: list[ResolvedBackend], tasks: list[Task], threads: int,
+               placement: Placement | None = None) -> tuple[list[SpeedCell], list[EvalCell]]:
+    """Speed cells per shape and backend; eval cells task by task, the reference first so its pass is timed once."""
+    shapes = spec.speed_shapes(placement or Placement())
+    speed = [SpeedCell(b.spec, batch, seq, threads) for batch, seq in shapes for b in backends] if spec.speed else []
     ordered = sorted(backends, key=lambda b: b.spec != REFERENCE)
     return speed, [EvalCell(b.spec, t.name) for t in tasks for b in ordered]
 
@@ -158,25 +186,30 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     spec.validate()
+    placement = spec.placement()
     store = None if spec.store is None else parse_store(spec.store)  # a bad store fails before any work
     registry = registry or load_registry()
     for failure in registry.failures:
         log(f"warning: {failure}")
     backends = resolve_backends(registry, spec.backends)
-    skipped = {b.spec: reason for b in backends if (reason := b.unavailable_reason())}
+    skipped = {b.spec: reason for b in backends if (reason := b.unavailable_reason(placement=placement))}
     for name, reason in skipped.items():
         log(f"skipping backend {name}: {reason}")
     backends = [b for b in backends if b.spec not in skipped]
     if not backends:
-        raise UserError("none of the requested backends is available on this machine")
+        where = "" if placement.is_default else f" on {placement.device} in {placement.dtype}"
+        raise UserError(f"none of the requested backends is available on this machine{where}: "
+                        + "; ".join(f"{name}: {reason}" for name, reason in skipped.items()))
     model_sources = parse_model_args(spec.model)
     tasks = resolve_tasks(registry, spec.tasks, model_sources)
     source = DataSource.parse(spec.data)
+    for task in tasks:  # refuse unlabelled or out-of-range labels (DataError) before anything is measured
+        source.load(task)
     threads = spec.threads or cpu_count()
     torch.set_num_threads(threads)
 
-    plan = plan_id(_plan_definition(spec, backends, tasks, source, threads))
-    speed_cells, eval_cells = plan_cells(spec, backends, tasks, threads)
+    plan = plan_id(_plan_definition(spec, backends, tasks, source, threads, placement))
+    speed_cells, eval_cells = plan_cells(spec, backends, tasks, threads, placement)
     previous_run, done = completed_cells(store, plan) if spec.resume else (None, set())
     now = datetime.now(timezone.utc)
     run_id = previous_run or f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -184,26 +217,32 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     eval_todo = [c for c in eval_cells if c.id not in done]
     total = len(speed_cells) + len(eval_cells)
     resumed = f", resuming: {total - len(speed_todo) - len(eval_todo)} already in the store" if previous_run else ""
+    where = "" if placement.is_default else f"; {placement.label()} {placement.dtype}"
     log(f"run {run_id} (plan {plan}): {len(backends)} backend(s) × {len(tasks)} task(s) = {total} cells "
-        f"({len(speed_cells)} speed, {len(eval_cells)} eval){resumed}; {threads} thread(s), data {source.label}")
+        f"({len(speed_cells)} speed, {len(eval_cells)} eval){resumed}; {threads} thread(s), data {source.label}"
+        f"{where}")
 
     meta = {"run_id": run_id, "plan_id": plan, "timestamp": now.isoformat(), "machine": machine_id(),
             "cpu": cpu_facts(), "commit": git_commit().sha, "threads": threads, "versions": library_versions(),
-            "spec": {**asdict(spec), "store": store}, "argv": sys.argv, "skipped": skipped}
+            "spec": {**asdict(spec), "store": store}, "argv": sys.argv, "skipped": skipped,
+            "device": placement.row_fields()}
     context = EvalContext(model=tuple(spec.model) if spec.model else None, tasks=tuple(t.name for t in tasks),
                           data=spec.data, limit=spec.limit, max_tokens=spec.max_tokens,
                           eval_batch_size=spec.eval_batch_size, fidelity_examples=spec.fidelity_examples,
                           reference=REFERENCE, threads=_worker_threads(spec.executor, threads), store=store,
                           run_id=run_id, plan_id=plan,
-                          timestamp=now, run_meta=meta, progress=False, executor=spec.executor)
+                          timestamp=now, run_meta=meta, progress=False, executor=spec.executor,
+                          device=placement.device, dtype=placement.dtype)
     measured: list[dict[str, Any]] = []
     # The speed cells (and, with the local executor, the eval cells) share this process's session.
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
     for note in getattr(session.models, "notes", []) if session else []:
         log(note)
+    failures: dict[str, str] = {}
     if speed_todo:
-        measured += _run_speed_cells(spec, session, speed_todo, context, log)
-    failures = _run_eval_cells(spec, context, eval_todo, session, measured, log, store)
+        speed_rows, failures = _run_speed_cells(spec, session, speed_todo, context, log)
+        measured += speed_rows
+    failures.update(_run_eval_cells(spec, context, eval_todo, session, measured, log, store))
     return RunResult(run_id, plan, pd.DataFrame(measured), skipped, total,
                      total - len(speed_todo) - len(eval_todo), failures)
 
@@ -217,9 +256,14 @@ def _estimate(eval_todo: list[EvalCell], session: EvalSession | None, store: str
     history = read_results(store) if store else pd.DataFrame()
     rate: dict[str, float] = {}
     if not history.empty:
-        mine = history[(history["metric"] == "eval_tokens_per_s") & (history["machine"] == machine_id())]
+        mine = history[(history["metric"] == "eval_tokens_per_s") & (history["machine"] == machine_id())
+                       & (history["device"] == session.placement.label())
+                       & (history["dtype"] == session.placement.dtype)]
         rate = mine.groupby("backend")["value"].median().to_dict()
-    forward = {r["backend"]: r["value"] for r in measured if r["metric"] == "latency_forward"}
+    forward: dict[str, float] = {}
+    for r in measured:  # the first (main) speed shape
+        if r["metric"] == "latency_forward":
+            forward.setdefault(r["backend"], r["value"])
     shape = next((r["batch_size"] * r["seq_len"] for r in measured if r["metric"] == "latency_forward"), None)
     seconds, known = 0.0, 0
     for cell in eval_todo:
@@ -258,45 +302,151 @@ def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], 
     return failures
 
 
+def _cell_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
-                     log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Latency (interleaved across backends) and memory at batch × seq_len; one stored file per cell."""
+                     log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Latency (interleaved across backends) and memory at every speed shape; one stored file per cell.
+
+    Returns the rows and ``{cell id: reason}`` of the cells that failed (see :func:`_run_speed_shape`)."""
+    by_shape: dict[tuple[int, int], list[SpeedCell]] = {}
+    for cell in cells:
+        by_shape.setdefault((cell.batch_size, cell.seq_len), []).append(cell)
+    out: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    for (batch_size, seq_len), group in by_shape.items():
+        rows, failed = _run_speed_shape(spec, session, group, context, log, batch_size, seq_len)
+        out += rows
+        failures.update(failed)
+    return out, failures
+
+
+def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
+                     log: Callable[[str], None], batch_size: int, seq_len: int
+                     ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The speed cells of one shape, timed with the clock of the session's device.
+
+    A cell fails alone, like an eval cell: building its case, one untimed trial call of each timed callable
+    (before timing starts), its memory measurement or its rows — whatever raises is recorded with the reason,
+    and every other cell is still timed and stored. ``UserError`` and ``KeyboardInterrupt`` still stop the run.
+    """
     task = session.tasks[0]
-    backends = {c.backend: session.backend(c.backend) for c in cells}
-    cases = {spec_: build_speed_case(b, session.models, task, session.encoded(task), batch_size=spec.batch_size,
-                                     seq_len=spec.seq_len, prepared=session.prepared(task, b))
-             for spec_, b in backends.items()}
+    placement = session.placement
+    clock = clock_for(placement.device, flush_l2=spec.l2_flush)
+    failures: dict[str, str] = {}
+
+    def fail(cell: SpeedCell, exc: BaseException) -> None:
+        if isinstance(exc, UserError):
+            raise exc
+        failures[cell.id] = _cell_error(exc)
+        log(f"cell {cell.id} failed: {failures[cell.id]}")
+
+    backends: dict[str, ResolvedBackend] = {}
+    cases: dict[str, Any] = {}
+    for cell in cells:
+        try:
+            backend = session.backend(cell.backend)
+            case = build_speed_case(backend, session.models, task, session.encoded(task), batch_size=batch_size,
+                                    seq_len=seq_len, prepared=session.prepared(task, backend), placement=placement)
+            case.forward()  # one untimed trial call each: a backend that raises is out before timing starts
+            case.attention_core()
+        except Exception as exc:
+            fail(cell, exc)
+            continue
+        backends[cell.backend], cases[cell.backend] = backend, case
+    cells = [c for c in cells if c.backend in cases]
+    if not cells:
+        return [], failures
     rounds = (spec.warmup + spec.repeats) * 2
-    with tqdm(total=rounds, desc=f"timing {spec.batch_size}x{spec.seq_len}", unit="round", leave=False,
-              disable=not spec.progress) as bar:
-        started = time.perf_counter()
-        forward = time_interleaved({name: case.forward for name, case in cases.items()},
-                                   repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
-        bar.update(spec.warmup)
-        core = time_interleaved({name: case.attention_core for name, case in cases.items()},
-                                repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
-        bar.update(spec.warmup)
-    log(f"timing took {time.perf_counter() - started:.1f}s")
+    try:
+        with tqdm(total=rounds, desc=f"timing {batch_size}x{seq_len}", unit="round", leave=False,
+                  disable=not spec.progress) as bar:
+            started = time.perf_counter()
+            forward = time_interleaved({name: case.forward for name, case in cases.items()}, clock=clock,
+                                       repeats=spec.repeats, warmup=spec.warmup, on_round=lambda: bar.update(1))
+            bar.update(spec.warmup)
+            core_calls = {name: case.attention_core for name, case in cases.items()}
+            core = time_interleaved(core_calls, clock=clock, number=_calls_per_sample(core_calls, clock, placement),
+                                    repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
+            bar.update(spec.warmup)
+    except Exception as exc:  # passed its trial call, failed later: the interleaved samples are unusable
+        for cell in cells:
+            fail(cell, exc)
+        return [], failures
+    log(f"timing {batch_size}x{seq_len} took {time.perf_counter() - started:.1f}s")
+    config = session.models.model(task).config
+    heads = config.num_attention_heads
+    flops = attention_flops(batch_size, heads, seq_len, config.hidden_size // heads)
     out = []
     for cell in cells:
         backend, case = backends[cell.backend], cases[cell.backend]
-        common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
-                  "cell_id": cell.id, **process_fields(cell.threads), "model": session.models.name(task),
-                  "task": None, "split": None, "n_examples": cell.batch_size, "batch_size": cell.batch_size,
-                  "seq_len": cell.seq_len, "data_source": session.source.label}
-        timed = {**common, "warmup": spec.warmup}
-        rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend]),
-                _timing_row(timed, backend, "latency_attention_core", core[cell.backend]),
-                row(common, backend, "memory", "peak_memory_forward", peak_allocated_bytes(case.forward), "bytes",
-                    "lower"),
-                row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower")]
-        if context.store is not None:
-            write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+        try:
+            common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
+                      "cell_id": cell.id, **process_fields(cell.threads), **placement.row_fields(),
+                      "model": session.models.name(task), "task": None, "split": None,
+                      "n_examples": cell.batch_size, "batch_size": cell.batch_size, "seq_len": cell.seq_len,
+                      "data_source": session.source.label}
+            timed = {**common, "warmup": spec.warmup}
+            # The model of one task is timed (the embedded default has one encoder per task): say which.
+            facts = {"speed_task": task.name}
+            timing = core[cell.backend]
+            tflops = flops / timing.median / 1e12 if timing.median > 0 else float("nan")
+            basis = _flops_basis(backend)
+            rows = [_timing_row(timed, backend, "latency_forward", forward[cell.backend], facts),
+                    _timing_row(timed, backend, "latency_attention_core", timing,
+                                {**facts, "attention_flops_per_call": flops, "attention_tflops": tflops,
+                                 "flops_basis": basis}),
+                    row(common, backend, "memory", "peak_memory_forward", peak_memory_bytes(case.forward, placement),
+                        "bytes", "lower", facts=facts),
+                    row(common, backend, "memory", "model_size", serialized_size(case.model), "bytes", "lower",
+                        facts=facts)]
+            if placement.is_cuda:  # GPU figures a reader looks for first: achieved TFLOP/s and tokens/s
+                rows += [row({**timed, "clock": timing.clock}, backend, "speed", "attention_core_tflops", tflops,
+                             "TFLOP/s", "higher", facts={**facts, "flops_basis": basis}),
+                         row({**timed, "clock": forward[cell.backend].clock}, backend, "speed",
+                             "forward_tokens_per_s", cell.batch_size * cell.seq_len / forward[cell.backend].median,
+                             "tokens/s", "higher", facts=facts)]
+            if context.store is not None:
+                write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+        except Exception as exc:
+            fail(cell, exc)
+            continue
         out += rows
-    return out
+    return out, failures
 
 
-def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing) -> dict[str, Any]:
-    result = row(common, backend, "speed", metric, timing.median, "s", "lower")
+#: Minimum device time per attention-core sample on CUDA: short kernels (tens of µs) would otherwise measure
+#: the event resolution and launch jitter.
+CUDA_MIN_SAMPLE_S = 2e-3
+
+
+def _calls_per_sample(calls: dict[str, Callable[[], object]], clock: Clock, placement: Placement) -> int:
+    """1 on the CPU (as before); on CUDA, enough calls that the slowest-to-fill candidate's sample lasts
+    :data:`CUDA_MIN_SAMPLE_S` by the clock itself (one common number keeps candidates comparable)."""
+    if not placement.is_cuda:
+        return 1
+    once = min(clock.measure(fn, 1) for fn in calls.values() for _ in range(3))  # after the trial calls
+    return max(1, min(1000, int(CUDA_MIN_SAMPLE_S / max(once, 1e-7))))
+
+
+def _flops_basis(backend: ResolvedBackend) -> str:
+    """What the attention TFLOP/s counts: dense attention's 4·B·H·S²·D for every backend, so that a sparse or
+    low-precision backend's figure is dense-equivalent (the work it replaces), not the work it does."""
+    part = backend.attention_part
+    dense = part is None or part.name == REFERENCE
+    return "dense 4*B*H*S^2*D" if dense else "dense-equivalent 4*B*H*S^2*D (not the work this backend does)"
+
+
+def _timing_row(common: dict[str, Any], backend: ResolvedBackend, metric: str, timing: Timing,
+                facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    facts = {**(facts or {}), "clock": timing.clock}
+    if timing.clock != "wall":  # and its `clock` column (null: the wall clock, so CPU history pairs as before)
+        facts["calls_per_sample"] = timing.number
+    if timing.foreign_load is not None:
+        facts["foreign_load"] = round(timing.foreign_load, 3)  # CPU cores other processes used meanwhile
+    result = row(common if timing.clock == "wall" else {**common, "clock": timing.clock}, backend, "speed", metric,
+                 timing.median, timing.unit, "lower", facts=facts)
     result["samples"] = list(timing.samples)
     return result

@@ -50,6 +50,76 @@ class WallClock:
 
 WALL_CLOCK = WallClock()
 
+#: Bytes written between samples to evict the L2 cache (as ``triton.testing.do_bench``: 256 MiB, larger than
+#: any GPU's L2 today, H200: 60 MiB).
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+class CudaEventClock:
+    """Device seconds per call from CUDA events (``torch.cuda.Event(enable_timing=True)``).
+
+    ``measure`` synchronises the device first (so no earlier work leaks into the sample), records an event
+    before and after the calls, synchronises again and reads the elapsed time. With ``flush_l2`` (recorded in
+    :attr:`name`) each call is preceded by a write of :data:`L2_FLUSH_BYTES` outside its events, as
+    ``triton.testing.do_bench`` does, and the sample is the mean of the per-call event pairs: cold-cache
+    figures. Without it, one event pair brackets all ``number`` calls: warm-cache, back-to-back figures.
+    Warm-up is :func:`time_interleaved`'s ``warmup`` rounds (kernel selection, allocator growth).
+
+    ``cuda`` is the module that provides ``Event`` and ``synchronize`` (``torch.cuda``; tests pass a fake).
+    """
+
+    unit = "s"
+
+    def __init__(self, device: object = "cuda", flush_l2: bool = False, cuda: object | None = None) -> None:
+        self.device = device
+        self.flush_l2 = flush_l2
+        self._cuda = cuda
+        self._flush_buffer = None
+        self.name = f"cuda-event{'+l2flush' if flush_l2 else ''}"
+
+    @property
+    def cuda(self):
+        if self._cuda is None:
+            import torch
+
+            self._cuda = torch.cuda
+        return self._cuda
+
+    def _flush(self) -> None:
+        if self._flush_buffer is None:
+            import torch
+
+            self._flush_buffer = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=self.device)
+        self._flush_buffer.zero_()
+
+    def measure(self, fn: Callable[[], object], number: int) -> float:
+        cuda = self.cuda
+        cuda.synchronize(self.device)
+        if not self.flush_l2:
+            start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(number):
+                fn()
+            end.record()
+            cuda.synchronize(self.device)
+            return start.elapsed_time(end) / 1000.0 / number
+        pairs = []
+        for _ in range(number):
+            self._flush()
+            start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            pairs.append((start, end))
+        cuda.synchronize(self.device)
+        return sum(start.elapsed_time(end) for start, end in pairs) / 1000.0 / number
+
+
+def clock_for(device: object = "cpu", flush_l2: bool = False) -> Clock:
+    """The clock that times work on ``device``: :data:`WALL_CLOCK` on the CPU, a :class:`CudaEventClock` on CUDA."""
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    return CudaEventClock(device, flush_l2=flush_l2) if kind == "cuda" else WALL_CLOCK
+
 
 @dataclass(frozen=True)
 class Timing:

@@ -14,6 +14,7 @@ import torch
 
 from ..backends.attention_interface import attention_function, attention_modules
 from ..backends.contract import ResolvedBackend
+from ..devices import Placement, move_batch
 from ..tasks.data import DataSource
 from ..tasks.encoding import EncodedSplit, encode, fixed_shape_inputs
 from ..errors import SpecError
@@ -25,12 +26,17 @@ from ..backends.registry import Registry, load_registry
 SPEED_TASK = "sst2"  # whose tokens fill the fixed-shape batches of speed cases built outside a run
 
 
-def random_qkv(config, batch_size: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Seeded normal q, k, v of the model's attention shape ``(batch, heads, seq_len, head_dim)``."""
+def random_qkv(config, batch_size: int, seq_len: int, seed: int = 0,
+               placement: Placement | None = None) -> tuple[torch.Tensor, ...]:
+    """Seeded normal q, k, v of the model's attention shape ``(batch, heads, seq_len, head_dim)`` (drawn on the
+    CPU in float32, so every device and dtype sees the same values, then moved and cast to ``placement``)."""
     heads = config.num_attention_heads
     generator = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(batch_size, heads, seq_len, config.hidden_size // heads, generator=generator)
-                 for _ in range(3))
+    qkv = tuple(torch.randn(batch_size, heads, seq_len, config.hidden_size // heads, generator=generator)
+                for _ in range(3))
+    if placement is None or placement.is_default:
+        return qkv
+    return tuple(t.to(device=placement.torch_device, dtype=placement.torch_dtype) for t in qkv)
 
 
 def forward_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor], forward_kwargs: dict) -> Callable[[], object]:
@@ -72,9 +78,11 @@ class SpeedCase:
 
 
 def build_speed_case(backend: ResolvedBackend, models: TaskModels, task, encoded: EncodedSplit, *,
-                     batch_size: int, seq_len: int, prepared: torch.nn.Module) -> SpeedCase:
-    inputs = fixed_shape_inputs(encoded, batch_size, seq_len)
-    qkv = random_qkv(models.model(task).config, batch_size, seq_len)
+                     batch_size: int, seq_len: int, prepared: torch.nn.Module,
+                     placement: Placement | None = None) -> SpeedCase:
+    """``prepared`` is already at ``placement`` (device and dtype); the inputs are moved there."""
+    inputs = move_batch(fixed_shape_inputs(encoded, batch_size, seq_len), placement)
+    qkv = random_qkv(models.model(task).config, batch_size, seq_len, placement=placement)
     return SpeedCase(backend, prepared, forward_call(prepared, inputs, models.forward_kwargs(task)),
                      attention_core_call(backend, prepared, qkv))
 

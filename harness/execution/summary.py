@@ -81,14 +81,23 @@ def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
     throughput = _throughput(rows, order)
     if throughput:
         parts.append(throughput)
+    dtype_cost = _dtype_cost(rows, reference)
+    if dtype_cost:
+        parts.append(dtype_cost)
     speed = rows[rows["category"].isin(["speed", "memory"])]
     if not speed.empty:
+        shape = speed.iloc[0]
+        main_shape = (speed["batch_size"] == shape["batch_size"]) & (speed["seq_len"] == shape["seq_len"])
+        other_shapes = speed[~main_shape]
+        speed = speed[main_shape]
         table = speed.pivot_table(index="backend", columns="metric", values="value", aggfunc="first", sort=False)
         iqr = speed[speed["category"] == "speed"].set_index(["backend", "metric"])["samples"].map(
-            lambda s: pd.Series(s).quantile(0.75) - pd.Series(s).quantile(0.25))
-        shape = speed.iloc[0]
+            lambda s: pd.Series(s).quantile(0.75) - pd.Series(s).quantile(0.25) if s is not None and len(s)
+            else float("nan"))
+        iqr = iqr[~iqr.index.duplicated()]
+        where = _placement(shape)
         lines = [f"speed and memory (batch {int(shape['batch_size'])} x seq {int(shape['seq_len'])}, "
-                 f"{shape['threads']} thread(s); median [IQR])"]
+                 f"{shape['threads']} thread(s){where}; median [IQR])"]
         for backend in [b for b in order if b in table.index]:
             cells = []
             for metric, label in (("latency_forward", "forward"), ("latency_attention_core", "attention core")):
@@ -103,6 +112,42 @@ def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
                 cells.append(f"peak tensors {table.loc[backend, 'peak_memory_forward'] / 2**20:.1f} MiB")
             if "model_size" in table.columns:
                 cells.append(f"weights {table.loc[backend, 'model_size'] / 2**20:.1f} MiB")
+            if "attention_core_tflops" in table.columns:
+                cells.append(f"attention core {table.loc[backend, 'attention_core_tflops']:.1f} TFLOP/s")
             lines.append(f"  {backend}: " + "; ".join(cells))
+        lines += _other_shapes(other_shapes, order)
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _placement(row: pd.Series) -> str:
+    """``", cuda:NVIDIA H200 bfloat16"`` for rows off the CPU or below float32; empty for CPU float32."""
+    device, dtype = row.get("device"), row.get("dtype")
+    device = device if isinstance(device, str) else "cpu"
+    dtype = dtype if isinstance(dtype, str) else "float32"
+    return "" if (device, dtype) == ("cpu", "float32") else f", {device} {dtype}"
+
+
+def _other_shapes(speed: pd.DataFrame, order: list[str]) -> list[str]:
+    """One line per further latency shape (CUDA: batch 1 and the throughput batch): forward latency, tokens/s."""
+    forward = speed[speed["metric"] == "latency_forward"]
+    lines = []
+    for (batch, seq), group in forward.groupby(["batch_size", "seq_len"], sort=False):
+        values = group.drop_duplicates("backend").set_index("backend")["value"]
+        cells = [f"{b} {values[b] * 1e3:.2f} ms ({batch * seq / values[b]:,.0f} tokens/s)"
+                 for b in order if b in values.index]
+        lines.append(f"  batch {int(batch)} x seq {int(seq)}, forward: " + "; ".join(cells))
+    return lines
+
+
+def _dtype_cost(rows: pd.DataFrame, reference: str) -> str:
+    """Below float32: the reference at the run's dtype against the reference in float32 (``*_vs_fp32`` rows)."""
+    cost = rows[(rows["backend"] == reference) & rows["metric"].astype(str).str.endswith("_vs_fp32")]
+    if cost.empty:
+        return ""
+    table = cost.pivot_table(index="task", columns="metric", values="value", aggfunc="first", sort=False)
+    table.columns = [c.removesuffix("_vs_fp32") for c in table.columns]
+    keep = [c for c in ("agreement", "max_abs_logit_diff", "attn_cosine_mean") if c in table.columns]
+    dtype = cost["dtype"].iloc[0] if "dtype" in cost else "this dtype"
+    return (f"what {dtype} alone costs: {reference} in {dtype} vs {reference} in float32, same device and inputs\n"
+            + table[keep].to_string(float_format=lambda v: f"{v:.6g}"))

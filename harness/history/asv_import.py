@@ -7,6 +7,13 @@ each benchmark × parameter combination becomes one row (value, unit, direction,
 ``backend``, ``task``, ``threads``, ``seq_len`` and ``batch_size`` fill the matching columns. Importing is
 idempotent: a result file whose run id (a hash of machine, environment, commit and start time) is already
 in the store is skipped.
+
+Parameter values are stored by position and named from ``benchmarks.json``, which describes the suite as
+it is *now*. A result is only read with those names when its stored benchmark version equals the version
+in ``benchmarks.json`` (what ``asv compare`` and ``asv publish`` require too): a result of an older version
+of the benchmark (its parameters may have been renamed or reordered since) is skipped and counted, never
+relabelled. The suite in ``benchmarks/`` sets ``version`` explicitly, so edits that do not change what a
+benchmark measures keep its older results importable.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ class ImportSummary:
     imported: int
     skipped_existing: int
     rows: int
+    #: benchmark results (one benchmark of one result file) not imported because their benchmark version
+    #: differs from ``benchmarks.json``'s, or the benchmark is no longer in it
+    skipped_version: int = 0
+    skipped_unknown: int = 0
 
 
 def _param_value(text: str) -> Any:
@@ -62,8 +73,25 @@ def run_id_of(machine: str, env_name: str, commit: str, started: int | float) ->
     return f"asv-{commit[:8]}-{digest}"
 
 
+def stale_results(results, benchmarks: dict) -> tuple[list[str], list[str]]:
+    """Result keys of one loaded ``asv.results.Results`` that cannot be read with ``benchmarks.json``:
+    ``(other version, not in benchmarks.json)``. A result of another benchmark version (or one without a
+    stored version, or whose number of parameters differs from ``param_names``) may name its parameters
+    differently; asv's own ``Results.get_result_keys`` drops version mismatches the same way."""
+    other_version, unknown = [], []
+    for key in sorted(results.get_all_result_keys()):
+        meta = benchmarks.get(key)
+        if meta is None:
+            unknown.append(key)
+        elif (results.benchmark_version.get(key) != meta.get("version")
+              or len(results.get_result_params(key) or []) != len(meta.get("param_names", []))):
+            other_version.append(key)
+    return other_version, unknown
+
+
 def result_rows(results, machine: str, machine_info: dict, benchmarks: dict) -> tuple[str, list[dict[str, Any]]]:
-    """Rows of one loaded ``asv.results.Results``; returns ``(run id, rows)``."""
+    """Rows of one loaded ``asv.results.Results``; returns ``(run id, rows)``. Results that
+    :func:`stale_results` lists are left out."""
     started_all = [t for t in results.started_at.values() if t is not None]
     run_started = min(started_all) if started_all else results.date
     run_id = run_id_of(machine, results.env_name, results.commit_hash, run_started)
@@ -72,10 +100,9 @@ def result_rows(results, machine: str, machine_info: dict, benchmarks: dict) -> 
     versions = json.dumps({"python": results.params.get("python"), **{
         k.removeprefix("req-"): v for k, v in results.params.items() if k.startswith("req-")}}, sort_keys=True)
     rows = []
-    for key in sorted(results.get_all_result_keys()):
-        meta = benchmarks.get(key)
-        if meta is None:
-            continue  # a benchmark that no longer exists in benchmarks.json: no unit or type to interpret it
+    other_version, unknown = stale_results(results, benchmarks)
+    for key in sorted(set(results.get_all_result_keys()) - set(other_version) - set(unknown)):
+        meta = benchmarks[key]
         params = results.get_result_params(key)
         values = results.get_result_value(key, params)
         stats = results.get_result_stats(key, params)
@@ -133,6 +160,9 @@ def import_asv(results_dir: Path | str, store: Path | str) -> ImportSummary:
         if run_id in known:
             summary.skipped_existing += 1
             continue
+        other_version, unknown = stale_results(results, benchmarks)
+        summary.skipped_version += len(other_version)
+        summary.skipped_unknown += len(unknown)
         run = {"run_id": run_id, "source": "asv", "asv_file": str(Path(root) / filename), "machine": machine,
                "commit": results.commit_hash, "env_name": results.env_name}
         write_rows(store, rows, run)

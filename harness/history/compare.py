@@ -1,15 +1,19 @@
-"""Compare two commits or runs: per benchmark, the ratio B/A with a confidence interval and a verdict.
+"""Compare two commits or runs: per benchmark, the change B/A or B − A with a confidence interval and a verdict.
 
 Rows are paired by the key of the row schema (:data:`harness.history.schema.KEY`): what is measured (source,
 backend, task, metric) and every setting it was measured with (machine, model, data, limit, batching, threads,
-shape, …). Rows that measure the same thing with different settings get the verdict ``settings differ``,
-naming the settings, and never a regression or improvement.
+shape, …), never across machines. Rows that measure the same thing with different settings get the verdict
+``settings differ``, naming the settings, and never a regression or improvement.
 
-Where both sides have repeated samples (timings), the ratio of
-medians gets a bootstrap 95 % confidence interval (``scipy.stats.bootstrap``) and a two-sided Mann–Whitney
-U test; a change is *significant* when p < alpha and the interval excludes 1. Values without samples
-(task metrics, which are deterministic for a given code and data) are compared exactly. A *regression* is
-a significant (or exact) change in the bad direction larger than the threshold.
+Positive quantities (seconds, bytes, tokens/s, speed-ups) are
+compared by the ratio of medians B/A, every other metric (scores, agreement, fidelity: they can be zero or
+negative) by the difference B − A; :func:`harness.history.scales.scale_of` decides per unit. Where both
+sides have repeated samples (timings), the change gets a bootstrap 95 % confidence interval
+(``scipy.stats.bootstrap``) and a two-sided Mann–Whitney U test; a change is *significant* when p < alpha
+and the interval excludes "no change". Values without samples (task metrics, which are deterministic for a
+given code and data) are compared exactly. A *regression* is a significant (or exact) change in the bad
+direction (the sign of B − A) larger than the threshold: relative (``threshold``) on the ratio scale,
+absolute (``abs_threshold``) on the difference scale.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from scipy import stats
 
 from . import schema
 from .asv_import import PARAM_COLUMNS
+from .scales import Scale, change, exceeds, format_change, is_worse, no_change, scale_of
 from ..errors import UserError
 from ..provenance import ROOT, git
 
@@ -110,31 +115,42 @@ def _pool(group: pd.DataFrame) -> np.ndarray:
     return np.asarray(values, dtype=float)
 
 
-def _ratio_ci(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
-    def median_ratio(x, y, axis=-1):
-        return np.median(y, axis=axis) / np.median(x, axis=axis)
-    result = stats.bootstrap((a, b), median_ratio, vectorized=True, paired=False, n_resamples=2000,
+def _change_ci(a: np.ndarray, b: np.ndarray, scale: Scale, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap 95 % interval of the ratio (or difference) of medians (Efron & Tibshirani 1993)."""
+    def median_change(x, y, axis=-1):
+        if scale == "ratio":
+            return np.median(y, axis=axis) / np.median(x, axis=axis)
+        return np.median(y, axis=axis) - np.median(x, axis=axis)
+    result = stats.bootstrap((a, b), median_change, vectorized=True, paired=False, n_resamples=2000,
                              confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def compare_samples(a: np.ndarray, b: np.ndarray, direction: str, *, threshold: float = 0.05,
-                    alpha: float = 0.05, seed: int = 0) -> dict:
-    """Ratio B/A, its CI and p-value (when both sides have ≥ 3 samples) and the verdict."""
+                    alpha: float = 0.05, seed: int = 0, scale: Scale = "ratio",
+                    abs_threshold: float = 0.01) -> dict:
+    """Change of the medians of ``a`` to ``b`` on ``scale`` (ratio B/A or difference B − A), its bootstrap
+    CI and Mann–Whitney p-value (Mann & Whitney 1947; when both sides have ≥ 3 samples), and the verdict.
+
+    The direction of a change comes from the sign of B − A; its size is compared with ``threshold``
+    (relative, ratio scale) or ``abs_threshold`` (absolute, difference scale). A ratio needs positive
+    medians: otherwise the verdict is ``n/a``.
+    """
     med_a, med_b = float(np.median(a)), float(np.median(b))
-    ratio = med_b / med_a if med_a else float("nan")
-    worse = ratio > 1 if direction == "lower" else ratio < 1
-    big = abs(ratio - 1) > threshold
-    if len(a) >= 3 and len(b) >= 3:
-        low, high = _ratio_ci(a, b, seed)
+    effect = change(med_a, med_b, scale)
+    null = no_change(scale)
+    worse = is_worse(med_a, med_b, direction)
+    big = exceeds(effect, scale, relative=threshold, absolute=abs_threshold)
+    if len(a) >= 3 and len(b) >= 3 and np.isfinite(effect):
+        low, high = _change_ci(a, b, scale, seed)
         p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-        significant = p < alpha and not (low <= 1 <= high)
+        significant = p < alpha and not (low <= null <= high)
         kind = "sampled"
     else:
         low = high = p = float("nan")
-        significant = ratio != 1
+        significant = med_b != med_a
         kind = "exact"
-    if not np.isfinite(ratio):
+    if not np.isfinite(effect):
         verdict = "n/a"
     elif not significant:
         verdict = "no change" if kind == "exact" else "not significant"
@@ -142,12 +158,17 @@ def compare_samples(a: np.ndarray, b: np.ndarray, direction: str, *, threshold: 
         verdict = "within threshold"
     else:
         verdict = "regression" if worse else "improvement"
-    return {"a": med_a, "b": med_b, "ratio": ratio, "ci_low": low, "ci_high": high, "p_value": p,
-            "n_a": len(a), "n_b": len(b), "kind": kind, "verdict": verdict}
+    return {"a": med_a, "b": med_b, "scale": scale, "change": effect,
+            "ratio": effect if scale == "ratio" else float("nan"), "difference": med_b - med_a,
+            "ci_low": low, "ci_high": high, "p_value": p, "n_a": len(a), "n_b": len(b), "kind": kind,
+            "verdict": verdict}
 
 
-def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.05, alpha: float = 0.05) -> Comparison:
-    """Pair the rows of A and B and compare every measurement both have."""
+def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.05, alpha: float = 0.05,
+            abs_threshold: float = 0.01) -> Comparison:
+    """Pair the rows of A and B and compare every measurement both have, each on its unit's scale
+    (:func:`harness.history.scales.scale_of`): ``threshold`` is relative (ratio scale), ``abs_threshold``
+    absolute (difference scale)."""
     rows = with_variant(rows)
     side_a, label_a = select(rows, ref_a)
     side_b, label_b = select(rows, ref_b)
@@ -160,9 +181,10 @@ def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.
             if differing is not None:
                 out.append(differing)
             continue
-        direction = group_b["direction"].iloc[0]
-        result = compare_samples(_pool(group_a), _pool(group_b), direction, threshold=threshold, alpha=alpha)
-        out.append({**dict(zip(KEY, key)), "unit": group_b["unit"].iloc[0], "direction": direction, **result})
+        direction, unit = group_b["direction"].iloc[0], group_b["unit"].iloc[0]
+        result = compare_samples(_pool(group_a), _pool(group_b), direction, threshold=threshold, alpha=alpha,
+                                 scale=scale_of(unit), abs_threshold=abs_threshold)
+        out.append({**dict(zip(KEY, key)), "unit": unit, "direction": direction, **result})
     if not out:
         raise UserError(f"{label_a} and {label_b} have no measurement in common (same source, backend, task "
                         "and metric)")
@@ -205,26 +227,32 @@ def format_param(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def to_markdown(comparison: Comparison, *, threshold: float, only_changes: bool = False) -> str:
-    """A table for a pull request: regressions first."""
+def to_markdown(comparison: Comparison, *, threshold: float, only_changes: bool = False,
+                abs_threshold: float = 0.01) -> str:
+    """A table for a pull request: regressions first; the change column shows B/A (``1.146x``) for
+    positive quantities and B − A (``+0.063``) for the others."""
     table = comparison.table
     if only_changes:
         table = table[table["verdict"].isin(["regression", "improvement", SETTINGS_DIFFER])]
     counts = comparison.table["verdict"].value_counts()
-    lines = [f"**{comparison.label_b}** vs **{comparison.label_a}** (B/A; threshold {threshold:.0%}): "
+    lines = [f"**{comparison.label_b}** vs **{comparison.label_a}** (B/A for times, sizes and rates, threshold "
+             f"{threshold:.0%}; B − A for scores and other metrics, threshold {abs_threshold:g}): "
              + ", ".join(f"{n} {v}" for v, n in counts.items()), "",
-             "| verdict | benchmark | params | A | B | B/A [95% CI] | p |", "|---|---|---|---:|---:|---|---:|"]
+             "| verdict | benchmark | params | A | B | B/A or B − A [95% CI] | p |", "|---|---|---|---:|---:|---|---:|"]
     for r in table.itertuples():
         params = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("backend", "task", "threads", "seq_len")
                            if getattr(r, k) is not None and pd.notna(getattr(r, k)))
         if r.variant:
             params = ", ".join([params, *(f"{k}={v}" for k, v in json.loads(r.variant).items())]).strip(", ")
         ci = f" [{r.ci_low:.3f}, {r.ci_high:.3f}]" if np.isfinite(r.ci_low) else ""
+        if np.isfinite(r.ci_low) and r.scale == "difference":
+            ci = f" [{r.ci_low:+.4g}, {r.ci_high:+.4g}]"
         p = f"{r.p_value:.2g}" if np.isfinite(r.p_value) else r.kind
         mark = {"regression": "❌ regression", "improvement": "✅ improvement"}.get(r.verdict, r.verdict)
-        ratio = f"{r.ratio:.3f}{ci}"
-        if r.verdict == SETTINGS_DIFFER:  # not comparable: no ratio, the settings instead
+        if r.verdict == SETTINGS_DIFFER:  # not comparable: no change, the settings instead
             mark, ratio, p = f"⚠️ settings differ: {r.settings}", "-", "-"
+        else:
+            ratio = f"{format_change(r.change, r.scale)}{ci}"
         lines.append(f"| {mark} | {r.metric} ({r.direction} is better) | {params} | {_fmt(r.a, r.unit)} | "
                      f"{_fmt(r.b, r.unit)} | {ratio} | {p} |")
     return "\n".join(lines)

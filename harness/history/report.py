@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .compare import KEY, format_param, with_variant
+from .scales import format_change
 from .regressions import commit_order, find_regressions, per_commit_values, to_frame
 
 HISTORY_METRICS = ("latency_forward", "latency_attention_core")
@@ -94,7 +95,7 @@ def _history_figure(title: str, history: pd.DataFrame, changes: pd.DataFrame, un
         if len(position):
             colour = "tab:red" if change.kind == "regression" else "tab:green"
             ax.axvline(position[0] - 0.5, color=colour, ls="--", lw=1)
-            ax.annotate(f"{change.ratio:.3f}x", (position[0] - 0.5, ax.get_ylim()[1]), color=colour, fontsize=7,
+            ax.annotate(format_change(change.change, change.scale), (position[0] - 0.5, ax.get_ylim()[1]), color=colour, fontsize=7,
                         va="top")
     ax.set_xticks(x, [c[:7] for c in history["commit"]], rotation=90, fontsize=6)
     ax.set_ylabel("ms" if scale == 1e3 else unit)

@@ -26,8 +26,10 @@ IDENTITY, SETTING, DESCRIPTIVE, VALUE = "identity", "setting", "descriptive", "v
 #: Bumped whenever columns change; :func:`harness.history.store.read_results` upgrades older files.
 #: 1: first layout; 2: ``plan_id``, ``cell_id``; 3: settings columns (``limit``, ``max_tokens``,
 #: ``eval_batch_size``, ``fidelity_examples``, ``warmup``, ``executor``), and the eval batch limit moves out
-#: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``.
-SCHEMA_VERSION = 3
+#: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``; 4: ``device``, ``dtype``
+#: (settings: CPU rows never pair with GPU rows, nor float32 with bfloat16), ``clock`` (null: the wall clock)
+#: and ``device_info``; older rows read as ``cpu`` / ``float32``.
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,13 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("fidelity_examples", pa.int32(), SETTING, "--fidelity-examples (fidelity rows)"),
     Column("warmup", pa.int32(), SETTING, "--warmup: untimed rounds before the timed ones (speed rows)"),
     Column("executor", pa.string(), SETTING, "--executor the eval pass ran on (throughput rows)"),
+    # schema 4: where it computed
+    Column("device", pa.string(), SETTING, '"cpu" or "cuda:<GPU name>" (the machine id stays host + CPU)'),
+    Column("dtype", pa.string(), SETTING, "--dtype of model and inputs: float32, bfloat16 or float16"),
+    Column("clock", pa.string(), SETTING, "what a timing sample measures when not the wall clock (null), e.g. "
+           "cuda-event+l2flush (speed rows)"),
+    Column("device_info", pa.string(), DESCRIPTIVE,
+           "JSON on CUDA: GPU name, memory, capability, driver, CUDA and cuDNN versions (null on the CPU)"),
     # hive partitions (directory names, not in the files) and derived columns
     Column("machine", pa.string(), SETTING, "machine id; rows of different machines never pair", stored=False),
     Column("date", pa.string(), DESCRIPTIVE, "UTC date of the row's timestamp", stored=False),

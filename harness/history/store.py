@@ -160,8 +160,9 @@ def _upgrade(table: pa.Table, version: int, run: Mapping[str, Any]) -> pa.Table:
     Version 2 added ``plan_id`` and ``cell_id``; version-1 files read with nulls there. Version 3 added the
     settings columns: for harness rows they are filled from the run's spec stored in the file (``run``), on
     the rows each setting applies to, and old eval rows' ``batch_size`` (then the eval batch limit) moves to
-    ``eval_batch_size``. Columns missing from a file are null. Raises when a column cannot be cast (the
-    caller skips the file).
+    ``eval_batch_size``. Version 4 added ``device`` and ``dtype``: null reads as ``cpu`` and ``float32``
+    (every row before it, and asv's, was measured there). Other columns missing from a file are null. Raises
+    when a column cannot be cast (the caller skips the file).
     """
     if version > SCHEMA_VERSION:
         raise StoreError(f"schema version {version} is newer than this attnbench's ({SCHEMA_VERSION}); "
@@ -175,6 +176,18 @@ def _upgrade(table: pa.Table, version: int, run: Mapping[str, Any]) -> pa.Table:
     table = pa.Table.from_arrays(columns, schema=SCHEMA)
     if version < 3:
         table = _upgrade_to_3(table, run.get("spec") or {})
+    return _fill_placement(table)
+
+
+#: What a row without a device was measured on: everything before schema 4, and asv's rows, ran on the CPU in float32.
+PLACEMENT_DEFAULTS = {"device": "cpu", "dtype": "float32"}
+
+
+def _fill_placement(table: pa.Table) -> pa.Table:
+    """Schema 4: null ``device`` / ``dtype`` (older files, asv imports) read as ``cpu`` / ``float32``."""
+    for name, default in PLACEMENT_DEFAULTS.items():
+        index = SCHEMA.get_field_index(name)
+        table = table.set_column(index, name, pc.fill_null(table[name], pa.scalar(default, pa.string())))
     return table
 
 

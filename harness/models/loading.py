@@ -9,11 +9,17 @@
 
 A :class:`TaskModels` hands the runner a dense base model per task. The runner never modifies it:
 backends get deep copies.
+
+A checkpoint that names its labels (``id2label`` in its config) has its outputs put in the task's label
+order by name (case-insensitive; ``_``, ``-`` and spaces alike): :meth:`TaskModels.label_order` gives the
+reordering and :meth:`TaskModels.model_facts` records it in every eval row's ``extra``. Names that do not
+match the task's are refused (:class:`ModelError`); generic ``LABEL_0 … LABEL_n`` names are used in order.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -63,6 +69,52 @@ class TaskModels(ABC):
     def excluded_idx(self, task: Task) -> np.ndarray:
         """``idx`` values of the evaluation split that must not be evaluated (rows the model was fitted on)."""
         return np.array([], dtype=np.int64)
+
+    def label_order(self, task: Task) -> np.ndarray | None:
+        """For each of the task's labels, in the task's order, the model output column that scores it; ``None``
+        when the model's outputs are already in the task's order. Apply as ``logits[:, order]``."""
+        return None
+
+    def model_facts(self, task: Task) -> dict[str, str]:
+        """Facts about how the model serves ``task`` worth recording in every eval row's ``extra``."""
+        return {}
+
+
+_GENERIC_LABEL = re.compile(r"^label_(\d+)$", re.IGNORECASE)
+
+
+def _label_key(name: object) -> str:
+    return re.sub(r"[\s_-]+", "_", str(name).strip().lower())
+
+
+def checkpoint_label_order(task: Task, id2label: dict | None, source: str) -> tuple[np.ndarray | None, dict[str, str]]:
+    """Match a checkpoint's ``id2label`` to the task's ``label_names`` by name.
+
+    Returns ``(order, facts)``: ``order[i]`` is the checkpoint output that scores the task's label ``i``
+    (``None`` when no reordering is needed: regression, a task without label names, generic ``LABEL_i``
+    names, or names already in the task's order); ``facts`` records a reordering for the result rows.
+
+    :raises ModelError: when the checkpoint names its labels and the names are not the task's.
+    """
+    if task.is_regression or not task.label_names or not id2label:
+        return None, {}
+    names = [id2label.get(i, id2label.get(str(i))) for i in range(task.num_labels)]
+    generic = [_GENERIC_LABEL.match(str(n)) if n is not None else None for n in names]
+    if all(m is not None for m in generic):
+        return None, {}
+    got, wanted = [_label_key(n) for n in names], [_label_key(n) for n in task.label_names]
+    if sorted(got) != sorted(wanted) or len(set(got)) != len(got):
+        shown = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+        raise ModelError(f"model {source!r} names its outputs {shown} (config id2label) but task {task.name!r} has "
+                         f"labels {', '.join(task.label_names)}; cannot tell which output scores which label. Give a "
+                         f"checkpoint fine-tuned for {task.name}, or set id2label in its config.json to the task's "
+                         f"label names (or to LABEL_0..LABEL_{task.num_labels - 1} to use the outputs in order)")
+    order = np.array([got.index(w) for w in wanted], dtype=np.int64)
+    if (order == np.arange(task.num_labels)).all():
+        return None, {}
+    shown = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    return order, {"label_mapping": f"checkpoint id2label {{{shown}}} reordered by name to the task's "
+                                    f"{', '.join(task.label_names)}"}
 
 
 @contextmanager
@@ -156,6 +208,7 @@ class HuggingFaceModels(TaskModels):
         self._sources = sources
         self._models: dict[str, torch.nn.Module] = {}
         self._tokenizers: dict[str, object] = {}
+        self._label_orders: dict[str, tuple[np.ndarray | None, dict[str, str]]] = {}
         for task in tasks:
             source = self.source(task)
             if source not in self._models:
@@ -166,6 +219,8 @@ class HuggingFaceModels(TaskModels):
             if labels != task.num_labels:
                 raise ModelError(f"model {source!r} has {labels} output label(s) but task {task.name!r} needs "
                                  f"{task.num_labels}; give one checkpoint per task as TASK=PATH")
+            self._label_orders[task.name] = checkpoint_label_order(
+                task, getattr(self._models[source].config, "id2label", None), source)
 
     def source(self, task: Task) -> str:
         source = self._sources.get(task.name) or self._sources.get(task.config) or self._sources.get("*")
@@ -182,6 +237,12 @@ class HuggingFaceModels(TaskModels):
 
     def tokenizer(self, task: Task):
         return self._tokenizers[self.source(task)]
+
+    def label_order(self, task: Task) -> np.ndarray | None:
+        return self._label_orders.get(task.name, (None, {}))[0]
+
+    def model_facts(self, task: Task) -> dict[str, str]:
+        return dict(self._label_orders.get(task.name, (None, {}))[1])
 
 
 def parse_model_args(values: list[str] | None) -> dict[str, str]:

@@ -42,13 +42,15 @@ class Task:
     :param num_labels: number of classes (labels are int ids ``0 .. num_labels-1``), or 1 for regression
         (float labels).
     :param metrics: the official metrics; the first is the task's main metric.
-    :param label_names: class names in label-id order; a checkpoint whose ``id2label`` names its classes is
-        matched to them by name.
+    :param label_names: class names in label-id order; also matched (case-insensitively) against a
+        checkpoint's ``id2label`` to put its outputs in this order.
     :param description: one line for ``attnbench tasks``.
     :param label_field: the label column (default ``"label"``). An optional ``idx`` column identifies rows
         (row numbers are used without it).
     :param train_split: the split that a model without a head for this task fits one on (the embedded
         default, see the README), or ``None`` if the task has none.
+    :param label_range: for regression, the inclusive ``(low, high)`` range of valid labels (STS-B: 0–5);
+        ``None``: any finite number.
     """
 
     name: str
@@ -62,6 +64,7 @@ class Task:
     description: str = ""
     label_field: str = "label"
     train_split: str | None = "train"
+    label_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.text_fields) <= 2:

@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from ..errors import DataError
 from .contract import Task
@@ -52,8 +53,16 @@ class DataSource:
         return f"dir:{self.path}"
 
     def load(self, task: Task, split: str | None = None) -> datasets.Dataset:
-        """Rows of ``split`` (default: the task's evaluation split) as a ``datasets.Dataset``."""
+        """Rows of ``split`` (default: the task's evaluation split) as a ``datasets.Dataset``.
+
+        Every row must carry a valid label (:func:`check_labels`); raises :class:`DataError` otherwise.
+        """
         split = split or task.split
+        rows = self._read(task, split)
+        check_labels(task, rows, split, self.label)
+        return rows
+
+    def _read(self, task: Task, split: str) -> datasets.Dataset:
         if self.kind == "hub":
             try:
                 return datasets.load_dataset(task.dataset, task.config, split=split)
@@ -62,6 +71,11 @@ class DataSource:
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                                 "offline, use --data sample or --data DIR") from None
         file = self.path / task.config / f"{split}.parquet"
+        if not file.is_file() and self.kind == "sample":
+            train = f" and DIR/{task.config}/{task.train_split}.parquet" if task.train_split else ""
+            raise DataError(f"task {task.name!r}: the bundled sample has no {split!r} rows of it (it holds GLUE only); "
+                            f"run with --data DIR, where DIR/{task.config}/{task.split}.parquet holds the rows to "
+                            f"evaluate{train} (rows the embedded default fits its head on), or --data hub")
         if not file.is_file():
             raise DataError(f"task {task.name!r}: {file} not found; the data directory must hold "
                             f"<task>/<split>.parquet files, e.g. {task.config}/{split}.parquet")
@@ -69,6 +83,51 @@ class DataSource:
             return datasets.Dataset.from_parquet(str(file))
         except Exception as exc:
             raise DataError(f"task {task.name!r}: cannot read {file}: {type(exc).__name__}: {exc}") from None
+
+
+def check_labels(task: Task, rows: datasets.Dataset, split: str, where: str = "") -> None:
+    """Refuse a split whose rows are not all labelled with a valid label for ``task``.
+
+    Unlabelled rows are ``-1`` (GLUE's convention for its test splits) or null/NaN. Classification labels
+    must be integer class ids ``0 .. num_labels-1``; regression labels must be finite and, when the task
+    declares ``label_range``, inside it. Scoring such rows would store a meaningless metric (accuracy 0.0
+    against -1) or fail deep inside scikit-learn, so the whole split is refused with one line that names the
+    task, the split and how many rows are affected.
+
+    :raises DataError: when the task's label column (``task.label_field``) is missing or not numeric, or any
+        row's label is invalid.
+    """
+    at = f"task {task.name!r}, split {split!r}" + (f" of {where}" if where else "")
+    column = task.label_field
+    if column not in rows.column_names:
+        raise DataError(f"{at}: no {column!r} column (columns: {', '.join(rows.column_names)}); every evaluated "
+                        "row needs its gold label")
+    table = rows.data.table if rows._indices is None else rows.flatten_indices().data.table
+    try:
+        labels = np.asarray(table.column(column).to_pandas(), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{at}: the {column!r} column is not numeric ({exc}); labels must be class ids or, "
+                        "for regression, scores") from None
+    if len(labels) == 0:
+        return
+    unlabelled = np.isnan(labels) | (labels == -1)
+    if task.is_regression:
+        low, high = task.label_range if task.label_range is not None else (-np.inf, np.inf)
+        bad = ~unlabelled & (~np.isfinite(labels) | (labels < low) | (labels > high))
+        valid = f"finite scores{f' in {low:g}..{high:g}' if task.label_range is not None else ''}"
+    else:
+        bad = ~unlabelled & ((labels < 0) | (labels >= task.num_labels) | (labels != np.round(labels)))
+        valid = f"class ids 0..{task.num_labels - 1}"
+    problems = []
+    if unlabelled.any():
+        problems.append(f"{int(unlabelled.sum())} of {len(labels)} rows have no label (-1 or null/NaN, GLUE's "
+                        "marker for its unlabelled test splits)")
+    if bad.any():
+        examples = ", ".join(f"{v:g}" for v in np.unique(labels[bad])[:3])
+        problems.append(f"{int(bad.sum())} of {len(labels)} rows have labels outside {valid} (e.g. {examples})")
+    if problems:
+        raise DataError(f"{at}: {'; '.join(problems)}; nothing was measured. Evaluate a labelled split "
+                        f"(e.g. GLUE's validation split) or fix or drop those rows; the task needs {valid}")
 
 
 def sample_manifest() -> dict:

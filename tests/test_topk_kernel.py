@@ -1,0 +1,206 @@
+"""The fused top-k kernel (``cython_kernels.topk_attention_u8s8``, ``_topk.pyx``): its selection against a NumPy
+reference on the same int32 scores, equality with dense attention, padding, non-finite inputs, threads, and the
+``topk`` backend's use of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cython_kernels as ck
+from harness import load_registry
+
+pytestmark = pytest.mark.skipif(not ck.TOPK_AVAILABLE,
+                                reason=f"fused top-k kernel unavailable: {ck.TOPK_UNAVAILABLE_REASON}")
+
+INT32_MIN = np.iinfo(np.int32).min
+INT32_MAX = np.iinfo(np.int32).max
+GRANULARITIES = ("head", "token")
+
+
+def reference_select(scores: np.ndarray, valid: np.ndarray, k: int) -> list[list[int]]:
+    """Per row, the indices (ascending) of the k largest valid scores, ties to the lower index."""
+    keys = np.flatnonzero(valid)
+    rows = []
+    for row in scores:
+        order = sorted(keys, key=lambda j: (-int(row[j]), int(j)))
+        rows.append(sorted(int(j) for j in order[:k]))
+    return rows
+
+
+def check_selection(scores: np.ndarray, valid: np.ndarray | None, k: int) -> None:
+    valid_arr = np.ones(scores.shape[1], bool) if valid is None else valid
+    index, count = ck.topk_select(scores, valid, k)
+    expected = reference_select(scores, valid_arr, k)
+    for i, want in enumerate(expected):
+        assert index[i, :count[i]].tolist() == want, (i, k, scores[i].tolist(), valid_arr.tolist())
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 33, 128, 200, 512])
+@pytest.mark.parametrize("k", [1, 2, 5, 16, 32, 200, 600])
+def test_selection_equals_numpy_reference_on_random_rows(n, k):
+    rng = np.random.default_rng(n * 1000 + k)
+    wide = rng.integers(-2_000_000, 2_000_000, size=(20, n), dtype=np.int32)
+    narrow = rng.integers(-3, 4, size=(20, n), dtype=np.int32)  # many ties
+    check_selection(np.concatenate([wide, narrow]), None, k)
+
+
+@pytest.mark.parametrize("k", [1, 3, 16, 64])
+def test_selection_all_equal_rows_and_extreme_values(k):
+    n = 130
+    rows = np.stack([np.full(n, 5, np.int32), np.full(n, INT32_MAX, np.int32), np.full(n, INT32_MIN + 1, np.int32),
+                     np.where(np.arange(n) % 2, INT32_MAX, INT32_MIN + 1).astype(np.int32),
+                     np.arange(n, dtype=np.int32)[::-1].copy(), np.arange(n, dtype=np.int32)])
+    check_selection(rows, None, k)
+
+
+@pytest.mark.parametrize("k", [1, 4, 16, 40])
+def test_selection_with_masked_keys_and_fewer_valid_keys_than_k(k):
+    rng = np.random.default_rng(k)
+    n = 96
+    scores = rng.integers(-50, 50, size=(10, n), dtype=np.int32)
+    scores[:, ::3] = 10_000  # masked keys with the best scores must never be chosen
+    for density in (0.05, 0.3, 0.9):
+        valid = rng.random(n) < density
+        valid[::3] = False
+        check_selection(scores, valid, k)
+    few = np.zeros(n, bool)
+    few[[5, 50, 90]] = True  # 3 valid keys: all of them, whatever k
+    index, count = ck.topk_select(scores, few, k)
+    assert (count == min(k, 3)).all()
+    if k >= 3:
+        assert index[0, :3].tolist() == [5, 50, 90]
+
+
+def qkv(batch=3, heads=4, seq=40, dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, seq, dim, generator=g) for _ in range(3)]
+
+
+def dense(q, k, v, valid):
+    mask = None if valid is None else valid[:, None, None, :]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("dim", [32, 64, 12])
+def test_k_at_least_the_valid_length_is_dense_attention(granularity, dim):
+    q, k, v = qkv(dim=dim)
+    valid = torch.ones(3, 40, dtype=torch.bool)
+    valid[1, 25:] = False
+    valid[2, 3] = False  # a masked key inside the sequence
+    for topk in (40, 41, 100):
+        out = ck.topk_attention_u8s8(q, k, v, valid, topk=topk, granularity=granularity)
+        rows = valid[:, :, None, None].expand_as(out)
+        torch.testing.assert_close(out[rows], dense(q, k, v, valid)[rows], atol=1e-5, rtol=0)
+    out = ck.topk_attention_u8s8(q, k, v, None, topk=40, granularity=granularity, smooth_k=True)
+    torch.testing.assert_close(out, dense(q, k, v, None), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("smooth_k", [False, True])
+def test_same_selection_as_the_unfused_fbgemm_scorer(granularity, smooth_k):
+    q, k, v = qkv(seq=100)
+    valid = torch.ones(3, 100, dtype=torch.bool)
+    valid[0, 60:] = False
+    mask = valid[:, None, None, :].expand(3, 1, 100, 100)
+    backend = load_registry().resolve(
+        f"topk:k=8,scorer=fbgemm,granularity={granularity},smooth_k={str(smooth_k).lower()}").attention_part
+    unfused_scores = backend.approximate_scores(q, k, valid[:, None, None, :])
+    from plugins.topk import select_keys, sparse_attention
+    index, selected = select_keys(unfused_scores, valid[:, None, None, :], 8)
+    unfused = sparse_attention(q, k, v, index, selected, 32 ** -0.5).transpose(1, 2)
+    fused = backend.attention(None, q, k, v, mask, scaling=32 ** -0.5)[0]
+    rows = valid[:, :, None, None].expand_as(fused)
+    torch.testing.assert_close(fused[rows], unfused[rows], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_padded_batch_equals_unpadded_sequences(granularity):
+    q, k, v = qkv(seq=70)
+    lengths = [70, 41, 9]
+    valid = torch.arange(70)[None, :] < torch.tensor(lengths)[:, None]
+    padded = ck.topk_attention_u8s8(q, k, v, valid, topk=8, granularity=granularity)
+    for b, n in enumerate(lengths):
+        alone = ck.topk_attention_u8s8(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n], None, topk=8,
+                                       granularity=granularity)
+        assert torch.equal(padded[b:b + 1, :n], alone)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_non_finite_inputs_propagate_like_dense(granularity):
+    q, k, v = qkv()
+    valid = torch.ones(3, 40, dtype=torch.bool)
+    valid[2, 30:] = False
+    clean = ck.topk_attention_u8s8(q, k, v, valid, topk=6, granularity=granularity)
+    assert torch.isfinite(clean).all()
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    q2[0, 1, 7, 3] = float("nan")        # one query row of one head
+    k2[1, 2, 11, 0] = float("inf")      # a valid key: the whole head
+    v2[0, 3, 20, 5] = float("-inf")     # a valid value: the whole head
+    k2[2, 0, 35, :] = float("nan")      # a padding key: no effect
+    v2[2, 0, 36, :] = float("nan")
+    out = ck.topk_attention_u8s8(q2, k2, v2, valid, topk=6, granularity=granularity)
+    nan_rows = torch.isnan(out).any(-1)                   # (batch, seq, heads)
+    expected = torch.zeros_like(nan_rows)
+    expected[0, 7, 1] = True
+    expected[1, :, 2] = True
+    expected[0, :, 3] = True
+    assert torch.equal(nan_rows, expected)
+    assert torch.isnan(out[expected]).all()
+    # every output row without a non-finite input equals the clean run (scales depend on the row's head only)
+    same = ~expected
+    if granularity == "token":
+        assert torch.equal(out[same], clean[same])
+    else:  # the head's Q scale excludes the NaN row, so only head (0, 1) may differ slightly
+        assert torch.isfinite(out[same]).all()
+
+
+def test_one_and_two_threads_identical():
+    q, k, v = qkv(batch=4, heads=6, seq=130)
+    valid = torch.arange(130)[None, :] < torch.tensor([130, 100, 64, 7])[:, None]
+    for granularity in GRANULARITIES:
+        one = ck.topk_attention_u8s8(q, k, v, valid, topk=16, granularity=granularity, threads=1)
+        two = ck.topk_attention_u8s8(q, k, v, valid, topk=16, granularity=granularity, threads=2)
+        assert torch.equal(one, two)
+
+
+def test_rows_without_valid_keys_and_profile():
+    q, k, v = qkv(batch=2)
+    valid = torch.ones(2, 40, dtype=torch.bool)
+    valid[1] = False
+    profile = np.zeros(len(ck.TOPK_PHASES))
+    out = ck.topk_attention_u8s8(q, k, v, valid, topk=4, profile=profile)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert (profile >= 0).all() and profile.sum() > 0
+
+
+def test_strided_views_and_numpy_inputs():
+    q, k, v = qkv(seq=50)
+    # (batch, seq, heads, dim) storage seen as (batch, heads, seq, dim), as attention layers hold them
+    qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    a = ck.topk_attention_u8s8(q, k, v, topk=5)
+    b = ck.topk_attention_u8s8(qt, kt, vt, topk=5)
+    c = ck.topk_attention_u8s8(q.numpy(), k.numpy(), v.numpy(), topk=5)
+    assert torch.equal(a, b) and np.array_equal(a.numpy(), c)
+
+
+def test_argument_validation():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="topk"):
+        ck.topk_attention_u8s8(q, k, v, topk=0)
+    with pytest.raises(ValueError, match="granularity"):
+        ck.topk_attention_u8s8(q, k, v, topk=4, granularity="tensor")
+    with pytest.raises(TypeError):
+        ck.topk_attention_u8s8(q.double(), k, v, topk=4)
+    with pytest.raises(ValueError, match="INT32_MIN"):
+        ck.topk_select(np.full((1, 4), INT32_MIN, np.int32), None, 2)
+
+
+@pytest.mark.parametrize("spec,fused", [("topk:k=4,scorer=fbgemm", True),
+                                        ("topk:k=4,scorer=fbgemm,granularity=token,smooth_k=true", True),
+                                        ("topk:k=4,scorer=fbgemm,granularity=tensor", False),
+                                        ("topk:k=4", False)])
+def test_backend_uses_the_fused_kernel_for_fbgemm_head_and_token(spec, fused):
+    assert load_registry().resolve(spec).attention_part.fused() is fused
