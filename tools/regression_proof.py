@@ -6,8 +6,8 @@ files, plus the built kernels) into ``DIR``, makes ``--commits`` commits (each a
 least three commits on each side), one commit that also makes ``dense:impl=eager``'s attention core do about
 5 % more real work: it computes attention a second time for the first 1/20 of the query rows and discards
 the result (more instructions and more time, not a sleep). ``measure`` runs the per-commit instruction
-counts (``attnbench run --instructions-only``, one valgrind process per commit) over every commit into a
-store; ``check`` runs ``attnbench regressions`` on that store and checks that it names the slowed commit and
+counts (``attnbench run --instructions-only --instruction-parts attention_core``, one valgrind process per
+commit) over every commit into a store; ``check`` runs ``attnbench regressions`` on that store and checks that it names the slowed commit and
 backend and no other commit; ``all`` does the three. ``synthetic`` draws 20-commit histories from the
 per-commit noise of the measured instruction series (and a clean 5 % step) and counts hits and false flags.
 
@@ -111,14 +111,18 @@ def _env(repo: Path) -> dict:
             "HF_DATASETS_OFFLINE": "1"}
 
 
-def measure(repo: Path, store: Path, *, backends: list[str] = BACKENDS) -> list[float]:
-    """Instruction counts of every commit of ``repo`` (oldest first); returns seconds per commit."""
+def measure(repo: Path, store: Path, *, backends: list[str] = BACKENDS, parts: str = "attention_core") -> list[float]:
+    """Instruction counts of every commit of ``repo`` (oldest first); returns seconds per commit.
+
+    ``parts``: the attention cores by default (about a minute of CPU per commit); ``attention_core,forward``
+    adds the whole forwards (about 1.5 min of CPU per forward run under valgrind)."""
     info = json.loads((repo / ".git" / "proof.json").read_text())
     seconds = []
     for i, sha in enumerate(info["shas"]):
         _git(repo, "checkout", "-q", sha)
         start = time.perf_counter()
-        command = [sys.executable, "-m", "harness", "run", "--instructions-only", "--store", str(store)]
+        command = [sys.executable, "-m", "harness", "run", "--instructions-only", "--instruction-parts", parts,
+                   "--store", str(store)]
         for b in backends:
             command += ["-b", b]
         proc = subprocess.run(command, cwd=repo, env=_env(repo), capture_output=True, text=True)
