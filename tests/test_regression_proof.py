@@ -114,12 +114,6 @@ def test_regressions_finds_a_five_percent_instruction_step_in_stored_rows(tmp_pa
     assert points["commit"].iloc[0] == f"{11:040x}" and points["backend"].iloc[0] == "dense:impl=eager"
 
 
-from harness.history import changepoints  # noqa: E402
-
-
-@pytest.mark.xfail(not hasattr(changepoints, "permuted_maxima"), strict=False,
-                   reason="needs issue 11's change-point test without seed accidents (clean steps at 3, 10 and 17 "
-                          "of 20 are missed by the old one)")
 def test_synthetic_histories_find_a_five_percent_step(tmp_path):
     from harness import write_rows
 
