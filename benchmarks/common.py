@@ -13,3 +13,6 @@ BACKENDS = [
 TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli-m", "mnli-mm", "qnli", "rte", "wnli"]
 #: Examples per task for the tracked metrics (the bundled sample holds up to 300).
 TRACK_LIMIT = 100
+#: The full grids of ``bench_speed`` and ``bench_kernels`` run only with ``ATTNBENCH_ASV_EXTENDED=1``; by default
+#: ``asv run`` is the per-commit suite (``bench_commit``, ``bench_tasks``). See README, "History with asv".
+EXTENDED = __import__("os").environ.get("ATTNBENCH_ASV_EXTENDED", "") not in ("", "0")

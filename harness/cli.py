@@ -96,6 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .execution.runner import RunSpec, run
     from .execution.summary import run_summary
 
+    if args.instructions_only:
+        return _run_instructions(args, run_id=None)
+
     tasks = _split(args.tasks)
     if tasks == []:
         raise UserError(f"--tasks {args.tasks!r} names no task; give task names such as mrpc,rte (see attnbench tasks)")
@@ -121,6 +124,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(result.failures)} cell(s) failed: {', '.join(result.failures)}; rerun with --resume",
               file=sys.stderr)
         return 1
+    if args.instructions:
+        return _run_instructions(args, run_id=result.run_id)
+    return 0
+
+
+def _run_instructions(args: argparse.Namespace, run_id: str | None) -> int:
+    """``run --instructions``: instruction counts under callgrind (harness.execution.instructions)."""
+    from .execution.instructions import run_instructions
+    from .history.store import parse_store
+
+    store = None if args.no_store else parse_store(args.store)
+    rows, skipped = run_instructions(args.backend or ["dense"], store=store, model=args.model,
+                                     repeats=args.instruction_repeats, run_id=run_id,
+                                     parts=tuple(_split(args.instruction_parts)))
+    for r in rows:
+        print(f"{r['backend']:28s} {r['metric']:28s} {r['value']:>16,.0f} instructions")
+    if store is not None and rows:
+        print(f"{len(rows)} instruction-count rows written to {store}")
     return 0
 
 
@@ -163,6 +184,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.a is None or args.b is None:
         raise UserError("give two commits or runs A and B, or --baseline BACKEND [RUN] to compare backends "
                         "within a run")
+    paired = _compare_paired(rows, args)
+    if paired is not None:
+        return paired
     if args.category:
         rows = rows[rows["category"].isin(args.category)]
     comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha,
@@ -176,6 +200,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed,
                       abs_threshold=args.abs_threshold))
     return 1 if len(comparison.regressions) else 0
+
+
+def _compare_paired(rows: pd.DataFrame, args: argparse.Namespace) -> int | None:
+    """A and B of one ``attnbench ab`` session: paired analysis (harness.history.ab); else ``None``."""
+    from .history import ab
+
+    session = ab.select_session(rows, args.a, args.b)
+    if session is None:
+        return None
+    if args.category:
+        session = session[session["category"].isin(args.category)]
+    results = ab.analyse_session(session, threshold=args.threshold, alpha=args.alpha)
+    print(ab.to_markdown(results, a=args.a, b=args.b, threshold=args.threshold, alpha=args.alpha))
+    return 1 if any(r.verdict == "regression" for r in results) else 0
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from .execution.ab_runner import run_ab
+    from .history import ab
+    from .history.store import parse_store
+
+    store = None if args.no_store else parse_store(args.store)
+    backends = args.backend or ["dense"]
+    if "dense" not in backends:
+        backends = ["dense", *backends]  # the reference of the ÷ dense series, timed in the same processes
+    session, rows = run_ab(args.a, args.b, backends=backends, parts=tuple(_split(args.parts)), pairs=args.pairs,
+                           repeats=args.repeats, threads=args.threads, batch_size=args.batch_size,
+                           seq_len=args.seq_len, store=store)
+    frame = ab.ab_rows(pd.DataFrame(rows))
+    results = ab.analyse_session(frame, threshold=args.threshold, alpha=args.alpha)
+    print(ab.to_markdown(results, a=args.a, b=args.b, threshold=args.threshold, alpha=args.alpha))
+    if store is not None:
+        print(f"\nsession {session}: {len(rows)} paired rows written to {store}; analyse again with "
+              f"`attnbench compare {session}-A {session}-B`")
+    return 1 if any(r.verdict == "regression" for r in results) else 0
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
@@ -314,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"results store, a directory or an fsspec URL (default {DEFAULT_STORE})")
     p.add_argument("--no-store", action="store_true", help="do not write results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count instructions of each backend under valgrind's callgrind (batch 1 x 128, one thread)")
+    p.add_argument("--instructions-only", action="store_true",
+                   help="only the instruction counts (no eval or wall-time cells)")
+    p.add_argument("--instruction-repeats", type=_positive, default=1, metavar="N",
+                   help="callgrind samples per backend and part (default 1; counts repeat exactly)")
+    p.add_argument("--instruction-parts", default="attention_core,forward", metavar="PARTS",
+                   help="what to count: attention_core,forward (default both; a forward costs minutes under callgrind)")
     p.set_defaults(func=cmd_run)
 
     store_help = f"results store, a directory or an fsspec URL such as s3://bucket/results (default {DEFAULT_STORE})"
@@ -342,6 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only-changed", action="store_true", help="list only regressions, improvements and rows whose settings differ")
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ab", help="wall time of two git revisions measured alternately; paired rows; exit 1 "
+                                  "on a significant regression")
+    p.add_argument("a", metavar="REV_A", help="baseline revision (e.g. main)")
+    p.add_argument("b", metavar="REV_B", help="candidate revision (e.g. HEAD)")
+    p.add_argument("-b", "--backend", action="append", metavar="SPEC", help="backend spec, repeatable (dense is "
+                   "always measured as the reference)")
+    p.add_argument("--parts", default="attention_core,forward", help="attention_core,forward (default both)")
+    p.add_argument("--pairs", type=_positive, default=12, help="A/B process pairs (default 12)")
+    p.add_argument("--repeats", type=_positive, default=15, help="timed rounds per process (default 15)")
+    p.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="default 8")
+    p.add_argument("--seq-len", type=_positive, default=128, help="default 128")
+    p.add_argument("--threshold", type=float, default=0.03, help="relative change that counts (default 0.03)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
+    p.add_argument("--no-store", action="store_true", help="do not write the rows")
+    p.set_defaults(func=cmd_ab)
 
     p = sub.add_parser("regressions", help="change points over the commit history of every series")
     p.add_argument("--alpha", type=float, default=0.01, help="significance of the permutation test (default 0.01)")

@@ -50,12 +50,14 @@ def test_the_unchanged_fixture_imports_everything(tmp_path, capsys):
     assert CORE in set(read_results(tmp_path / "store")["metric"])
 
 
-def test_every_benchmark_has_an_explicit_version():
+def test_every_benchmark_has_an_explicit_version(monkeypatch):
     """asv versions a benchmark by a hash of its source unless ``version`` is set; then any edit of the suite
-    would orphan its stored results."""
+    would orphan its stored results. The extended selection is included (ATTNBENCH_ASV_EXTENDED=1)."""
+    monkeypatch.setenv("ATTNBENCH_ASV_EXTENDED", "1")
+    importlib.reload(importlib.import_module("benchmarks.common"))
     missing, seen = [], 0
     for path in sorted((Path(__file__).parents[1] / "benchmarks").glob("bench_*.py")):
-        module = importlib.import_module(f"benchmarks.{path.stem}")
+        module = importlib.reload(importlib.import_module(f"benchmarks.{path.stem}"))
         for name, obj in vars(module).items():
             if getattr(obj, "__module__", None) != module.__name__:
                 continue

@@ -20,7 +20,7 @@ Scale = Literal["ratio", "difference"]
 #: Units of strictly positive quantities measured from zero, judged by the ratio B/A. Every other unit
 #: (``score``, ``ratio`` (shares such as agreement or padding waste), ``cosine``, ``logit``, ``abs``, no
 #: unit) is judged by the difference B − A.
-RATIO_UNITS = frozenset({"s", "seconds", "ms", "bytes", "tokens/s", "x"})
+RATIO_UNITS = frozenset({"s", "seconds", "ms", "bytes", "tokens/s", "x", "instructions"})
 
 
 def scale_of(unit: str | None) -> Scale:
