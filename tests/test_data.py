@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import hashlib
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from harness.errors import DataError
 from conftest import write_relabelled
 from plugins.glue import GLUE_TASKS
 
-SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+SHARED_GLUE = Path(os.environ.get("ATTNBENCH_GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
 
 
 def test_parse_sources(tmp_path):

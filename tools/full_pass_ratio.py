@@ -5,7 +5,7 @@ pass, the same threads and token budget) one after the other, ``--rounds`` times
 fresh process, and prints tokens/s of both and their ratio, with the harness's padding waste and share of
 time outside the model from its stored throughput rows.
 
-    python tools/full_pass_ratio.py ../shared/data/glue --threads 2 --rounds 1
+    python tools/full_pass_ratio.py GLUE_DIR --threads 2 --rounds 1
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The sample is the offline default data of attnbench: a few hundred validation ro
 evaluation, plus disjoint rows for fitting the embedded default model's task heads. It is a
 deterministic function of the source files and ``--seed``, so anyone with the full data can check it::
 
-    python tools/make_glue_sample.py ../shared/data/glue harness/tasks/glue_sample
+    python tools/make_glue_sample.py GLUE_DIR harness/tasks/glue_sample
 
 GLUE's train splits of QQP, MNLI and QNLI are not available offline here, so for those tasks the
 ``train.parquet`` of the sample holds *validation* rows that are disjoint from the sample's

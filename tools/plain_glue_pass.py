@@ -4,7 +4,7 @@ It runs the packaged MiniLM over the validation splits of all nine GLUE tasks th
 would by hand: fast tokenizer, examples sorted by length, batches of about 4k padded tokens, SDPA,
 ``inference_mode``, N threads. It prints one JSON line: tokens, seconds, tokens/s, padding waste.
 
-    python tools/plain_glue_pass.py ../shared/data/glue --threads 2
+    python tools/plain_glue_pass.py GLUE_DIR --threads 2
 """
 
 from __future__ import annotations
