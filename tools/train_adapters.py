@@ -123,9 +123,9 @@ TASKS = {
 
 # rows: None = all allowed rows (validation-sourced tasks: at most half of the split); epochs 0 = no training.
 PLAN = {
-    "cola": dict(rows=None, epochs=3, batch=32, lr=5e-4, head_lr=2e-3),
-    "sst2": dict(rows=10000, epochs=1, batch=32, lr=5e-4, head_lr=2e-3),
-    "mrpc": dict(rows=None, epochs=2, batch=16, lr=5e-4, head_lr=2e-3),
+    "cola": dict(rows=None, epochs=6, batch=32, lr=1e-3, head_lr=3e-3),
+    "sst2": dict(rows=30000, epochs=1, batch=32, lr=1e-3, head_lr=3e-3),
+    "mrpc": dict(rows=None, epochs=2, batch=16, lr=1e-3, head_lr=3e-3),
     "stsb": dict(rows=None, epochs=1, batch=16, lr=1e-3, head_lr=3e-3),
     "qqp": dict(rows=8000, epochs=1, batch=32, lr=1e-3, head_lr=3e-3),
     "mnli": dict(rows=None, epochs=2, batch=32, lr=1e-3, head_lr=3e-3),
