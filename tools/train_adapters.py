@@ -188,11 +188,12 @@ def sample_eval_idx(config: str, split: str) -> np.ndarray:
     return pd.read_parquet(path, columns=["idx"])["idx"].to_numpy(np.int64) if path.exists() else np.array([], np.int64)
 
 
-def training_rows(data: Path, config: str, seed: int) -> tuple[str, pd.DataFrame]:
+def training_rows(data: Path, config: str, seed: int, rows: int | None = None) -> tuple[str, pd.DataFrame]:
+    """The rows that train ``config``: ``rows`` of them (default: the plan's), drawn seeded."""
     _, _, split, _ = TASKS[config]
     df = read_split(data, config, split)
     rng = np.random.default_rng([seed, zlib.crc32(config.encode()), 1])
-    rows = PLAN[config]["rows"]
+    rows = PLAN[config]["rows"] if rows is None else rows
     if split.startswith("validation"):
         excluded = sample_eval_idx(config, split)
         candidates = np.flatnonzero(~df["idx"].isin(excluded).to_numpy())
@@ -429,14 +430,14 @@ def train_config(config: str, args) -> None:
     columns, n_out, _, _ = TASKS[config]
     pair = len(columns) == 2
     plan = dict(PLAN[config])
-    for key in ("epochs", "lr", "head_lr", "batch"):
+    for key in ("rows", "epochs", "lr", "head_lr", "batch"):
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
     regression = n_out == 1
     seed = task_seed(args.seed, config)
     t0 = time.time()
 
-    train_split, df = training_rows(args.data, config, args.seed)
+    train_split, df = training_rows(args.data, config, args.seed, plan["rows"])
     train_idx = df["idx"].to_numpy(np.int64)
     tokenizer = load_tokenizer()
     enc = encode(tokenizer, df, columns, MAX_LENGTH)
@@ -614,6 +615,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="cap training steps per config (smoke runs)")
+    p.add_argument("--rows", type=int, default=None, help="override the planned number of training rows")
     p.add_argument("--epochs", type=int, default=None, help="override the planned epochs")
     p.add_argument("--lr", type=float, default=None, help="override the planned LoRA learning rate")
     p.add_argument("--head-lr", type=float, default=None, help="override the planned head learning rate")
