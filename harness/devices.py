@@ -21,19 +21,42 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import UserError
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # torch is imported where a tensor is touched, so that listings stay torch-free
+    import torch
+
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")  # --dtype choices (torch dtype names)
 DEFAULT_DEVICE, DEFAULT_DTYPE = "cpu", "float32"
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: "torch.dtype | str") -> str:
+    """``"float32"`` for ``torch.float32`` or ``"float32"``: the name backends declare and rows record."""
     return str(dtype).removeprefix("torch.")
+
+
+def dtype_names(declared: Any) -> tuple[str, ...]:
+    """The dtype names a backend declares in ``dtypes`` (names or ``torch.dtype`` objects; default float32)."""
+    return tuple(dtype_name(d) for d in (declared or (DEFAULT_DTYPE,)))
+
+
+def torch_dtypes(declared: Any) -> "tuple[torch.dtype, ...]":
+    """The ``torch.dtype`` objects of :func:`dtype_names` (imports torch).
+
+    :raises TypeError: a declared name that is not a torch dtype.
+    """
+    import torch
+
+    dtypes = []
+    for name in dtype_names(declared):
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtypes: {name!r} is not a torch dtype (declare names such as 'float32', 'bfloat16')")
+        dtypes.append(dtype)
+    return tuple(dtypes)
 
 
 @dataclass(frozen=True)
@@ -44,16 +67,18 @@ class Placement:
     dtype: str = DEFAULT_DTYPE     # a key of DTYPES
 
     @property
-    def torch_device(self) -> torch.device:
+    def torch_device(self) -> "torch.device":
+        import torch
+
         return torch.device(self.device)
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self) -> "torch.dtype":
+        return torch_dtypes((self.dtype,))[0]
 
     @property
     def device_type(self) -> str:
-        return self.torch_device.type
+        return self.device.partition(":")[0]
 
     @property
     def is_cuda(self) -> bool:
@@ -71,6 +96,8 @@ class Placement:
         """The ``device`` column: ``"cpu"``, or ``"cuda:<GPU name>"`` (the model, not the slot)."""
         if not self.is_cuda:
             return "cpu"
+        import torch
+
         return f"cuda:{torch.cuda.get_device_name(self.torch_device)}"
 
     def row_fields(self) -> dict[str, Any]:
@@ -81,6 +108,8 @@ class Placement:
 
 
 def cuda_available() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 
@@ -102,6 +131,8 @@ def parse_placement(device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, *,
         if index not in (None, "0"):
             raise UserError(f"--device {device!r}: the CPU has no index; use cpu")
         return Placement("cpu", dtype)
+    import torch
+
     if not cuda_check():
         build = torch.version.cuda
         why = ("this torch build has no CUDA support (a CPU-only wheel)" if build is None
@@ -131,10 +162,9 @@ def placement_reason(part: Any, placement: Placement) -> str | None:
     if placement.device_type not in devices:
         return (f"runs on {', '.join(devices)} only, not {placement.device_type} (it declares devices="
                 f"{devices!r})")
-    dtypes = tuple(getattr(part, "dtypes", (torch.float32,)))
-    if placement.torch_dtype not in dtypes:
-        return (f"takes {', '.join(dtype_name(d) for d in dtypes)} only, not {placement.dtype} "
-                f"(run it with --dtype {dtype_name(dtypes[0])})")
+    dtypes = dtype_names(getattr(part, "dtypes", None))
+    if placement.dtype not in dtypes:
+        return f"takes {', '.join(dtypes)} only, not {placement.dtype} (run it with --dtype {dtypes[0]})"
     return None
 
 
@@ -155,12 +185,16 @@ def place_model(model: torch.nn.Module, placement: Placement | None) -> torch.nn
 def synchronize(placement: Placement | None) -> None:
     """Wait for queued device work (a no-op on the CPU)."""
     if placement is not None and placement.is_cuda:
+        import torch
+
         torch.cuda.synchronize(placement.torch_device)
 
 
 def cuda_peak_bytes(fn: Callable[[], object], device: torch.device | str) -> float:
     """Peak bytes allocated by PyTorch's CUDA allocator during ``fn()``, above the level before it
     (``reset_peak_memory_stats``, then ``max_memory_allocated``)."""
+    import torch
+
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -187,6 +221,8 @@ def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int) -> floa
 @lru_cache(maxsize=None)
 def device_facts(device: str) -> dict[str, Any] | None:
     """GPU name, memory, compute capability, driver, CUDA and cuDNN versions of a CUDA device (``None`` on CPU)."""
+    import torch
+
     dev = torch.device(device)
     if dev.type != "cuda":
         return None

@@ -6,13 +6,12 @@ matmul–softmax–matmul of BERT's eager path and agrees with SDPA to about 1e-
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.models.bert.modeling_bert import eager_attention_forward
+from typing import TYPE_CHECKING, Callable
 
 from harness import Backend, Param, hookimpl
+
+if TYPE_CHECKING:  # transformers is imported when a backend is configured: listing plugins stays torch-free
+    import torch
 
 
 class Dense(Backend):
@@ -20,17 +19,24 @@ class Dense(Backend):
     description = "dense attention as transformers computes it (the reference)"
     params = (Param("impl", str, "sdpa", "PyTorch scaled_dot_product_attention or BERT's eager path",
                     choices=("sdpa", "eager")),)
-    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    dtypes = ("float32", "float64", "bfloat16", "float16")
     devices = ("cpu", "cuda")
 
     def check_values(self) -> None:
-        self.mask_kind = "bool" if self.values["impl"] == "sdpa" else "additive"
+        if self.values["impl"] == "sdpa":
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward as forward
+
+            self.mask_kind = "bool"
+        else:
+            from transformers.models.bert.modeling_bert import eager_attention_forward as forward
+
+            self.mask_kind = "additive"
+        self._forward = forward
 
     def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                   **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        fn = sdpa_attention_forward if self.values["impl"] == "sdpa" else eager_attention_forward
-        return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return self._forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 @hookimpl

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from harness import Backend, Param, hookimpl
+
+if TYPE_CHECKING:  # torch is imported on use: listing plugins stays torch-free
+    import torch
 
 _ATTENTION = re.compile(r"(^|\.)attention\.(self\.(query|key|value)|output\.dense)$")
 _FFN = re.compile(r"(^|\.)layer\.\d+\.(intermediate\.dense|output\.dense)$")
@@ -27,6 +28,8 @@ DEPRECATION_NOTE = "torch.ao.quantization.quantize_dynamic is deprecated in torc
 
 def linear_layers(model: torch.nn.Module, modules: str) -> set[str]:
     """Qualified names of the encoder Linear layers that ``modules`` selects."""
+    import torch
+
     wanted = {"attention": (_ATTENTION,), "ffn": (_FFN,), "all": (_ATTENTION, _FFN)}[modules]
     return {name for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and any(p.search(name) for p in wanted)}
@@ -44,10 +47,14 @@ class DynamicQuant(Backend):
 
     @classmethod
     def unavailable_reason(cls, values=None) -> str | None:
+        import torch
+
         missing = {"x86", "fbgemm"} - set(torch.backends.quantized.supported_engines)
         return f"this torch build lacks quantized engine(s) {', '.join(sorted(missing))}" if missing else None
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import torch
+
         names = linear_layers(model, self.values["modules"])
         if not names:
             raise ValueError(f"dynamic-quant: no BERT-style {self.values['modules']} Linear layers found in "

@@ -23,12 +23,12 @@ and V per channel (an outlier token coarsens its channel for all others: a worst
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-import cython_kernels as ck
 from harness import Backend, Param, hookimpl
+
+if TYPE_CHECKING:  # torch and the kernels are imported on use: listing plugins stays torch-free
+    import torch
 
 
 def key_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -39,6 +39,8 @@ def key_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """
     if attention_mask is None:
         return None
+    import torch
+
     if attention_mask.dtype != torch.bool or attention_mask.ndim != 4 or attention_mask.shape[1] != 1:
         raise TypeError("fbgemm-int8 expects a bool (batch, 1, q_len, k_len) attention mask (mask_kind='bool'), "
                         f"got {attention_mask.dtype} {tuple(attention_mask.shape)}")
@@ -60,12 +62,21 @@ class FbgemmInt8(Backend):
 
     devices = ("cpu",)  # FBGEMM is a CPU library
 
+    def check_values(self) -> None:
+        from cython_kernels import attention_u8s8
+
+        self._kernel = attention_u8s8
+
     @classmethod
     def unavailable_reason(cls, values=None) -> str | None:
+        import cython_kernels as ck
+
         return None if ck.AVAILABLE else ck.UNAVAILABLE_REASON
 
     def run_facts(self) -> dict[str, str]:
         """The FBGEMM ISA in use (VNNI or AVX2) and whether the kernel packs K and V itself."""
+        import cython_kernels as ck
+
         if not ck.AVAILABLE:
             return {}
         return {"fbgemm_isa": str(ck.cpu_features()["isa"]), "fbgemm_own_packing": str(ck.own_packing()).lower()}
@@ -75,7 +86,7 @@ class FbgemmInt8(Backend):
                   **kwargs) -> tuple[torch.Tensor, None]:
         if dropout:
             raise NotImplementedError("fbgemm-int8 is an inference backend: attention dropout is not supported")
-        out = ck.attention_u8s8(query, key, value, key_padding(attention_mask), scaling=scaling,
+        out = self._kernel(query, key, value, key_padding(attention_mask), scaling=scaling,
                                 pv=self.values["pv"], smooth_k=self.values["smooth_k"])
         return out, None
 

@@ -104,6 +104,9 @@ def test_paired_rows_flag_the_broken_backend_and_not_the_identical_one(learnt):
     broken = paired.loc[("flipped", "delta_vs_reference:accuracy")]
     assert broken["value"] == -1 and broken["p_value"] < 1e-10 and broken["ci_high"] < 0
     assert broken["stat_method"].startswith("mcnemar-exact")
+    # Holm over the family {eager, flipped} of accuracy vs dense, by hand: sorted p1 <= p2 -> 2·p1, max(2·p1, p2)
+    assert broken["p_holm"] == min(1.0, 2 * broken["p_value"]) and same["p_holm"] == 1.0
+    assert rows.loc[rows["category"] != "paired", "p_holm"].isna().all()
     summary = run_summary(learnt[2].rows)
     assert "flipped: -1.000" in summary and "SIGNIFICANT LOSS" in summary and "Holm" in summary
     assert "dense:impl=eager: +0.000 [+0.000, +0.000], p = 1 (Holm 1)" in summary
@@ -180,10 +183,17 @@ def test_report_writes_png_and_svg_figures_of_the_chosen_run(learnt, tmp_path, c
     assert f"run {result.run_id} (given)" in out
     small = run(spec(store, tiny_model_dir, data=str(root / "data"), backends=["dense"], limit=5),
                 flipping_registry, log=lambda m: None)
+    # the latest run is a smaller one: no report of it by accident, one line naming both runs, exit 2
     assert main(["report", "--store", str(store), "--output", str(tmp_path / "r.html"),
+                 "--figures", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--run {small.run_id}" in err and "evaluated 5 examples of mrpc" in err
+    assert "evaluated 60" in err and err.count("--run ") == 2
+    assert not (tmp_path / "f").exists()
+    assert main(["report", "--store", str(store), "--output", str(tmp_path / "r.html"), "--run", small.run_id,
                  "--figures", str(tmp_path / "f")]) == 0
     out = capsys.readouterr().out
-    assert f"run {small.run_id} (latest run)" in out and "evaluated 5 examples of mrpc" in out
+    assert f"run {small.run_id} (given)" in out and "evaluated 5 examples of mrpc" in out
     assert (tmp_path / "f" / "mrpc.svg").exists()
 
 
@@ -199,7 +209,9 @@ def test_store_tools_have_help_and_store(tool):
     assert "--store" in out and "usage" in out
 
 
-def test_listings_are_cached_per_environment_and_then_skip_torch(tmp_path):
+def test_listings_import_no_torch_and_are_cached_per_environment(tmp_path):
+    """``tasks`` and ``backends`` list the built-in plugins without importing torch, transformers, SciPy or
+    scikit-learn (the plugins import them on use); the text is cached per environment for plugins that do."""
     import os
     import subprocess
     import sys
@@ -207,15 +219,17 @@ def test_listings_are_cached_per_environment_and_then_skip_torch(tmp_path):
 
     root = Path(__file__).parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "ATTNBENCH_CACHE": str(tmp_path / "cache")}
+    heavy = ("torch", "transformers", "scipy", "sklearn", "cython_kernels")
     probe = ("import sys; from harness.cli import main; main(['{0}']); "
-             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+             f"print('HEAVY:' + ','.join(m for m in {heavy!r} if m in sys.modules))")
     for command in ("tasks", "backends"):
         first = subprocess.run([sys.executable, "-c", probe.format(command)], env=env, capture_output=True,
                                text=True, check=True).stdout
         second = subprocess.run([sys.executable, "-c", probe.format(command)], env=env, capture_output=True,
                                 text=True, check=True).stdout
-        assert first.endswith("TORCH\n") and second.endswith("NO-TORCH\n")
+        assert first.endswith("HEAVY:\n") and second.endswith("HEAVY:\n")
         assert first.rsplit("\n", 2)[0] == second.rsplit("\n", 2)[0]
+        assert list((tmp_path / "cache" / "listings").glob(f"{command}-*.txt"))
     assert "mrpc" in second or "dense" in second
 
 

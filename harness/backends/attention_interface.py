@@ -25,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
+from ..devices import torch_dtypes
 from .contract import ResolvedBackend
 
 REFERENCE_IMPLEMENTATION = "sdpa"
@@ -51,7 +52,7 @@ def attention_function(backend: ResolvedBackend) -> AttentionFn:
     part = backend.attention_part
     if part is None:
         return sdpa_attention_forward
-    inner, dtypes, spec = part.attention, tuple(part.dtypes), part.spec
+    inner, dtypes, spec = part.attention, torch_dtypes(part.dtypes), part.spec
 
     def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:

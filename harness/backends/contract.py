@@ -10,15 +10,16 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping
 
 from ..errors import ParamError, SpecError
 from .params import Param, format_value
 
+if TYPE_CHECKING:  # this module never imports torch, so listing plugins stays fast (``attnbench backends``)
+    import torch
+
 MaskKind = Literal["bool", "additive"]
-AttentionOutput = tuple[torch.Tensor, "torch.Tensor | None"]
+AttentionOutput = tuple["torch.Tensor", "torch.Tensor | None"]
 
 
 class Backend:
@@ -38,7 +39,10 @@ class Backend:
     * ``params`` — tuple of :class:`~harness.Param`; validated values arrive in ``self.values`` (a dict).
     * ``mask_kind`` — the padding mask :meth:`attention` receives (see there): ``"bool"`` or ``"additive"``.
       An instance may set ``self.mask_kind`` in :meth:`check_values` when it depends on a parameter.
-    * ``dtypes`` — the floating dtypes :meth:`attention` accepts for q/k/v (default ``(torch.float32,)``); the
+    * ``dtypes`` — the floating dtypes :meth:`attention` accepts for q/k/v, by torch name (default
+      ``("float32",)``; e.g. ``("float32", "bfloat16", "float16")``; ``torch.dtype`` objects are accepted too,
+      but names keep the plugin module importable without torch, which ``attnbench backends`` relies on to
+      list plugins fast: import torch inside methods or lazily). The
       harness refuses any other dtype with a ``TypeError`` before calling it. The output has the input's
       dtype. An instance may narrow it in :meth:`check_values` (e.g. an int8 scorer that takes float32 only).
     * ``devices`` — the device types the backend runs on (default ``("cpu",)``; e.g. ``("cpu", "cuda")``). On
@@ -69,7 +73,7 @@ class Backend:
     description: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     mask_kind: ClassVar[MaskKind] = "bool"
-    dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
+    dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, **values: Any) -> None:

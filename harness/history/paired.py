@@ -37,8 +37,26 @@ def verdict(delta: float, p_holm: float, direction: str, alpha: float = ALPHA) -
     return "significant gain" if better else "significant loss"
 
 
-def with_holm(paired: pd.DataFrame, alpha: float = ALPHA, family: Iterable[str] = ("run_id", "task", "metric")
-              ) -> pd.DataFrame:
+#: Holm's family: the backends compared with one reference on one task metric of one run, device and dtype
+HOLM_FAMILY = ("run_id", "task", "metric", "device", "dtype")
+
+
+def holm_adjusted(rows: pd.DataFrame, family: Iterable[str] = HOLM_FAMILY) -> pd.Series:
+    """Holm-adjusted p-values (Holm 1979, :func:`harness.stats.holm`) of the ``paired`` rows of ``rows``, within
+    each family; NaN on every other row. Index: ``rows.index``."""
+    out = pd.Series(np.nan, index=rows.index, dtype=float)
+    if rows.empty or "category" not in rows:
+        return out
+    paired = rows[(rows["category"] == "paired") & rows["p_value"].notna()]
+    if paired.empty:
+        return out
+    keys = [k for k in family if k in paired]
+    out.loc[paired.index] = paired.groupby(keys, dropna=False)["p_value"].transform(
+        lambda p: stats.holm(p.to_numpy()))
+    return out
+
+
+def with_holm(paired: pd.DataFrame, alpha: float = ALPHA, family: Iterable[str] = HOLM_FAMILY) -> pd.DataFrame:
     """``paired`` rows with ``p_holm`` (Holm within each family) and ``verdict``."""
     out = paired.copy()
     if out.empty:

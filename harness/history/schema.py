@@ -95,7 +95,7 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("ci_low", pa.float64(), VALUE, "95 % interval of the value: low end (task metrics, paired changes)"),
     Column("ci_high", pa.float64(), VALUE, "95 % interval of the value: high end"),
     Column("p_value", pa.float64(), VALUE,
-           "paired rows: two-sided p of the change vs the reference (unadjusted; Holm is applied on reading)"),
+           "paired rows: two-sided p of the change vs the reference (unadjusted; p_holm is the adjusted one)"),
     Column("stat_method", pa.string(), DESCRIPTIVE,
            'how ci/p were computed: "wilson", "bootstrap", "mcnemar-exact", "permutation", …'),
     Column("foreign_load", pa.float64(), DESCRIPTIVE,
@@ -105,14 +105,19 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("date", pa.string(), DESCRIPTIVE, "UTC date of the row's timestamp", stored=False),
     Column("variant", pa.string(), IDENTITY, "asv parameters without a column of their own (compare.with_variant)",
            stored=False),
+    Column("p_holm", pa.float64(), VALUE,
+           "paired rows: p_value Holm-adjusted across the backends compared with the reference on one task metric "
+           "of one run (derived by read_results: the family grows when a run is resumed)", stored=False),
 )
 
 _BY_NAME = {c.name: c for c in COLUMN_DEFS}
 PARTITIONS = ("machine", "date")
 #: The Arrow schema of a stored file.
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMN_DEFS if c.stored])
-#: Columns of :func:`~harness.history.store.read_results`' frame: stored columns, then the partitions.
-COLUMNS = tuple(SCHEMA.names) + PARTITIONS
+#: Columns :func:`~harness.history.store.read_results` derives from the stored ones.
+DERIVED = ("p_holm",)
+#: Columns of :func:`~harness.history.store.read_results`' frame: stored columns, the partitions, the derived.
+COLUMNS = tuple(SCHEMA.names) + PARTITIONS + DERIVED
 #: What is measured.
 IDENTITY_COLUMNS = tuple(c.name for c in COLUMN_DEFS if c.role == IDENTITY)
 #: How it was measured: every column not declared otherwise.

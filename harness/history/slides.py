@@ -26,7 +26,13 @@ FORMATS = ("png", "svg")
 
 def choose_run(rows: pd.DataFrame, run_id: str | None = None, plan_id: str | None = None) -> tuple[str, list[str]]:
     """``(run id, notes)``: ``run_id`` if given, else the latest run of ``plan_id``, else the latest harness run
-    with task metrics. A note warns when another run of the same tasks evaluated more examples."""
+    with task metrics — never a smaller run by accident.
+
+    :raises UserError: an unknown ``run_id`` or ``plan_id``; or, with neither given, when another run evaluated
+        more examples of one of the latest run's tasks (a ``--limit`` smoke run after a full one): the message
+        names both runs and says to pass ``--run`` (or ``--plan``). With ``run_id`` or ``plan_id`` given, that
+        situation is only a note.
+    """
     harness = rows[(rows["source"] == "harness") & rows["run_id"].notna()]
     if run_id is not None:
         if run_id not in set(harness["run_id"]):
@@ -38,16 +44,23 @@ def choose_run(rows: pd.DataFrame, run_id: str | None = None, plan_id: str | Non
         if pool.empty:
             raise UserError("no harness run in the store" + (f" with plan {plan_id!r}" if plan_id else ""))
         chosen = str(pool.sort_values("timestamp")["run_id"].iloc[-1])
-    notes = []
+    bigger_runs = []
     quality = harness[harness["category"] == "quality"]
     mine = quality[quality["run_id"] == chosen].groupby("task")["n_examples"].max()
     for task, n in mine.items():
         others = quality[(quality["task"] == task) & (quality["run_id"] != chosen)]
         if len(others) and others["n_examples"].max() > n:
             bigger = others.sort_values(["n_examples", "timestamp"]).iloc[-1]
-            notes.append(f"warning: run {chosen} evaluated {int(n)} examples of {task}; run {bigger['run_id']} "
-                         f"evaluated {int(bigger['n_examples'])}: pass --run to choose it")
-    how = "given" if run_id else (f"latest of plan {plan_id}" if plan_id else "latest run")
+            bigger_runs.append((task, int(n), str(bigger["run_id"]), int(bigger["n_examples"])))
+    if bigger_runs and run_id is None and plan_id is None:
+        task, n, other, n_other = bigger_runs[0]
+        raise UserError(f"the latest run {chosen} evaluated {n} examples of {task} but run {other} evaluated "
+                        f"{n_other}: choose one with --run {chosen} or --run {other} (or --plan PLAN_ID)")
+    notes = [f"note: run {chosen} evaluated {n} examples of {task}; run {other} evaluated {n_other}"
+             for task, n, other, n_other in bigger_runs]
+    how = "given" if run_id else f"latest of plan {plan_id}"
+    if run_id is None and plan_id is None:
+        how = "latest run"
     return chosen, [f"run {chosen} ({how})"] + notes
 
 

@@ -33,7 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import known_implementations
 
 from ..errors import StoreError
-from .schema import COLUMNS, PARTITIONS, SCHEMA, SCHEMA_VERSION
+from .schema import COLUMNS, DERIVED, PARTITIONS, SCHEMA, SCHEMA_VERSION
 
 RUN_METADATA_KEY = b"attnbench.run"
 VERSION_METADATA_KEY = b"attnbench.schema_version"
@@ -237,7 +237,8 @@ def read_run_metadata(path: Path | str) -> dict:
 
 def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     """All rows of the store (a directory or an fsspec URL) as a tidy pandas DataFrame (columns
-    :data:`COLUMNS`), oldest first.
+    :data:`COLUMNS`), oldest first. ``p_holm`` is derived on reading (Holm over each run's paired rows of one
+    task metric, :func:`harness.history.paired.holm_adjusted`).
 
     Files of older schema versions are upgraded. A file that cannot be read or upgraded, for any reason
     (corrupt, a column of the wrong type, a newer schema version), is skipped with a warning naming it;
@@ -258,7 +259,11 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     if not tables:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in COLUMNS})
     frame = pa.concat_tables(tables).to_pandas()
-    return frame.sort_values(["timestamp", "run_id"], kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(["timestamp", "run_id"], kind="stable").reset_index(drop=True)
+    from .paired import holm_adjusted
+
+    frame["p_holm"] = holm_adjusted(frame)
+    return frame
 
 
 def _read_file(fs: Any, root: str, path: str) -> pa.Table:
@@ -278,6 +283,8 @@ def _read_file(fs: Any, root: str, path: str) -> pa.Table:
 def _pandas_dtype(column: str) -> str:
     if column in PARTITIONS:
         return "object"
+    if column in DERIVED:
+        return "float64"
     kind = SCHEMA.field(column).type
     if pa.types.is_timestamp(kind):
         return "datetime64[us, UTC]"
