@@ -66,7 +66,7 @@ def fake_quantize(x: torch.Tensor, bits: int, granularity: str, valid_tokens: to
     magnitude = x.abs().masked_fill(~valid_tokens, 0)
     dims = {"tensor": (1, 2, 3), "head": (2, 3), "token": (3,)}[granularity]
     scale = magnitude.amax(dim=dims, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny) / qmax
-    return torch.round(x / scale).clamp(-qmax, qmax) * scale
+    return torch.round(x / scale).clamp_(-qmax, qmax).mul_(scale)
 
 
 def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Tensor, granularity: str) -> torch.Tensor:
@@ -100,6 +100,12 @@ def nonfinite_heads(key: torch.Tensor, value: torch.Tensor, valid_keys: torch.Te
     finite = torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1)        # (batch, heads, k_len)
     bad = (~finite & valid_keys[:, :, 0]).any(dim=-1)[..., None, None]
     return bad if bool(bad.any()) else None
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True only if every element of every tensor is finite: one sum each (a NaN or an infinity makes a sum
+    non-finite; a sum that merely overflows gives False, which only sends the caller to the exact checks)."""
+    return bool(torch.isfinite(torch.stack([x.sum(dtype=torch.float32) for x in tensors]).sum()))
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -231,8 +237,9 @@ class TopK(Backend):
             return ck.topk_attention_u8s8(query, key, value, valid_keys[:, 0, 0, :], topk=self.values["k"],
                                           scaling=scaling, granularity=self.values["granularity"],
                                           smooth_k=self.values["smooth_k"]), None
-        poisoned = nonfinite_heads(key, value, valid_keys)
-        finite_inputs = poisoned is None and bool(torch.isfinite(query).all())
+        finite_inputs = all_finite(query, key, value)
+        poisoned = None if finite_inputs else nonfinite_heads(key, value, valid_keys)
+        finite_inputs = finite_inputs or (poisoned is None and bool(torch.isfinite(query).all()))
         approximate = self.approximate_scores(query if finite_inputs else _finite(query),
                                               key if finite_inputs else _finite(key), valid_keys)
         if self.native(query, key, value):  # same selection, ties included; NaN rows and heads as below
