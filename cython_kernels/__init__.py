@@ -21,6 +21,7 @@ Whole self-attention with Q.K^T (and optionally P.V) in int8, fused per head::
 Top-k sparse self-attention (int8 selection, exact softmax over the k chosen keys), fused per head::
 
     out = topk_attention_u8s8(q, k, v, key_valid, topk=16)  # (B, H, S, D) views -> (B, S, H, D)
+    out = topk_attention_scores(q, k, v, key_valid, scores, topk=16)  # the same, keys ranked by given scores
 """
 
 from .ops import (
@@ -38,6 +39,7 @@ from .ops import (
     TOPK_AVAILABLE,
     TOPK_PHASES,
     TOPK_UNAVAILABLE_REASON,
+    topk_attention_scores,
     topk_attention_u8s8,
     topk_select,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "TOPK_AVAILABLE",
     "TOPK_PHASES",
     "TOPK_UNAVAILABLE_REASON",
+    "topk_attention_scores",
     "topk_attention_u8s8",
     "topk_select",
 ]

@@ -34,13 +34,13 @@ never infinity; NaN and infinity in q, k or v are detected from their bits).
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, clockid_t
 
 from cython_kernels._avx cimport *
 from cython_kernels._blas cimport sgemm_
-from cython_kernels._fbgemm cimport DoNothingI32, MemCopyI32, PackAMatrix, fbgemmInstructionSet, fbgemmPacked, matrix_op_t
+from cython_kernels._fbgemm cimport fbgemmInstructionSet, matrix_op_t
+from cython_kernels._fused cimport HeadView, Views, _gemm_s32, _head_view, _key_mean, _lap, _now, _views
 from cython_kernels._packing cimport *
-from cython_kernels._rows cimport _s8_row, _u7_row
 from cython_kernels._simd cimport *
 
 cdef enum:
@@ -58,20 +58,7 @@ cdef float MASKED = -1e30  # score of a masked key: finite, far below any real s
 cdef float LOG2E = 1.4426950408889634  # scores are kept in base 2: exp(s) = 2**(s * log2(e))
 
 
-cdef inline double _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline double _lap(double* prof, int phase, double start) noexcept nogil:
-    """Add the time since ``start`` to ``prof[phase]`` (if profiling); return the new start."""
-    cdef double now
-    if prof == NULL:
-        return 0
-    now = _now()
-    prof[phase] += now - start
-    return now
+cdef clockid_t CLOCK = CLOCK_MONOTONIC  # of the per-phase timings (wall time per thread)
 
 
 cdef int _packing_matches(matrix_op_t trans, int k, int n) except -1 nogil:
@@ -209,55 +196,32 @@ cdef Work* _new_work(Py_ssize_t keys, Py_ssize_t dim) except NULL nogil:
 
 
 cdef struct Head:
-    # One (batch, head): row i of q is q + i * q_rs (floats), and so on.
-    const float* q
-    const float* k
-    const float* v
-    float* out
-    Py_ssize_t q_rs, k_rs, v_rs, out_rs
-    const uint8_t* valid   # (keys,) 1 = attend
-    int rows, keys, keys32, dim   # keys32: keys rounded up to 32, the row stride of the score buffers
+    HeadView io    # pointers, strides and sizes of one (batch, head)
     float scaling
     bint pv_int8, smooth_k
 
 
 cdef int _quantize_k(const Head* h, Work* w) noexcept nogil:
     """Bias, K codes, scales (times scaling) and row sums; returns the number of non-finite rows."""
-    cdef int j, d, valid = 0, bad = 0
+    cdef int j, d, bad = 0
     cdef const float* row
-    cdef int32_t s
-    for j in range(h.keys):
-        w.bias[j] = 0 if h.valid[j] else MASKED
-    for j in range(h.keys, h.keys32):  # padding of the score rows: weight 0
+    for j in range(h.io.keys):
+        w.bias[j] = 0 if h.io.valid[j] else MASKED
+    for j in range(h.io.keys, h.io.keys32):  # padding of the score rows: weight 0
         w.bias[j] = MASKED
         w.kscale[j] = 0
         w.ksum[j] = 0
-    for d in range(h.dim):
-        w.kmean[d] = 0
     if h.smooth_k:
-        for j in range(h.keys):
-            if h.valid[j]:
-                valid += 1
-                row = h.k + j * h.k_rs
-                for d in range(h.dim):
-                    w.kmean[d] += row[d]
-        if valid:
-            for d in range(h.dim):
-                w.kmean[d] = w.kmean[d] / valid
-    for j in range(h.keys):
-        row = h.k + j * h.k_rs
-        _prefetch_row(row + PREFETCH * h.k_rs, h.dim)
-        if h.dim % 8 == 0:
-            bad += _s8_row_avx(row, w.kmean, w.kq + j * h.dim, h.dim, &w.kscale[j])
-        else:
-            for d in range(h.dim):
-                w.tmp[d] = row[d] - w.kmean[d]
-            bad += _s8_row(w.tmp, w.kq + j * h.dim, h.dim, &w.kscale[j])
+        _key_mean(h.io.k, h.io.k_rs, h.io.valid, h.io.keys, h.io.dim, w.kmean)
+    else:
+        for d in range(h.io.dim):
+            w.kmean[d] = 0
+    for j in range(h.io.keys):
+        row = h.io.k + j * h.io.k_rs
+        _prefetch_row(row + PREFETCH * h.io.k_rs, h.io.dim)
+        bad += _s8_row_any(row, w.kmean, w.tmp, w.kq + j * h.io.dim, h.io.dim, &w.kscale[j])
         w.kscale[j] = w.kscale[j] * (h.scaling * LOG2E)
-        s = 0
-        for d in range(h.dim):
-            s = s + w.kq[j * h.dim + d]
-        w.ksum[j] = s
+        w.ksum[j] = _code_sum(w.kq + j * h.io.dim, h.io.dim)
     return bad
 
 
@@ -269,16 +233,14 @@ cdef int _quantize_v(const Head* h, Work* w) noexcept nogil:
     """
     cdef int j, d, bad = 0
     cdef const float* row
-    for d in range(h.dim):
+    for d in range(h.io.dim):
         w.tmp[d] = 0
-    for j in range(h.keys):
-        row = h.v + j * h.v_rs
-        _prefetch_row(row + PREFETCH * h.v_rs, h.dim)
-        if h.dim % 8 == 0:
-            bad += _s8_row_avx(row, w.tmp, w.vq + j * h.dim, h.dim, &w.vscale[j])
-        else:
-            bad += _s8_row(row, w.vq + j * h.dim, h.dim, &w.vscale[j])
-    for j in range(h.keys, h.keys32):
+    for j in range(h.io.keys):
+        row = h.io.v + j * h.io.v_rs
+        _prefetch_row(row + PREFETCH * h.io.v_rs, h.io.dim)
+        # sub = tmp (zeros); kmean, free once K is quantized, is the scratch row of odd dims
+        bad += _s8_row_any(row, w.tmp, w.kmean, w.vq + j * h.io.dim, h.io.dim, &w.vscale[j])
+    for j in range(h.io.keys, h.io.keys32):
         w.vscale[j] = 0
     return bad
 
@@ -348,62 +310,45 @@ cdef void _code_row(const float* e, int keys32, float scale, uint8_t* codes) noe
                        <int8_t*>(codes + j), True)
 
 
-cdef int _gemm_s32(const uint8_t* a, int lda, PackB* pb, int32_t* c, int ldc, int m, int n, int k) except -1 nogil:
-    # c (m x n, row stride ldc) = a (m x k, row stride lda) . B, exact in int32.
-    cdef DoNothingI32 done
-    cdef MemCopyI32* out = new MemCopyI32(done)
-    cdef PackAMatrix[uint8_t, int32_t]* pa = NULL
-    try:
-        pa = new PackAMatrix[uint8_t, int32_t](matrix_op_t.NoTranspose, m, k, a, lda, NULL, 1)
-        fbgemmPacked(pa[0], pb[0], c, c, <uint32_t>ldc, out[0], 0, 1)  # C doubles as the int32 buffer
-    finally:
-        del pa
-        del out
-    return 0
-
-
 cdef int _block(const Head* h, Work* w, PackB* kp, PackB* vp, int start, int rows, double* prof) except -1 nogil:
-    """Attention of query rows [start, start + rows) of one head, written to h.out."""
-    cdef int i, d, bad = 0, ld = h.keys32
+    """Attention of query rows [start, start + rows) of one head, written to h.io.out."""
+    cdef int i, d, bad = 0, ld = h.io.keys32
     cdef float total, max_pair
-    cdef float* o = h.out + start * h.out_rs
+    cdef float* o = h.io.out + start * h.io.out_rs
     cdef float alpha = 1, beta = 0
     cdef int m_, n_, k_, lda, ldb, ldc
-    cdef double t = _now() if prof != NULL else 0
+    cdef double t = _now(CLOCK) if prof != NULL else 0
     for i in range(rows):
-        _prefetch_row(h.q + (start + i + PREFETCH) * h.q_rs, h.dim)
-        if h.dim % 8 == 0:
-            bad += _u7_row_avx(h.q + (start + i) * h.q_rs, w.qq + i * h.dim, h.dim, &w.qscale[i], &w.qzp[i])
-        else:
-            bad += _u7_row(h.q + (start + i) * h.q_rs, w.qq + i * h.dim, h.dim, &w.qscale[i], &w.qzp[i])
-    t = _lap(prof, QUANTIZE_Q, t)
-    _gemm_s32(w.qq, h.dim, kp, w.acc, ld, rows, h.keys, h.dim)
-    t = _lap(prof, GEMM_QK, t)
+        _prefetch_row(h.io.q + (start + i + PREFETCH) * h.io.q_rs, h.io.dim)
+        bad += _u7_row_any(h.io.q + (start + i) * h.io.q_rs, w.qq + i * h.io.dim, h.io.dim, &w.qscale[i], &w.qzp[i])
+    t = _lap(prof, QUANTIZE_Q, t, CLOCK)
+    _gemm_s32(w.qq, h.io.dim, kp, w.acc, ld, rows, h.io.keys, h.io.dim)
+    t = _lap(prof, GEMM_QK, t, CLOCK)
     for i in range(rows):
         total = _softmax_row(w.acc + i * ld, w, ld, w.qzp[i], w.qscale[i], w.e + i * ld,
                              w.vscale if h.pv_int8 else NULL, &w.pair_scale[i])
         w.rowscale[i] = <float>1.0 / total if total > 0 else 0
-    t = _lap(prof, SOFTMAX, t)
+    t = _lap(prof, SOFTMAX, t, CLOCK)
     if h.pv_int8:
         for i in range(rows):
             _code_row(w.e + i * ld, ld, w.pair_scale[i], w.pq + i * ld)
             w.rowscale[i] *= w.pair_scale[i]
-        t = _lap(prof, QUANTIZE_P, t)
-        _gemm_s32(w.pq, ld, vp, w.pv, h.dim, rows, h.dim, h.keys)
-        t = _lap(prof, GEMM_PV, t)
+        t = _lap(prof, QUANTIZE_P, t, CLOCK)
+        _gemm_s32(w.pq, ld, vp, w.pv, h.io.dim, rows, h.io.dim, h.io.keys)
+        t = _lap(prof, GEMM_PV, t, CLOCK)
         for i in range(rows):
-            for d in range(h.dim):
-                o[i * h.out_rs + d] = <float>w.pv[i * h.dim + d] * w.rowscale[i]
+            for d in range(h.io.dim):
+                o[i * h.io.out_rs + d] = <float>w.pv[i * h.io.dim + d] * w.rowscale[i]
     else:
         # Column-major view: out^T (dim x rows) = V^T (dim x keys) . E^T (keys x rows).
-        m_, n_, k_ = h.dim, rows, h.keys
-        lda, ldb, ldc = <int>h.v_rs, ld, <int>h.out_rs
-        sgemm_("N", "N", &m_, &n_, &k_, &alpha, h.v, &lda, w.e, &ldb, &beta, o, &ldc)
-        t = _lap(prof, GEMM_PV, t)
+        m_, n_, k_ = h.io.dim, rows, h.io.keys
+        lda, ldb, ldc = <int>h.io.v_rs, ld, <int>h.io.out_rs
+        sgemm_("N", "N", &m_, &n_, &k_, &alpha, h.io.v, &lda, w.e, &ldb, &beta, o, &ldc)
+        t = _lap(prof, GEMM_PV, t, CLOCK)
         for i in range(rows):
-            for d in range(h.dim):
-                o[i * h.out_rs + d] *= w.rowscale[i]
-    _lap(prof, OUTPUT, t)
+            for d in range(h.io.dim):
+                o[i * h.io.out_rs + d] *= w.rowscale[i]
+    _lap(prof, OUTPUT, t, CLOCK)
     return bad
 
 
@@ -411,57 +356,38 @@ cdef int _head(const Head* h, Work* w, double* prof) except -1 nogil:
     """Attention of one (batch, head); returns the number of non-finite q/k rows (and 1 for a bad v)."""
     cdef int bad, start, i, d
     cdef double t
-    if h.keys == 0:  # no key at all: output 0
-        for i in range(h.rows):
-            for d in range(h.dim):
-                h.out[i * h.out_rs + d] = 0
+    if h.io.keys == 0:  # no key at all: output 0
+        for i in range(h.io.rows):
+            for d in range(h.io.dim):
+                h.io.out[i * h.io.out_rs + d] = 0
         return 0
-    t = _now() if prof != NULL else 0
+    t = _now(CLOCK) if prof != NULL else 0
     bad = _quantize_k(h, w)
     if h.pv_int8:
         bad += _quantize_v(h, w)
-    t = _lap(prof, QUANTIZE_KV, t)
+    t = _lap(prof, QUANTIZE_KV, t, CLOCK)
     # K codes are (keys, dim) = B^T of Q K^T; V codes are (keys, dim) = B of P V.
     # _pack returns 0 when it kept the previous head's buffer: then this head's codes are written into it.
-    if not _pack(&w.kp, matrix_op_t.Transpose, h.dim, h.keys, w.kq, h.dim, w.own_packing):
-        _put_transposed(&w.kp, w.kq, h.keys, h.dim)
-    if h.pv_int8 and not _pack(&w.vp, matrix_op_t.NoTranspose, h.keys, h.dim, w.vq, h.dim, w.own_packing):
-        _put(&w.vp, w.vq, h.keys, h.dim)
-    _lap(prof, PACK_KV, t)
-    for start in range((h.rows + ROWS - 1) // ROWS):
-        bad += _block(h, w, w.kp.mat, w.vp.mat, start * ROWS, min(<int>ROWS, h.rows - start * ROWS), prof)
+    if not _pack(&w.kp, matrix_op_t.Transpose, h.io.dim, h.io.keys, w.kq, h.io.dim, w.own_packing):
+        _put_transposed(&w.kp, w.kq, h.io.keys, h.io.dim)
+    if h.pv_int8 and not _pack(&w.vp, matrix_op_t.NoTranspose, h.io.keys, h.io.dim, w.vq, h.io.dim, w.own_packing):
+        _put(&w.vp, w.vq, h.io.keys, h.io.dim)
+    _lap(prof, PACK_KV, t, CLOCK)
+    for start in range((h.io.rows + ROWS - 1) // ROWS):
+        bad += _block(h, w, w.kp.mat, w.vp.mat, start * ROWS, min(<int>ROWS, h.io.rows - start * ROWS), prof)
     return bad
 
 
 cdef struct Batch:
-    # Shared, read-only description of the whole call (pointers; strides in floats).
-    const float* q
-    const float* k
-    const float* v
-    float* out
-    Py_ssize_t qs[3]
-    Py_ssize_t ks[3]
-    Py_ssize_t vs[3]
-    Py_ssize_t os[3]
-    const uint8_t* valid
-    Py_ssize_t valid_rs
-    const int32_t* n_keys
-    int heads, seq, dim
+    # Shared, read-only description of the whole call.
+    Views io
     float scaling
     bint pv_int8, smooth_k
 
 
 cdef int _task(const Batch* a, Py_ssize_t t, Work* w, bint profile) except -1 nogil:
-    cdef Py_ssize_t b = t // a.heads, hh = t % a.heads
     cdef Head h
-    h.q = a.q + b * a.qs[0] + hh * a.qs[1]
-    h.k = a.k + b * a.ks[0] + hh * a.ks[1]
-    h.v = a.v + b * a.vs[0] + hh * a.vs[1]
-    h.out = a.out + b * a.os[0] + hh * a.os[1]
-    h.q_rs, h.k_rs, h.v_rs, h.out_rs = a.qs[2], a.ks[2], a.vs[2], a.os[2]
-    h.valid = a.valid + b * a.valid_rs
-    h.rows, h.keys, h.dim = a.seq, a.n_keys[b], a.dim
-    h.keys32 = (h.keys + 31) // 32 * 32
+    _head_view(&a.io, t, &h.io)
     h.scaling, h.pv_int8, h.smooth_k = a.scaling, a.pv_int8, a.smooth_k
     cdef double* prof = NULL
     if profile:
@@ -479,47 +405,18 @@ def attention_u8s8(const float[:, :, :, :] q, const float[:, :, :, :] k, const f
     profile: optional float64 (len(PHASES),) to which the seconds spent in each phase (summed over
     threads) are added.  Returns the number of rows of q and k (plus v heads) holding NaN or infinity.
     """
-    cdef Py_ssize_t batch = q.shape[0], heads = q.shape[1], seq = q.shape[2], dim = q.shape[3]
     cdef Py_ssize_t t, bad = 0, i
     cdef Batch a
     cdef Work* w
     cdef bint profiling = profile is not None, own
-    shape = (batch, heads, seq, dim)
-    for name, other in (("k", (k.shape[0], k.shape[1], k.shape[2], k.shape[3])),
-                        ("v", (v.shape[0], v.shape[1], v.shape[2], v.shape[3])),
-                        ("out", (out.shape[0], out.shape[1], out.shape[2], out.shape[3]))):
-        if other != shape:
-            raise ValueError(f"{name} shape {other} != q shape {shape}")
-    if (dim > 1 and (q.strides[3] != sizeof(float) or k.strides[3] != sizeof(float) or v.strides[3] != sizeof(float)
-                     or out.strides[3] != sizeof(float))):
-        raise ValueError("the last axis of q, k, v and out must be contiguous")
-    if (key_valid.shape[0], key_valid.shape[1]) != (batch, seq) or n_keys.shape[0] != batch:
-        raise ValueError("key_valid must be (batch, seq) and n_keys (batch,)")
-    for i in range(batch):
-        if not 0 <= n_keys[i] <= seq:
-            raise ValueError("n_keys out of range")
-    if profiling and profile.shape[0] != N_PHASES:
-        raise ValueError(f"profile must have {N_PHASES} entries")
-    if threads < 1:
-        raise ValueError("threads must be >= 1")
-    if batch * heads == 0 or seq == 0 or dim == 0:
+    if not _views(&a.io, q, k, v, key_valid, n_keys, out, profile, N_PHASES, threads, 2**16):
         return 0
-    if seq >= 2**31 // 1024 or dim >= 2**16:
-        raise ValueError("seq or dim too large")
-    a.q, a.k, a.v, a.out = &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], &out[0, 0, 0, 0]
-    for i in range(3):
-        a.qs[i] = q.strides[i] // sizeof(float)
-        a.ks[i] = k.strides[i] // sizeof(float)
-        a.vs[i] = v.strides[i] // sizeof(float)
-        a.os[i] = out.strides[i] // sizeof(float)
-    a.valid, a.valid_rs, a.n_keys = &key_valid[0, 0], key_valid.strides[0], &n_keys[0]
-    a.heads, a.seq, a.dim = heads, seq, dim
     a.scaling, a.pv_int8, a.smooth_k = scaling, pv_int8, smooth_k
     own = own_packing()
     with nogil, parallel(num_threads=threads):
-        w = _new_work((seq + 31) // 32 * 32, dim)
+        w = _new_work((a.io.seq + 31) // 32 * 32, a.io.dim)
         w.own_packing = own
-        for t in prange(batch * heads, schedule="dynamic"):
+        for t in prange(<Py_ssize_t>a.io.batch * a.io.heads, schedule="dynamic"):
             bad += _task(&a, t, w, profiling)
         if profiling:
             with gil:

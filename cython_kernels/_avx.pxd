@@ -7,9 +7,9 @@ The row quantizers give exactly the codes, scales and zero points of ``_rows._s8
 order), eight lanes at a time, for rows whose length is a multiple of 8.
 """
 
-from libc.stdint cimport int8_t, int32_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 
-from cython_kernels._rows cimport _rint
+from cython_kernels._rows cimport _exponent_carry, _rint, _s8_row, _u7_row
 from cython_kernels._simd cimport *
 
 
@@ -58,6 +58,35 @@ cdef inline __m256i _special_bits(__m256 v) noexcept nogil:
                             _mm256_set1_epi32(0x00800000))
 
 
+cdef inline bint _row_special(const float* x, int n) noexcept nogil:
+    """True if x[0:n] holds NaN or infinity (from the bits)."""
+    cdef __m256i special = _mm256_set1_epi32(0)
+    cdef const uint32_t* bits = <const uint32_t*>x
+    cdef uint32_t s = 0
+    cdef int c, j
+    for c in range(n // 8):
+        special = _mm256_or_si256(special, _special_bits(_mm256_loadu_ps(x + 8 * c)))
+    for j in range(n // 8 * 8, n):
+        s = s | _exponent_carry(bits[j])
+    return _mm256_movemask_ps(_mm256_castsi256_ps(special)) != 0 or (s & 0x80000000u) != 0
+
+
+cdef inline int32_t _code_sum(const int8_t* q, int n) noexcept nogil:
+    """Sum of n int8 codes: bytes biased to unsigned, summed by vpsadbw."""
+    cdef __m256i acc = _mm256_setzero_si256(), bias = _mm256_set1_epi8(-128)
+    cdef long long parts[4]
+    cdef int32_t s = 0
+    cdef int c, j
+    for c in range(n // 32):
+        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(
+            _mm256_loadu_si256(<const __m256i*>(q + 32 * c)), bias), _mm256_setzero_si256()))
+    _mm256_storeu_si256(<__m256i*>parts, acc)
+    s = <int32_t>(parts[0] + parts[1] + parts[2] + parts[3]) - 128 * (n // 32 * 32)
+    for j in range(n // 32 * 32, n):
+        s += q[j]
+    return s
+
+
 cdef inline void _store_codes(__m256 a, int8_t* q) noexcept nogil:
     # 8 integer-valued floats in -128..255 -> 8 bytes (int8 or uint8 bit patterns).
     cdef int32_t lanes[8]
@@ -76,10 +105,51 @@ cdef inline void _store_codes32(__m256 a, __m256 b, __m256 c, __m256 d, int8_t* 
     _mm256_storeu_si256(<__m256i*>q, _mm256_permutevar8x32_epi32(bytes_, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)))
 
 
+cdef inline void _s8_codes(const float* x, const float* sub, int8_t* q, int n, float inv) noexcept nogil:
+    """The codes of _rows._s8_row of (x - sub) for a given 1/scale (any n; AVX2 for the first n // 8 * 8)."""
+    cdef __m256 inv_v = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127), hi = _mm256_set1_ps(127), v
+    cdef __m256 codes[4]
+    cdef float t
+    cdef int c, j
+    for c in range(n // 8):
+        v = _mm256_sub_ps(_mm256_loadu_ps(x + 8 * c), _mm256_loadu_ps(sub + 8 * c))
+        v = _mm256_round_ps(_mm256_mul_ps(v, inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(v, lo), hi)
+        if c % 4 == 3:
+            _store_codes32(codes[0], codes[1], codes[2], codes[3], q + 8 * (c - 3), False)
+    for c in range(n // 32 * 4, n // 8):
+        _store_codes(codes[c % 4], q + 8 * c)
+    for j in range(n // 8 * 8, n):
+        t = _rint((x[j] - sub[j]) * inv)
+        t = t if t > -127 else <float>-127.0
+        t = t if t < 127 else <float>127.0
+        q[j] = <int8_t>(<int32_t>t)
+
+
+cdef inline void _u7_codes(const float* x, uint8_t* q, int n, float inv, float zpf) noexcept nogil:
+    """The codes of _rows._u7_row for a given 1/scale and zero point (any n; AVX2 for the first n // 8 * 8)."""
+    cdef __m256 inv_v = _mm256_set1_ps(inv), zp_v = _mm256_set1_ps(zpf), zero = _mm256_setzero_ps()
+    cdef __m256 top = _mm256_set1_ps(127), v
+    cdef __m256 codes[4]
+    cdef float t
+    cdef int c, j
+    for c in range(n // 8):
+        v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * c), inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp_v), zero), top)
+        if c % 4 == 3:
+            _store_codes32(codes[0], codes[1], codes[2], codes[3], <int8_t*>(q + 8 * (c - 3)), True)
+    for c in range(n // 32 * 4, n // 8):
+        _store_codes(codes[c % 4], <int8_t*>(q + 8 * c))
+    for j in range(n // 8 * 8, n):
+        t = _rint(x[j] * inv) + zpf
+        t = t if t > 0 else <float>0.0
+        t = t if t < 127 else <float>127.0
+        q[j] = <uint8_t>(<int32_t>t)
+
+
 cdef inline bint _s8_row_avx(const float* x, const float* sub, int8_t* q, int n, float* scale_out) noexcept nogil:
     """_rows._s8_row of (x - sub) for n % 8 == 0, bit-identical codes and scale (AVX2)."""
-    cdef __m256 amax = _mm256_setzero_ps(), v, inv_v, lo = _mm256_set1_ps(-127), hi = _mm256_set1_ps(127)
-    cdef __m256 codes[4]
+    cdef __m256 amax = _mm256_setzero_ps(), v
     cdef __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))
     cdef __m256i special = _mm256_set1_epi32(0)
     cdef float scale, inv
@@ -96,24 +166,14 @@ cdef inline bint _s8_row_avx(const float* x, const float* sub, int8_t* q, int n,
     if not (scale > 0) or inv > <float>3.0e38:
         scale = 1
         inv = 1
-    inv_v = _mm256_set1_ps(inv)
-    for c in range(n // 8):
-        v = _mm256_sub_ps(_mm256_loadu_ps(x + 8 * c), _mm256_loadu_ps(sub + 8 * c))
-        v = _mm256_round_ps(_mm256_mul_ps(v, inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(v, lo), hi)
-        if c % 4 == 3:
-            _store_codes32(codes[0], codes[1], codes[2], codes[3], q + 8 * (c - 3), False)
-    for c in range(n // 32 * 4, n // 8):
-        _store_codes(codes[c % 4], q + 8 * c)
+    _s8_codes(x, sub, q, n, inv)
     scale_out[0] = scale
     return False
 
 
 cdef inline bint _u7_row_avx(const float* x, uint8_t* q, int n, float* scale_out, int32_t* zp_out) noexcept nogil:
     """_rows._u7_row for n % 8 == 0, bit-identical codes, scale and zero point (AVX2)."""
-    cdef __m256 vmin = _mm256_setzero_ps(), vmax = _mm256_setzero_ps(), v, inv_v, zp_v
-    cdef __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(127)
-    cdef __m256 codes[4]
+    cdef __m256 vmin = _mm256_setzero_ps(), vmax = _mm256_setzero_ps(), v
     cdef __m256i special = _mm256_set1_epi32(0)
     cdef float lo, hi, scale, inv, zpf
     cdef int c
@@ -136,16 +196,7 @@ cdef inline bint _u7_row_avx(const float* x, uint8_t* q, int n, float* scale_out
     zpf = _rint(-lo * inv)
     zpf = zpf if zpf > 0 else <float>0.0
     zpf = zpf if zpf < 127 else <float>127.0
-    inv_v = _mm256_set1_ps(inv)
-    zp_v = _mm256_set1_ps(zpf)
-    for c in range(n // 8):
-        v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * c), inv_v),
-                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp_v), zero), top)
-        if c % 4 == 3:
-            _store_codes32(codes[0], codes[1], codes[2], codes[3], <int8_t*>(q + 8 * (c - 3)), True)
-    for c in range(n // 32 * 4, n // 8):
-        _store_codes(codes[c % 4], <int8_t*>(q + 8 * c))
+    _u7_codes(x, q, n, inv, zpf)
     scale_out[0] = scale
     zp_out[0] = <int32_t>zpf
     return False
@@ -165,3 +216,20 @@ cdef inline __m256 _exp2_nonpositive(__m256 x) noexcept nogil:
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1))
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0))
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23)))
+
+
+cdef inline bint _s8_row_any(const float* x, const float* sub, float* tmp, int8_t* q, int n, float* scale_out) noexcept nogil:
+    """_rows._s8_row of (x - sub) for any n: the AVX2 version when n % 8 == 0, else through tmp (n floats)."""
+    cdef int d
+    if n % 8 == 0:
+        return _s8_row_avx(x, sub, q, n, scale_out)
+    for d in range(n):
+        tmp[d] = x[d] - sub[d]
+    return _s8_row(tmp, q, n, scale_out)
+
+
+cdef inline bint _u7_row_any(const float* x, uint8_t* q, int n, float* scale_out, int32_t* zp_out) noexcept nogil:
+    """_rows._u7_row for any n: the AVX2 version when n % 8 == 0."""
+    if n % 8 == 0:
+        return _u7_row_avx(x, q, n, scale_out, zp_out)
+    return _u7_row(x, q, n, scale_out, zp_out)

@@ -54,6 +54,22 @@ cdef extern from "immintrin.h" nogil:
     void _mm256_storeu_si256(__m256i* p, __m256i a)
     int _mm256_movemask_ps(__m256 a)
 
+    __m256i _mm256_cmpgt_epi32(__m256i a, __m256i b)
+    __m256i _mm256_max_epi32(__m256i a, __m256i b)
+    __m256i _mm256_min_epi32(__m256i a, __m256i b)
+    __m256i _mm256_setzero_si256()
+    __m256i _mm256_set1_epi8(char a)
+    __m256i _mm256_add_epi64(__m256i a, __m256i b)
+    __m256i _mm256_sad_epu8(__m256i a, __m256i b)
+    __m256i _mm256_blendv_epi8(__m256i a, __m256i b, __m256i mask)
+    __m256i _mm256_srai_epi32(__m256i a, int count)
+    __m256i _mm256_xor_si256(__m256i a, __m256i b)
+    __m256i _mm256_maskload_epi32(const int* p, __m256i mask)  # lanes with mask's top bit clear: 0, not read
+    __m256 _mm256_permute2f128_ps(__m256 a, __m256 b, int imm)
+    __m256 _mm256_blend_ps(__m256 a, __m256 b, int imm)
+    __m256 _mm256_div_ps(__m256 a, __m256 b)
+    __m256 _mm256_fnmadd_ps(__m256 a, __m256 b, __m256 c)  # c - a * b, one rounding
+
     __m128i _mm_loadu_si128(const __m128i* p)
     void _mm_storeu_si128(__m128i* p, __m128i a)
     __m128i _mm_setzero_si128()

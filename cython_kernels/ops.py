@@ -367,6 +367,37 @@ def _require_topk() -> None:
         raise RuntimeError(f"the fused top-k kernel is unavailable: {TOPK_UNAVAILABLE_REASON}")
 
 
+def _sequence_scales(q: np.ndarray, k: np.ndarray, valid: np.ndarray, smooth_k: bool) -> np.ndarray:
+    """float32 (batch, 3): per sequence the 1/scale of K and the 1/scale and zero point of Q, one scale shared by
+    all heads (``granularity="tensor"``), over the sequence's valid tokens and with the float32 arithmetic of
+    ``quantize_s8_sym`` / ``quantize_u7_asym`` (``per="matrix"``). Non-finite elements count as 0 (as the
+    unfused scorer's inputs), so a poisoned head does not spoil the other heads' grid."""
+    batch = q.shape[0]
+    result = np.empty((batch, 3), np.float32)
+    one, top, huge = np.float32(1), np.float32(127), np.float32(3.0e38)
+
+    def inverse(scale: np.float32) -> np.float32:
+        inv = one / scale if scale > 0 else np.float32(0)
+        return one if not scale > 0 or inv > huge else np.float32(inv)
+
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for b in range(batch):
+            tokens = np.flatnonzero(valid[b])
+            kb = k[b][:, tokens]                                   # (heads, valid tokens, dim)
+            kb = np.where(np.isfinite(kb), kb, np.float32(0))
+            if smooth_k and tokens.size:
+                kb = kb - (kb.sum(axis=1, keepdims=True, dtype=np.float32) / np.float32(tokens.size))
+            amax = np.float32(np.abs(kb).max()) if kb.size else np.float32(0)
+            qb = q[b][:, tokens]
+            qb = np.where(np.isfinite(qb), qb, np.float32(0))
+            lo = min(np.float32(0), np.float32(qb.min())) if qb.size else np.float32(0)
+            hi = max(np.float32(0), np.float32(qb.max())) if qb.size else np.float32(0)
+            q_inv = inverse(np.float32((hi - lo) / top))
+            zero_point = np.clip(np.rint(np.float32(-lo * q_inv)), 0, 127)
+            result[b] = (inverse(np.float32(amax / top)), q_inv, zero_point)
+    return result
+
+
 def topk_attention_u8s8(
     q: Array,
     k: Array,
@@ -375,7 +406,7 @@ def topk_attention_u8s8(
     *,
     topk: int,
     scaling: float | None = None,
-    granularity: Literal["token", "head"] = "token",
+    granularity: Literal["token", "head", "tensor"] = "token",
     smooth_k: bool = False,
     threads: int | None = None,
     profile: np.ndarray | None = None,
@@ -388,50 +419,116 @@ def topk_attention_u8s8(
     (batch, seq, heads, head_dim), C-contiguous (a torch tensor if ``q`` is one).
 
     Selection: Q as 7-bit u8 (asymmetric) and K as s8 (symmetric; ``smooth_k`` subtracts K's mean over the
-    valid keys), one scale per token (``granularity="token"``) or per (batch, head) over its valid tokens
-    (``"head"``); exact int32 Q.K^T on FBGEMM; per query the ``topk`` best *valid* keys, ties to the lower key
-    index (all valid keys when there are fewer). Then exact float32 scores ``q.k * scaling`` (default
-    head_dim**-0.5) for those keys only, softmax, and the weighted sum of their V rows. With ``topk`` >= the
-    number of valid keys this is dense attention. A row without a valid key gives 0.
+    valid keys), one scale per token (``granularity="token"``), per (batch, head) over its valid tokens
+    (``"head"``) or per sequence over its valid tokens in all heads (``"tensor"``: computed here, with the
+    arithmetic of ``quantize_u7_asym``/``quantize_s8_sym``); exact int32 Q.K^T on FBGEMM; per query the
+    ``topk`` best *valid* keys, ties to the lower key index (all valid keys when there are fewer). Then exact
+    float32 scores ``q.k * scaling`` (default head_dim**-0.5) for those keys only, softmax, and the weighted
+    sum of their V rows. With ``topk`` >= the number of valid keys this is dense attention. A row without a
+    valid key gives 0.
 
     Non-finite inputs propagate like dense attention (no exception): a query row holding NaN or infinity
     gives a NaN output row; NaN or infinity in the k or v row of a valid key gives NaN in every output of
     that (batch, head). Padding keys are never read for scores. ``profile``: optional float64 array of
     ``len(TOPK_PHASES)`` to which the seconds of each phase (summed over threads) are added.
+    Raises ``ValueError`` for a bad ``topk``, ``granularity`` or shape, ``TypeError`` for non-float32 inputs.
     """
     _require_topk()
-    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-        raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
-    if granularity not in ("token", "head"):
-        raise ValueError(f"granularity must be 'token' or 'head', got {granularity!r}")
+    _check_topk(topk)
+    if granularity not in ("token", "head", "tensor"):
+        raise ValueError(f"granularity must be 'token', 'head' or 'tensor', got {granularity!r}")
     q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
                                                                           TOPK_PHASES)
+    seq_scales = _sequence_scales(q_np, k_np, valid, bool(smooth_k)) if granularity == "tensor" else None
     _topk.topk_attention(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale, int(topk),
                          granularity == "token", bool(smooth_k), bool(_attention.own_packing()),
-                         arr.threads_arg(threads), profile)
+                         arr.threads_arg(threads), profile, seq_scales)
+    return out
+
+
+def _check_topk(topk: object) -> None:
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
+
+
+def _selection_scores(scores: Array, ndim: int) -> tuple[np.ndarray, bool]:
+    """``scores`` as an int32 NumPy view with a contiguous last axis, and whether it holds float32 bits."""
+    torch = arr._torch() if arr.is_tensor(scores) else None
+    if torch is not None:
+        if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.int32):
+            raise TypeError(f"scores must be a float32 or int32 CPU tensor, got {scores.dtype} on {scores.device}")
+        s = scores.detach().numpy()
+    elif isinstance(scores, np.ndarray):
+        s = scores
+    else:
+        raise TypeError(f"scores must be a numpy.ndarray or a torch.Tensor, got {type(scores).__name__}")
+    if s.dtype not in (np.float32, np.int32):
+        raise TypeError(f"scores must have dtype float32 or int32, got {s.dtype.name}")
+    if s.ndim != ndim:
+        raise ValueError(f"scores must be {ndim}-D, got shape {s.shape}")
+    if s.ndim and s.shape[-1] > 1 and s.strides[-1] != s.itemsize or any(st < 0 for st in s.strides):
+        s = np.ascontiguousarray(s)
+    return s.view(np.int32), s.dtype == np.float32
+
+
+def topk_attention_scores(
+    q: Array,
+    k: Array,
+    v: Array,
+    key_valid: Array | None,
+    scores: Array,
+    *,
+    topk: int,
+    scaling: float | None = None,
+    threads: int | None = None,
+    profile: np.ndarray | None = None,
+) -> Array:
+    """Top-k sparse self-attention with given selection scores, fused per (batch, head): the select, exact
+    scores, softmax and V sum of :func:`topk_attention_u8s8`, with the keys ranked by ``scores`` instead of
+    int8 Q.K^T (the ``topk`` backend's fake-quantized scorer computes them in torch).
+
+    ``q``, ``k``, ``v``, ``key_valid``, ``scaling``, the result and non-finite inputs: as
+    :func:`topk_attention_u8s8`. ``scores``: (batch, heads, seq, seq), float32 or int32, any strides
+    (copied once unless the last axis is contiguous); only the scores of valid keys are read. float32 scores
+    rank by value with -0.0 == +0.0; NaN ranks above +inf with the sign bit clear and below -inf with it
+    set (the order of their int32 bits, as ``plugins.topk.select_keys`` ranks them). Per query row, the
+    ``topk`` best valid keys, ties to the lower key index. Raises ``ValueError`` for a bad ``topk`` or shape,
+    ``TypeError`` for other dtypes.
+    """
+    _require_topk()
+    _check_topk(topk)
+    q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
+                                                                          TOPK_PHASES)
+    s, float_scores = _selection_scores(scores, 4)
+    batch, heads, seq, _ = q_np.shape
+    if s.shape != (batch, heads, seq, seq):
+        raise ValueError(f"scores must have shape {(batch, heads, seq, seq)}, got {s.shape}")
+    _topk.topk_attention_scores(q_np, k_np, v_np, valid, n_keys, s, out_np.transpose(0, 2, 1, 3), scale,
+                                int(topk), float_scores, arr.threads_arg(threads), profile)
     return out
 
 
 def topk_select(scores: Array, key_valid: Array | None, topk: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fused kernel's selection alone, on given int32 ``scores`` (rows, n) (for tests).
+    """The fused kernels' selection alone, on given ``scores`` (rows, n) (for tests).
 
-    Returns ``(index, count)``: int32 (rows, min(topk, n)) and (rows,); ``index[i, :count[i]]`` are, in
-    increasing order, the ``topk`` largest scores of row i among the valid keys (``key_valid`` (n,), None =
-    all), ties to the lower index; all valid keys when there are at most ``topk``. Valid scores must be
-    > INT32_MIN (the kernel's mark of masked keys).
+    ``scores``: int32 (valid scores must be > INT32_MIN, the kernel's mark of masked keys) or float32 (ranked
+    as :func:`topk_attention_scores` ranks them). Returns ``(index, count)``: int32 (rows, min(topk, n)) and
+    (rows,); ``index[i, :count[i]]`` are, in increasing order, the ``topk`` largest scores of row i among the
+    valid keys (``key_valid`` (n,), None = all), ties to the lower index; all valid keys when there are at
+    most ``topk``.
     """
     _require_topk()
-    s = np.ascontiguousarray(arr.to_numpy(scores, "scores", np.int32, ndim=2))
+    _check_topk(topk)
+    s, float_scores = _selection_scores(scores, 2)
+    s = np.ascontiguousarray(s)
     rows, n = s.shape
     valid = np.ones(n, np.uint8) if key_valid is None else (np.asarray(key_valid) != 0).astype(np.uint8)
     if valid.shape != (n,):
         raise ValueError(f"key_valid must have shape ({n},), got {valid.shape}")
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
-    if (s[:, valid.astype(bool)] == np.iinfo(np.int32).min).any():
+    if not float_scores and (s[:, valid.astype(bool)] == np.iinfo(np.int32).min).any():
         raise ValueError("valid scores must be > INT32_MIN")
     index = np.full((rows, max(1, min(topk, n))), -1, np.int32)
     count = np.zeros(rows, np.int32)
     if n:
-        _topk.select_rows(s, valid, int(topk), index, count)
+        _topk.select_rows(s, valid, int(topk), index, count, float_scores)
     return index, count

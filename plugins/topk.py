@@ -14,9 +14,21 @@
    ``k``), then softmax and the weighted sum of V over them. With ``k`` ≥ the valid length this is dense
    attention.
 
-With ``scorer=fbgemm`` and ``granularity`` ``head`` or ``token``, all three steps run fused per (batch, head)
-in ``cython_kernels.topk_attention_u8s8`` (same quantizers and selection, no score tensor, no gathered
-copies of K and V; NaN/inf propagate as in dense attention); ``granularity=tensor`` uses the steps above.
+Where ``cython_kernels`` is built (``ck.TOPK_AVAILABLE``), steps 2 and 3 run natively, per (batch, head), in
+``cython_kernels/_topk.pyx``: an exact AVX2 top-k select (no sort, no 64-bit keys), then exact float32 scores,
+softmax and V sum over the selected keys only, read in place and written straight into the
+``(batch, seq, heads, dim)`` output (no gathered copies of K or V):
+
+* ``scorer=fbgemm`` (any ``granularity``): all three steps fused in ``cython_kernels.topk_attention_u8s8``
+  (same quantizers; with ``granularity=tensor`` the per-sequence scales are computed in ``ops`` and passed in);
+* ``scorer=fake`` (any ``bits`` and ``granularity``; float32 CPU inputs): step 1 stays in torch as described;
+  ``cython_kernels.topk_attention_scores`` ranks the float scores by an order-preserving int32 mapping of their
+  bits (-0.0 ties with +0.0; NaN as ``select_keys`` ranks it), so the selection is that of ``select_keys``,
+  ties included. Other dtypes and devices use the torch steps above (``select_keys``, ``sparse_attention``).
+
+Non-finite inputs: a NaN/inf query row gives a NaN output row, a NaN/inf key or value of a real token makes its
+head's output NaN (as in dense attention); the scores are computed from finite copies. ``fidelity_stats`` and
+``approximate_scores`` always use the torch steps.
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ def fake_quantize(x: torch.Tensor, bits: int, granularity: str, valid_tokens: to
     magnitude = x.abs().masked_fill(~valid_tokens, 0)
     dims = {"tensor": (1, 2, 3), "head": (2, 3), "token": (3,)}[granularity]
     scale = magnitude.amax(dim=dims, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny) / qmax
-    return torch.round(x / scale).clamp(-qmax, qmax) * scale
+    return torch.round(x / scale).clamp_(-qmax, qmax).mul_(scale)
 
 
 def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Tensor, granularity: str) -> torch.Tensor:
@@ -88,6 +100,12 @@ def nonfinite_heads(key: torch.Tensor, value: torch.Tensor, valid_keys: torch.Te
     finite = torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1)        # (batch, heads, k_len)
     bad = (~finite & valid_keys[:, :, 0]).any(dim=-1)[..., None, None]
     return bad if bool(bad.any()) else None
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True only if every element of every tensor is finite: one sum each (a NaN or an infinity makes a sum
+    non-finite; a sum that merely overflows gives False, which only sends the caller to the exact checks)."""
+    return bool(torch.isfinite(torch.stack([x.sum(dtype=torch.float32) for x in tensors]).sum()))
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -186,9 +204,15 @@ class TopK(Backend):
         return {}
 
     def fused(self) -> bool:
-        """Whether :meth:`attention` runs the fused kernel (``scorer=fbgemm``, per-head or per-token scales)."""
-        return (self.values["scorer"] == "fbgemm" and self.values["granularity"] in ("head", "token")
-                and ck.TOPK_AVAILABLE)
+        """Whether :meth:`attention` runs the fused int8 kernel (``scorer=fbgemm``, any granularity)."""
+        return self.values["scorer"] == "fbgemm" and ck.TOPK_AVAILABLE
+
+    def native(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+        """Whether :meth:`attention` hands the ``fake`` scorer's scores to the native select and sparse
+        attention (``cython_kernels.topk_attention_scores``): float32 CPU self-attention with the kernel built."""
+        return (self.values["scorer"] == "fake" and ck.TOPK_AVAILABLE
+                and all(x.dtype == torch.float32 and x.device.type == "cpu" for x in (query, key, value))
+                and query.shape == key.shape == value.shape)
 
     def approximate_scores(self, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
         """Low-precision scores used only for ranking (no softmax scaling: it does not change the order)."""
@@ -213,10 +237,14 @@ class TopK(Backend):
             return ck.topk_attention_u8s8(query, key, value, valid_keys[:, 0, 0, :], topk=self.values["k"],
                                           scaling=scaling, granularity=self.values["granularity"],
                                           smooth_k=self.values["smooth_k"]), None
-        poisoned = nonfinite_heads(key, value, valid_keys)
-        finite_inputs = poisoned is None and bool(torch.isfinite(query).all())
+        finite_inputs = all_finite(query, key, value)
+        poisoned = None if finite_inputs else nonfinite_heads(key, value, valid_keys)
+        finite_inputs = finite_inputs or (poisoned is None and bool(torch.isfinite(query).all()))
         approximate = self.approximate_scores(query if finite_inputs else _finite(query),
                                               key if finite_inputs else _finite(key), valid_keys)
+        if self.native(query, key, value):  # same selection, ties included; NaN rows and heads as below
+            return ck.topk_attention_scores(query, key, value, valid_keys[:, 0, 0, :], approximate,
+                                            topk=self.values["k"], scaling=scaling), None
         index, selected = select_keys(approximate, valid_keys, self.values["k"])
         out = sparse_attention(query, key, value, index, selected, scaling)
         if poisoned is not None:  # like dense: a bad key or value reaches every query of its head

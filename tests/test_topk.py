@@ -193,3 +193,16 @@ def test_topk_in_a_model_with_large_k_matches_dense(registry):
         ref = prepare_model(base, registry.resolve("dense"))(**batch).logits
         out = prepare_model(base, registry.resolve("topk:k=64,bits=2"))(**batch).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_all_finite_is_false_for_any_nan_or_infinity():
+    from plugins.topk import all_finite
+    q, key, v = qkv()
+    assert all_finite(q, key, v)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        bad = v.clone()
+        bad[2, 3, 11, 15] = value
+        assert not all_finite(q, key, bad)
+    big = torch.full((4, 4), 3e38)  # finite, but its sum overflows: False only costs the exact checks
+    assert not all_finite(big) and bool(torch.isfinite(big).all())
+    assert all_finite(q.double(), key.to(torch.bfloat16))

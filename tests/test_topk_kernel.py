@@ -10,13 +10,14 @@ import torch
 
 import cython_kernels as ck
 from harness import load_registry
+from plugins.topk import TopK, select_keys, sparse_attention
 
 pytestmark = pytest.mark.skipif(not ck.TOPK_AVAILABLE,
                                 reason=f"fused top-k kernel unavailable: {ck.TOPK_UNAVAILABLE_REASON}")
 
 INT32_MIN = np.iinfo(np.int32).min
 INT32_MAX = np.iinfo(np.int32).max
-GRANULARITIES = ("head", "token")
+GRANULARITIES = ("head", "token", "tensor")
 
 
 def reference_select(scores: np.ndarray, valid: np.ndarray, k: int) -> list[list[int]]:
@@ -108,7 +109,6 @@ def test_same_selection_as_the_unfused_fbgemm_scorer(granularity, smooth_k):
     backend = load_registry().resolve(
         f"topk:k=8,scorer=fbgemm,granularity={granularity},smooth_k={str(smooth_k).lower()}").attention_part
     unfused_scores = backend.approximate_scores(q, k, valid[:, None, None, :])
-    from plugins.topk import select_keys, sparse_attention
     index, selected = select_keys(unfused_scores, valid[:, None, None, :], 8)
     unfused = sparse_attention(q, k, v, index, selected, 32 ** -0.5).transpose(1, 2)
     fused = backend.attention(None, q, k, v, mask, scaling=32 ** -0.5)[0]
@@ -153,7 +153,7 @@ def test_non_finite_inputs_propagate_like_dense(granularity):
     same = ~expected
     if granularity == "token":
         assert torch.equal(out[same], clean[same])
-    else:  # the head's Q scale excludes the NaN row, so only head (0, 1) may differ slightly
+    else:  # the head's (sequence's) Q scale excludes the NaN, so only head (0, 1) (sequence 0) may differ
         assert torch.isfinite(out[same]).all()
 
 
@@ -191,7 +191,7 @@ def test_argument_validation():
     with pytest.raises(ValueError, match="topk"):
         ck.topk_attention_u8s8(q, k, v, topk=0)
     with pytest.raises(ValueError, match="granularity"):
-        ck.topk_attention_u8s8(q, k, v, topk=4, granularity="tensor")
+        ck.topk_attention_u8s8(q, k, v, topk=4, granularity="row")
     with pytest.raises(TypeError):
         ck.topk_attention_u8s8(q.double(), k, v, topk=4)
     with pytest.raises(ValueError, match="INT32_MIN"):
@@ -200,7 +200,168 @@ def test_argument_validation():
 
 @pytest.mark.parametrize("spec,fused", [("topk:k=4,scorer=fbgemm", True),
                                         ("topk:k=4,scorer=fbgemm,granularity=token,smooth_k=true", True),
-                                        ("topk:k=4,scorer=fbgemm,granularity=tensor", False),
+                                        ("topk:k=4,scorer=fbgemm,granularity=tensor", True),
                                         ("topk:k=4", False)])
-def test_backend_uses_the_fused_kernel_for_fbgemm_head_and_token(spec, fused):
+def test_backend_uses_the_fused_kernel_for_the_fbgemm_scorer(spec, fused):
     assert load_registry().resolve(spec).attention_part.fused() is fused
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fake scorer's float scores on the native select (ck.topk_attention_scores)
+
+
+class _Module(torch.nn.Module):
+    is_causal = False
+
+
+def torch_selection(scores: torch.Tensor, valid: torch.Tensor, k: int) -> list[list[int]]:
+    """``select_keys``' index sets (ascending) of a (rows, n) float score matrix; ``valid`` (n,) bool."""
+    index, selected = select_keys(scores[None, None], valid[None, None, None, :], k)
+    return [sorted(int(j) for j in row[ok]) for row, ok in zip(index[0, 0], selected[0, 0])]
+
+
+def float_rows(seed: int, n: int) -> torch.Tensor:
+    """Random float32 rows: wide values, few distinct values (ties), signed zeros, infinities and NaNs."""
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(12, n, generator=g) * 1e3
+    ties = torch.randint(-2, 3, (12, n), generator=g).float() * 0.25   # the grid of a 2-bit fake scorer
+    zeros = torch.where(torch.rand(6, n, generator=g) < 0.5, torch.tensor(-0.0), torch.tensor(0.0))
+    zeros[:, ::5] = -1.0
+    special = torch.randn(6, n, generator=g)
+    for value, every in ((float("inf"), 7), (float("-inf"), 5), (float("nan"), 11), (-float("nan"), 13)):
+        special[:, ::every] = value
+    return torch.cat([wide, ties, zeros, special, torch.full((2, n), 3.5), -wide[:2].abs() - 1e-30])
+
+
+@pytest.mark.parametrize("n", [1, 9, 64, 130, 512])
+@pytest.mark.parametrize("k", [1, 3, 16, 64, 600])
+def test_float_selection_equals_select_keys(n, k):
+    scores = float_rows(n * 7 + k, n)
+    g = torch.Generator().manual_seed(k)
+    for valid in (torch.ones(n, dtype=torch.bool), torch.rand(n, generator=g) < 0.6, torch.arange(n) < max(1, n // 3)):
+        index, count = ck.topk_select(scores.numpy(), valid.numpy(), k)
+        want = torch_selection(scores, valid, k)
+        for i, expected in enumerate(want):
+            assert index[i, :count[i]].tolist() == expected, (i, scores[i].tolist(), valid.tolist())
+
+
+def test_float_mapping_ties_signed_zeros_and_ranks_nan_like_select_keys():
+    scores = torch.tensor([[0.0, -0.0, 0.0, -0.0, -1e-45, 1e-45],
+                           [float("nan"), float("inf"), 1.0, -float("nan"), float("-inf"), 0.0]])
+    valid = torch.ones(6, dtype=torch.bool)
+    for k in range(1, 6):
+        index, count = ck.topk_select(scores.numpy(), None, k)
+        assert [index[i, :count[i]].tolist() for i in range(2)] == torch_selection(scores, valid, k)
+    index, count = ck.topk_select(scores.numpy(), None, 3)
+    assert index[0, :3].tolist() == [0, 1, 5]          # -0.0 ties with +0.0: lower indices first
+    assert index[1, :2].tolist() == [0, 1]             # +NaN above +inf
+
+
+def backend_pair(spec: str):
+    """The backend of ``spec``, and a call of its torch path (``native`` forced off) for comparison."""
+    backend = load_registry().resolve(spec).attention_part
+
+    def torch_path(*args, **kwargs):
+        original = backend.native
+        backend.native = lambda *a: False
+        try:
+            return backend.attention(*args, **kwargs)[0]
+        finally:
+            backend.native = original
+    return backend, torch_path
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("bits,smooth_k", [(2, False), (3, True), (8, False), (16, True)])
+def test_fake_scorer_native_path_equals_the_torch_path(granularity, bits, smooth_k):
+    q, k, v = qkv(batch=3, heads=4, seq=70, dim=32, seed=bits)
+    lengths = [70, 41, 9]
+    valid = torch.arange(70)[None, :] < torch.tensor(lengths)[:, None]
+    mask = valid[:, None, None, :].expand(3, 1, 70, 70)
+    for topk in (1, 5, 16, 70):
+        backend, torch_path = backend_pair(
+            f"topk:k={topk},bits={bits},granularity={granularity},smooth_k={str(smooth_k).lower()}")
+        assert backend.native(q, k, v)
+        native = backend.attention(_Module(), q, k, v, mask, scaling=0.2)[0]
+        reference = torch_path(_Module(), q, k, v, mask, scaling=0.2)
+        assert native.shape == reference.shape == (3, 70, 4, 32) and native.is_contiguous()
+        torch.testing.assert_close(native, reference, atol=1e-5, rtol=0)
+
+
+def test_fake_scorer_native_selection_on_tie_heavy_scores_matches_select_keys():
+    """Many exactly tied scores (2 bits): the weighted V rows reveal any other choice among the ties."""
+    q, k, _ = qkv(batch=2, heads=3, seq=48, dim=16, seed=5)
+    v = torch.eye(48).expand(2, 3, 48, 48).contiguous()      # output row = the softmax weights per key
+    q, k = q.repeat(1, 1, 1, 3), k.repeat(1, 1, 1, 3)        # dim 48 like v
+    valid = torch.arange(48)[None, :] < torch.tensor([48, 30])[:, None]
+    backend, torch_path = backend_pair("topk:k=6,bits=2,granularity=tensor")
+    scores = backend.approximate_scores(q, k, valid[:, None, None, :])
+    assert (scores.unsqueeze(-1) == scores.unsqueeze(-2)).sum() > 10 * scores.numel()  # ties are common
+    mask = valid[:, None, None, :].expand(2, 1, 48, 48)
+    native = backend.attention(_Module(), q, k, v, mask, scaling=0.1)[0]
+    chosen = (native > 0).permute(0, 2, 1, 3)                 # (batch, heads, query, key)
+    index, selected = select_keys(scores, valid[:, None, None, :], 6)
+    expected = torch.zeros_like(chosen).scatter_(-1, index, selected)
+    assert torch.equal(chosen, expected)
+    torch.testing.assert_close(native, torch_path(_Module(), q, k, v, mask, scaling=0.1), atol=1e-6, rtol=0)
+
+
+def test_topk_attention_scores_given_int32_scores_and_threads():
+    q, k, v = qkv(batch=2, heads=3, seq=100, dim=32)
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(-5, 5, (2, 3, 100, 100), generator=g, dtype=torch.int32)
+    valid = torch.arange(100)[None, :] < torch.tensor([100, 77])[:, None]
+    one = ck.topk_attention_scores(q, k, v, valid, scores, topk=8, threads=1)
+    two = ck.topk_attention_scores(q, k, v, valid, scores, topk=8, threads=2)
+    assert torch.equal(one, two)
+    index, selected = select_keys(scores.float(), valid[:, None, None, :], 8)
+    reference = sparse_attention(q, k, v, index, selected, 32 ** -0.5).transpose(1, 2)
+    torch.testing.assert_close(one, reference, atol=1e-5, rtol=0)
+    # a strided score view (transposed rows) is copied, not misread
+    t = scores.transpose(-1, -2)
+    torch.testing.assert_close(ck.topk_attention_scores(q, k, v, valid, t, topk=8),
+                               ck.topk_attention_scores(q, k, v, valid, t.contiguous(), topk=8), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="scores must have shape"):
+        ck.topk_attention_scores(q, k, v, valid, scores[:, :, :50], topk=8)
+    with pytest.raises(TypeError, match="float32 or int32"):
+        ck.topk_attention_scores(q, k, v, valid, scores.double(), topk=8)
+
+
+def test_fake_scorer_native_k_at_least_the_valid_length_is_dense():
+    q, k, v = qkv(seq=40)
+    valid = torch.ones(3, 40, dtype=torch.bool)
+    valid[1, 25:] = False
+    valid[2, 3] = False
+    backend = load_registry().resolve("topk:k=40,bits=4").attention_part
+    out = backend.attention(_Module(), q, k, v, valid[:, None, None, :].expand(3, 1, 40, 40), scaling=32 ** -0.5)[0]
+    rows = valid[:, :, None, None].expand_as(out)
+    torch.testing.assert_close(out[rows], dense(q, k, v, valid)[rows], atol=1e-5, rtol=0)
+
+
+def test_fake_scorer_native_non_finite_inputs_like_the_torch_path():
+    q, k, v = qkv()
+    valid = torch.ones(3, 40, dtype=torch.bool)
+    valid[2, 30:] = False
+    q[0, 1, 7, 3] = float("nan")
+    q[1, 0, 2, 0] = float("inf")
+    k[1, 2, 11, 0] = float("inf")
+    v[0, 3, 20, 5] = float("-inf")
+    mask = valid[:, None, None, :].expand(3, 1, 40, 40)
+    backend, torch_path = backend_pair("topk:k=6,bits=4")
+    native = backend.attention(_Module(), q, k, v, mask, scaling=0.2)[0]
+    reference = torch_path(_Module(), q, k, v, mask, scaling=0.2)
+    assert torch.equal(torch.isnan(native), torch.isnan(reference))
+    assert torch.isnan(native[0, 7, 1]).all() and torch.isnan(native[:, :, 2][1]).all()
+    torch.testing.assert_close(native, reference, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_fake_scorer_keeps_the_torch_path_off_float32_cpu():
+    q, k, v = qkv(seq=12)
+    backend = load_registry().resolve("topk:k=4,bits=4").attention_part
+    assert backend.native(q, k, v) and not backend.native(q.double(), k.double(), v.double())
+    q, k, v = q.double(), k.double(), v.double()
+    out = backend.attention(_Module(), q, k, v, None, scaling=0.25)[0]
+    valid = torch.ones(3, 1, 1, 12, dtype=torch.bool)
+    index, selected = select_keys(backend.approximate_scores(q, k, valid), valid, 4)
+    assert out.dtype == torch.float64
+    assert torch.equal(out, sparse_attention(q, k, v, index, selected, 0.25).transpose(1, 2).contiguous())
