@@ -33,12 +33,12 @@ head's output NaN (as in dense attention); the scores are computed from finite c
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-import cython_kernels as ck
 from harness import REQUIRED, Backend, Param, ParamError, hookimpl
+
+if TYPE_CHECKING:  # torch and the kernels are imported where used: listing plugins stays torch-free
+    import torch
 
 GRANULARITIES = ("tensor", "head", "token")
 SCORERS = ("fake", "fbgemm")
@@ -47,6 +47,8 @@ FBGEMM_BITS = 8  # the only `bits` the fbgemm scorer accepts: 7-bit Q (the 7-bit
 
 def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor:
     """``(batch, 1, 1, k_len)`` bool, True for real keys, from a bool mask (True = attend) or None."""
+    import torch
+
     batch, _, _, _ = query.shape
     if attention_mask is None:
         return torch.ones(batch, 1, 1, query.shape[2], dtype=torch.bool, device=query.device)
@@ -62,6 +64,8 @@ def fake_quantize(x: torch.Tensor, bits: int, granularity: str, valid_tokens: to
     ``valid_tokens`` (batch, 1, tokens, 1) excludes padding from the scale. Scales: one per sequence
     (``tensor``), per sequence and head (``head``) or per token row (``token``).
     """
+    import torch
+
     qmax = 2 ** (bits - 1) - 1
     magnitude = x.abs().masked_fill(~valid_tokens, 0)
     dims = {"tensor": (1, 2, 3), "head": (2, 3), "token": (3,)}[granularity]
@@ -75,6 +79,8 @@ def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Te
     Padding tokens (``valid_tokens`` False, ``(batch, 1, tokens, 1)``) are zeroed first, which leaves every
     scale to the valid tokens (both quantizers keep 0 exact); their own scores are meaningless.
     """
+    import cython_kernels as ck
+
     b, h, s, d = query.shape
     weights = valid_tokens.to(query.dtype)
     q = (query * weights).reshape(b * h, s, d)
@@ -97,6 +103,8 @@ def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Te
 def nonfinite_heads(key: torch.Tensor, value: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor | None:
     """``(batch, heads, 1, 1)`` bool, True where a real token's key or value holds NaN or an infinity; ``None``
     when every real token's key and value are finite (the usual case: no extra work afterwards)."""
+    import torch
+
     finite = torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1)        # (batch, heads, k_len)
     bad = (~finite & valid_keys[:, :, 0]).any(dim=-1)[..., None, None]
     return bad if bool(bad.any()) else None
@@ -105,10 +113,14 @@ def nonfinite_heads(key: torch.Tensor, value: torch.Tensor, valid_keys: torch.Te
 def all_finite(*tensors: torch.Tensor) -> bool:
     """True only if every element of every tensor is finite: one sum each (a NaN or an infinity makes a sum
     non-finite; a sum that merely overflows gives False, which only sends the caller to the exact checks)."""
+    import torch
+
     return bool(torch.isfinite(torch.stack([x.sum(dtype=torch.float32) for x in tensors]).sum()))
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -119,6 +131,8 @@ def _ordered_keys(scores: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tenso
     magnitude bits, so -0.0 equals +0.0); it is scaled by the row length and the reversed key index fills
     the remainder. Padding keys get the smallest key. Integer work in place: this runs on every score.
     """
+    import torch
+
     keys = scores.float().contiguous().view(torch.int32).to(torch.int64)
     sign = keys >> 63
     keys &= 0x7FFFFFFF
@@ -151,6 +165,8 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     Rows are copied whole with ``index_select`` on the flattened (b·h·k_len, d) view: much faster than a
     ``gather`` with the index broadcast over ``d``.
     """
+    import torch
+
     b, h, k_len, d = x.shape
     offsets = torch.arange(b * h, dtype=index.dtype, device=index.device).view(b, h, 1, 1) * k_len
     rows = (index + offsets).reshape(-1)
@@ -160,6 +176,8 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor,
                      selected: torch.Tensor, scaling: float) -> torch.Tensor:
     """Exact softmax attention restricted to the selected keys: ``(batch, heads, q_len, dim)``."""
+    import torch
+
     scores = (query.unsqueeze(-2) * _gather_rows(key, index)).sum(-1) * scaling
     weights = torch.softmax(scores.masked_fill(~selected, float("-inf")), dim=-1)
     return (weights.unsqueeze(-1) * _gather_rows(value, index)).sum(-2)
@@ -178,12 +196,12 @@ class TopK(Backend):
               choices=SCORERS),
     )
 
-    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    dtypes = ("float32", "float64", "bfloat16", "float16")
     devices = ("cpu", "cuda")  # the fake scorer is plain torch ops
 
     def check_values(self) -> None:
         if self.values["scorer"] == "fbgemm":
-            self.dtypes = (torch.float32,)  # FBGEMM's quantizers take float32
+            self.dtypes = ("float32",)  # FBGEMM's quantizers take float32
             self.devices = ("cpu",)  # and run on the CPU
         if self.values["scorer"] == "fbgemm" and self.values["bits"] != FBGEMM_BITS:
             k, bits = self.values["k"], self.values["bits"]
@@ -194,22 +212,32 @@ class TopK(Backend):
     @classmethod
     def unavailable_reason(cls, values=None) -> str | None:
         """``scorer=fbgemm`` needs the compiled kernels; the fake scorer (and so the backend) runs everywhere."""
+        import cython_kernels as ck
+
         if values is not None and values["scorer"] == "fbgemm" and not ck.AVAILABLE:
             return f"scorer=fbgemm needs cython_kernels: {ck.UNAVAILABLE_REASON}"
         return None
 
     def run_facts(self) -> dict[str, str]:
+        import cython_kernels as ck
+
         if self.values["scorer"] == "fbgemm" and ck.AVAILABLE:
             return {"fbgemm_isa": str(ck.cpu_features()["isa"])}
         return {}
 
     def fused(self) -> bool:
         """Whether :meth:`attention` runs the fused int8 kernel (``scorer=fbgemm``, any granularity)."""
+        import cython_kernels as ck
+
         return self.values["scorer"] == "fbgemm" and ck.TOPK_AVAILABLE
 
     def native(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
         """Whether :meth:`attention` hands the ``fake`` scorer's scores to the native select and sparse
         attention (``cython_kernels.topk_attention_scores``): float32 CPU self-attention with the kernel built."""
+        import torch
+
+        import cython_kernels as ck
+
         return (self.values["scorer"] == "fake" and ck.TOPK_AVAILABLE
                 and all(x.dtype == torch.float32 and x.device.type == "cpu" for x in (query, key, value))
                 and query.shape == key.shape == value.shape)
@@ -231,6 +259,10 @@ class TopK(Backend):
     def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                   **kwargs) -> tuple[torch.Tensor, None]:
+        import torch
+
+        import cython_kernels as ck
+
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
         valid_keys = key_validity(attention_mask, query)
         if self.fused():
@@ -254,6 +286,8 @@ class TopK(Backend):
     def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                        scaling: float) -> dict[str, float]:
         """Recall of the exact top-k (valid keys only) and the share of exact softmax mass on the chosen keys."""
+        import torch
+
         valid_keys = key_validity(attention_mask, query)
         k = self.values["k"]
         chosen, chosen_ok = select_keys(self.approximate_scores(query, key, valid_keys), valid_keys, k)
