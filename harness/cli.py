@@ -217,6 +217,8 @@ def _compare_paired(rows: pd.DataFrame, args: argparse.Namespace) -> int | None:
 
 
 def cmd_ab(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from .execution.ab_runner import run_ab
     from .history import ab
     from .history.store import parse_store

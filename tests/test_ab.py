@@ -110,6 +110,27 @@ def test_compare_cli_analyses_ab_rows(tmp_path, capsys):
     assert main(["compare", "ab-t-A", "ab-t-B", "--threshold", "0.03", "--store", str(tmp_path)]) == 0
 
 
+@pytest.mark.parametrize("factor, code", [(1.05, 1), (1.0, 0)])
+def test_ab_command_analyses_what_it_measured(monkeypatch, capsys, factor, code):
+    """``attnbench ab`` end to end around the measurement (replaced by rows of a known change): the paired
+    table is printed and the exit code says whether a series regressed."""
+    from harness.cli import main
+    from harness.execution import ab_runner
+
+    calls = []
+
+    def fake_run_ab(rev_a, rev_b, **settings):
+        calls.append((rev_a, rev_b, settings))
+        return "ab-s", _session_rows(factor, seed=5).to_dict("records")
+
+    monkeypatch.setattr(ab_runner, "run_ab", fake_run_ab)
+    assert main(["ab", "aaaa", "bbbb", "-b", "topk:k=16", "--parts", "attention_core", "--no-store",
+                 "--threshold", "0.03"]) == code
+    out = capsys.readouterr().out
+    assert calls[0][:2] == ("aaaa", "bbbb") and calls[0][2]["backends"] == ["dense", "topk:k=16"]
+    assert ("| regression | topk:k=16 |" in out) == (code == 1) and "| dense |" in out
+
+
 @pytest.mark.slow
 def test_ab_measures_two_revisions_alternately(tmp_path, tiny_model_dir):
     """Both sides HEAD (identical code): paired rows with session, side and pair; no regression verdict."""
