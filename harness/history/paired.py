@@ -41,18 +41,21 @@ def verdict(delta: float, p_holm: float, direction: str, alpha: float = ALPHA) -
 HOLM_FAMILY = ("run_id", "task", "metric", "device", "dtype")
 
 
+def _holm_within(rows: pd.DataFrame, family: Iterable[str]) -> pd.Series:
+    """Holm-adjusted ``p_value`` of ``rows`` within each family (NaN p-values stay NaN and do not count)."""
+    keys = [k for k in family if k in rows]
+    return rows.groupby(keys, dropna=False)["p_value"].transform(lambda p: stats.holm(p.to_numpy()))
+
+
 def holm_adjusted(rows: pd.DataFrame, family: Iterable[str] = HOLM_FAMILY) -> pd.Series:
     """Holm-adjusted p-values (Holm 1979, :func:`harness.stats.holm`) of the ``paired`` rows of ``rows``, within
     each family; NaN on every other row. Index: ``rows.index``."""
     out = pd.Series(np.nan, index=rows.index, dtype=float)
     if rows.empty or "category" not in rows:
         return out
-    paired = rows[(rows["category"] == "paired") & rows["p_value"].notna()]
-    if paired.empty:
-        return out
-    keys = [k for k in family if k in paired]
-    out.loc[paired.index] = paired.groupby(keys, dropna=False)["p_value"].transform(
-        lambda p: stats.holm(p.to_numpy()))
+    paired = rows[rows["category"] == "paired"]
+    if not paired.empty:
+        out.loc[paired.index] = _holm_within(paired, family)
     return out
 
 
@@ -61,8 +64,7 @@ def with_holm(paired: pd.DataFrame, alpha: float = ALPHA, family: Iterable[str] 
     out = paired.copy()
     if out.empty:
         return out.assign(p_holm=pd.Series(dtype=float), verdict=pd.Series(dtype=object))
-    keys = [k for k in family if k in out]
-    out["p_holm"] = out.groupby(keys, dropna=False)["p_value"].transform(lambda p: stats.holm(p.to_numpy()))
+    out["p_holm"] = _holm_within(out, family)
     out["verdict"] = [verdict(d, p, direction, alpha) for d, p, direction
                       in zip(out["value"], out["p_holm"], out.get("direction", pd.Series("higher", index=out.index)))]
     return out
@@ -119,8 +121,7 @@ def paired_from_predictions(baseline: pd.DataFrame, candidates: dict[str, pd.Dat
     tested = frame["p_value"].notna() if "p_value" in frame else pd.Series(False, index=frame.index)
     frame["p_holm"] = np.nan
     if tested.any():
-        frame.loc[tested, "p_holm"] = frame[tested].groupby(["task", "metric"])["p_value"].transform(
-            lambda p: stats.holm(p.to_numpy()))
+        frame.loc[tested, "p_holm"] = _holm_within(frame[tested], ("task", "metric"))
         frame.loc[tested, "verdict"] = [verdict(d, p, direction, alpha) for d, p, direction in
                                         frame.loc[tested, ["value", "p_holm", "direction"]].itertuples(index=False)]
     return frame

@@ -58,9 +58,7 @@ def choose_run(rows: pd.DataFrame, run_id: str | None = None, plan_id: str | Non
                         f"{n_other}: choose one with --run {chosen} or --run {other} (or --plan PLAN_ID)")
     notes = [f"note: run {chosen} evaluated {n} examples of {task}; run {other} evaluated {n_other}"
              for task, n, other, n_other in bigger_runs]
-    how = "given" if run_id else f"latest of plan {plan_id}"
-    if run_id is None and plan_id is None:
-        how = "latest run"
+    how = "given" if run_id else (f"latest of plan {plan_id}" if plan_id else "latest run")
     return chosen, [f"run {chosen} ({how})"] + notes
 
 
