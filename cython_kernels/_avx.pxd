@@ -105,42 +105,55 @@ cdef inline void _store_codes32(__m256 a, __m256 b, __m256 c, __m256 d, int8_t* 
     _mm256_storeu_si256(<__m256i*>q, _mm256_permutevar8x32_epi32(bytes_, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)))
 
 
+cdef inline __m256 _s8_code_vec(const float* x, const float* sub, __m256 inv) noexcept nogil:
+    # 8 codes of _rows._s8_row as floats: clamp(round_half_even((x - sub) * inv), -127, 127).
+    cdef __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(sub))
+    v = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+    return _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127)), _mm256_set1_ps(127))
+
+
 cdef inline void _s8_codes(const float* x, const float* sub, int8_t* q, int n, float inv) noexcept nogil:
-    """The codes of _rows._s8_row of (x - sub) for a given 1/scale (any n; AVX2 for the first n // 8 * 8)."""
-    cdef __m256 inv_v = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127), hi = _mm256_set1_ps(127), v
-    cdef __m256 codes[4]
+    """The codes of _rows._s8_row of (x - sub) for a given 1/scale (any n; AVX2 for the first n // 8 * 8:
+    32 at a time, four registers packed into one store)."""
+    cdef __m256 inv_v = _mm256_set1_ps(inv)
     cdef float t
-    cdef int c, j
-    for c in range(n // 8):
-        v = _mm256_sub_ps(_mm256_loadu_ps(x + 8 * c), _mm256_loadu_ps(sub + 8 * c))
-        v = _mm256_round_ps(_mm256_mul_ps(v, inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(v, lo), hi)
-        if c % 4 == 3:
-            _store_codes32(codes[0], codes[1], codes[2], codes[3], q + 8 * (c - 3), False)
-    for c in range(n // 32 * 4, n // 8):
-        _store_codes(codes[c % 4], q + 8 * c)
-    for j in range(n // 8 * 8, n):
+    cdef int c = 0, j
+    while c + 32 <= n:
+        _store_codes32(_s8_code_vec(x + c, sub + c, inv_v), _s8_code_vec(x + c + 8, sub + c + 8, inv_v),
+                       _s8_code_vec(x + c + 16, sub + c + 16, inv_v), _s8_code_vec(x + c + 24, sub + c + 24, inv_v),
+                       q + c, False)
+        c += 32
+    while c + 8 <= n:
+        _store_codes(_s8_code_vec(x + c, sub + c, inv_v), q + c)
+        c += 8
+    for j in range(c, n):
         t = _rint((x[j] - sub[j]) * inv)
         t = t if t > -127 else <float>-127.0
         t = t if t < 127 else <float>127.0
         q[j] = <int8_t>(<int32_t>t)
 
 
+cdef inline __m256 _u7_code_vec(const float* x, __m256 inv, __m256 zp) noexcept nogil:
+    # 8 codes of _rows._u7_row as floats: clamp(round_half_even(x * inv) + zp, 0, 127).
+    cdef __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+    return _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp), _mm256_setzero_ps()), _mm256_set1_ps(127))
+
+
 cdef inline void _u7_codes(const float* x, uint8_t* q, int n, float inv, float zpf) noexcept nogil:
-    """The codes of _rows._u7_row for a given 1/scale and zero point (any n; AVX2 for the first n // 8 * 8)."""
-    cdef __m256 inv_v = _mm256_set1_ps(inv), zp_v = _mm256_set1_ps(zpf), zero = _mm256_setzero_ps()
-    cdef __m256 top = _mm256_set1_ps(127), v
-    cdef __m256 codes[4]
+    """The codes of _rows._u7_row for a given 1/scale and zero point (any n; AVX2 for the first n // 8 * 8,
+    32 at a time)."""
+    cdef __m256 inv_v = _mm256_set1_ps(inv), zp_v = _mm256_set1_ps(zpf)
     cdef float t
-    cdef int c, j
-    for c in range(n // 8):
-        v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * c), inv_v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        codes[c % 4] = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp_v), zero), top)
-        if c % 4 == 3:
-            _store_codes32(codes[0], codes[1], codes[2], codes[3], <int8_t*>(q + 8 * (c - 3)), True)
-    for c in range(n // 32 * 4, n // 8):
-        _store_codes(codes[c % 4], <int8_t*>(q + 8 * c))
-    for j in range(n // 8 * 8, n):
+    cdef int c = 0, j
+    while c + 32 <= n:
+        _store_codes32(_u7_code_vec(x + c, inv_v, zp_v), _u7_code_vec(x + c + 8, inv_v, zp_v),
+                       _u7_code_vec(x + c + 16, inv_v, zp_v), _u7_code_vec(x + c + 24, inv_v, zp_v),
+                       <int8_t*>(q + c), True)
+        c += 32
+    while c + 8 <= n:
+        _store_codes(_u7_code_vec(x + c, inv_v, zp_v), <int8_t*>(q + c))
+        c += 8
+    for j in range(c, n):
         t = _rint(x[j] * inv) + zpf
         t = t if t > 0 else <float>0.0
         t = t if t < 127 else <float>127.0

@@ -69,6 +69,9 @@ cdef extern from "immintrin.h" nogil:
     __m256 _mm256_blend_ps(__m256 a, __m256 b, int imm)
     __m256 _mm256_div_ps(__m256 a, __m256 b)
     __m256 _mm256_fnmadd_ps(__m256 a, __m256 b, __m256 c)  # c - a * b, one rounding
+    __m256i _mm256_shuffle_epi32(__m256i a, int imm)         # within each 128-bit lane
+    __m256i _mm256_permute2x128_si256(__m256i a, __m256i b, int imm)
+    int _mm256_cvtsi256_si32(__m256i a)                      # lane 0
 
     __m128i _mm_loadu_si128(const __m128i* p)
     void _mm_storeu_si128(__m128i* p, __m128i a)

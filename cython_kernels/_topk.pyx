@@ -45,6 +45,7 @@ output NaN (as dense attention would).  A row without any valid key gives 0.
 
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t, INT32_MIN
+from libc.math cimport ceil
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_THREAD_CPUTIME_ID, clockid_t
@@ -96,14 +97,29 @@ cdef inline float _nan() noexcept nogil:
 # Selection
 
 
+cdef inline __m256i _fold_lanes(__m256i v, int op) noexcept nogil:
+    # Every lane = the sum (op 0), minimum (1) or maximum (2) of v's eight lanes (three shuffle steps).
+    cdef __m256i x = _mm256_permute2x128_si256(v, v, 1), y
+    if op == 0:
+        v = _mm256_add_epi32(v, x)
+        v = _mm256_add_epi32(v, _mm256_shuffle_epi32(v, 0x4E))
+        return _mm256_add_epi32(v, _mm256_shuffle_epi32(v, 0xB1))
+    if op == 1:
+        v = _mm256_min_epi32(v, x)
+        v = _mm256_min_epi32(v, _mm256_shuffle_epi32(v, 0x4E))
+        return _mm256_min_epi32(v, _mm256_shuffle_epi32(v, 0xB1))
+    v = _mm256_max_epi32(v, x)
+    v = _mm256_max_epi32(v, _mm256_shuffle_epi32(v, 0x4E))
+    return _mm256_max_epi32(v, _mm256_shuffle_epi32(v, 0xB1))
+
+
 cdef inline int _count_above(const int32_t* x, int nvec, int32_t thr) noexcept nogil:
-    """Number of x[0:8 * nvec] > thr."""
-    cdef __m256i t = _mm256_set1_epi32(thr)
-    cdef int v, c = 0
+    """Number of x[0:8 * nvec] > thr (the compare masks, -1 per hit, subtracted lane-wise, summed once)."""
+    cdef __m256i t = _mm256_set1_epi32(thr), acc = _mm256_setzero_si256()
+    cdef int v
     for v in range(nvec):
-        c += _POPCOUNT[_mm256_movemask_ps(_mm256_castsi256_ps(
-            _mm256_cmpgt_epi32(_mm256_loadu_si256(<const __m256i*>(x + 8 * v)), t)))]
-    return c
+        acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(<const __m256i*>(x + 8 * v)), t))
+    return _mm256_cvtsi256_si32(_fold_lanes(acc, 0))
 
 
 cdef enum Mode:
@@ -204,7 +220,6 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
     cdef long long lo, hi, mid
     cdef int cl, ch, step_
     cdef unsigned int mask
-    cdef int32_t lanes[8]
     # 1. ceil(k / 8) groups give >= k lane maxima (fewer if the row is short: then no bound).
     groups = (k + 7) // 8
     gsize = (nvec + groups - 1) // groups
@@ -216,14 +231,8 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
         _rank_pass(INT, src, r, nvec, groups, gsize, rk, &lo_v, &hi_v)
     else:
         _rank_pass(FLOAT, src, r, nvec, groups, gsize, rk, &lo_v, &hi_v)
-    _mm256_storeu_si256(<__m256i*>lanes, lo_v)
-    low = lanes[0]
-    for i in range(1, 8):
-        low = lanes[i] if lanes[i] < low else low
-    _mm256_storeu_si256(<__m256i*>lanes, hi_v)
-    hi = lanes[0]
-    for i in range(1, 8):
-        hi = lanes[i] if lanes[i] > hi else hi
+    low = _mm256_cvtsi256_si32(_fold_lanes(lo_v, 1))
+    hi = _mm256_cvtsi256_si32(_fold_lanes(hi_v, 2))
     if low == INT32_MIN:  # an empty group or a lane of masked keys: no bound, every valid key is a candidate
         low = INT32_MIN + 1
     # 2. Compaction: indices and values of r >= low, in index order.
@@ -238,8 +247,7 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
         _mm256_storeu_si256(<__m256i*>(cv + c), _mm256_permutevar8x32_epi32(x, perm))
         c += _POPCOUNT[mask]
         idx = _mm256_add_epi32(idx, step)
-    for i in range(c, (c + 7) // 8 * 8):
-        cv[i] = INT32_MIN
+    _mm256_storeu_si256(<__m256i*>(cv + c), minv)  # pad the last vector (cv has ld + 8 entries)
     cvec = (c + 7) // 8
     # 3. Largest T in [low, max] with count(>= T) >= k (count(>= low) = c >= k).  Interpolation between
     #    the counts at the ends of the bracket, every other step a plain bisection (so at most twice
@@ -253,7 +261,8 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
         if step_ & 1 or cl <= ch:
             mid = lo + (hi - lo + 1) // 2
         else:
-            mid = lo + ((hi - lo) * (cl - k) + (cl - ch) - 1) // (cl - ch)
+            # (a double division: a 64-bit integer one costs tens of cycles; any mid in (lo, hi] is correct)
+            mid = lo + <long long>ceil(<double>(hi - lo) * (cl - k) / (cl - ch))
             mid = lo + 1 if mid <= lo else (hi if mid > hi else mid)
         step_ += 1
         cnt = _count_above(cv, cvec, <int32_t>(mid - 1))
@@ -398,19 +407,6 @@ cdef Work* _new_work(Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) except NU
     return w
 
 
-cdef inline void _minmax_abs(const float* x, const float* sub, int n, __m256* lo, __m256* hi, __m256* amax) noexcept nogil:
-    # Lane-wise min, max and max |x - sub| over x[0:n] (n % 8 == 0); sub may be NULL.
-    cdef __m256 v, absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))
-    cdef int c
-    for c in range(n // 8):
-        v = _mm256_loadu_ps(x + 8 * c)
-        if sub != NULL:
-            v = _mm256_sub_ps(v, _mm256_loadu_ps(sub + 8 * c))
-        lo[0] = _mm256_min_ps(lo[0], v)
-        hi[0] = _mm256_max_ps(hi[0], v)
-        amax[0] = _mm256_max_ps(amax[0], _mm256_and_ps(v, absmask))
-
-
 cdef struct Head:
     HeadView io             # pointers, strides and sizes of one (batch, head)
     int topk, kk            # kk = min(topk, seq rounded up to 32): the stride of sel
@@ -446,7 +442,9 @@ cdef void _quantize_keys(Head* h, Work* w, int nvalid) noexcept nogil:
     cdef int j, d, i
     cdef const float* row
     cdef float amax, a, lo, hi, scale, inv, zpf
-    cdef __m256 lo_v, hi_v, amax_v
+    cdef __m256 lo_v, hi_v, amax_v, v, rlo, rhi, absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))
+    cdef __m256i special
+    cdef int c
     for j in range(h.io.keys, h.io.keys32):
         w.ksum[j] = 0
         w.kscale[j] = 0
@@ -474,10 +472,14 @@ cdef void _quantize_keys(Head* h, Work* w, int nvalid) noexcept nogil:
             lo_v = _mm256_setzero_ps()
             hi_v = _mm256_setzero_ps()
             amax_v = _mm256_setzero_ps()
-            for i in range(nvalid):
+            for i in range(nvalid):  # (the keys are finite: _prepare_keys checked them)
                 row = h.io.k + w.valid_idx[i] * h.io.k_rs
                 if h.io.dim % 8 == 0:
-                    _minmax_abs(row, w.kmean, h.io.dim, &lo_v, &hi_v, &amax_v)
+                    for c in range(0, h.io.dim, 8):
+                        v = _mm256_loadu_ps(row + c)
+                        if h.smooth_k:
+                            v = _mm256_sub_ps(v, _mm256_loadu_ps(w.kmean + c))
+                        amax_v = _mm256_max_ps(amax_v, _mm256_and_ps(v, absmask))
                     continue
                 for d in range(h.io.dim):
                     a = row[d] - w.kmean[d]
@@ -492,19 +494,28 @@ cdef void _quantize_keys(Head* h, Work* w, int nvalid) noexcept nogil:
             h.k_inv = inv
             lo = 0
             hi = 0
-            lo_v = _mm256_setzero_ps()
-            hi_v = _mm256_setzero_ps()
-            for i in range(h.io.rows):
-                if i < h.io.keys and h.io.valid[i]:
-                    row = h.io.q + i * h.io.q_rs
-                    if _row_special(row, h.io.dim):
-                        continue
-                    if h.io.dim % 8 == 0:
-                        _minmax_abs(row, NULL, h.io.dim, &lo_v, &hi_v, &amax_v)
-                        continue
-                    for d in range(h.io.dim):
-                        lo = row[d] if row[d] < lo else lo
-                        hi = row[d] if row[d] > hi else hi
+            for i in range(min(h.io.rows, h.io.keys)):
+                if not h.io.valid[i]:
+                    continue
+                row = h.io.q + i * h.io.q_rs
+                if h.io.dim % 8 == 0:  # one pass: the row's min, max and NaN/infinity bits
+                    special = _mm256_setzero_si256()
+                    rlo = _mm256_loadu_ps(row)
+                    rhi = rlo
+                    for c in range(0, h.io.dim, 8):
+                        v = _mm256_loadu_ps(row + c)
+                        special = _mm256_or_si256(special, _special_bits(v))
+                        rlo = _mm256_min_ps(rlo, v)
+                        rhi = _mm256_max_ps(rhi, v)
+                    if not _mm256_movemask_ps(_mm256_castsi256_ps(special)):
+                        lo_v = _mm256_min_ps(lo_v, rlo)
+                        hi_v = _mm256_max_ps(hi_v, rhi)
+                    continue
+                if _row_special(row, h.io.dim):
+                    continue
+                for d in range(h.io.dim):
+                    lo = row[d] if row[d] < lo else lo
+                    hi = row[d] if row[d] > hi else hi
             a = _hmin(lo_v)
             lo = a if a < lo else lo
             a = _hmax(hi_v)
@@ -554,26 +565,37 @@ cdef inline float _dot(const float* a, const float* b, int n) noexcept nogil:
     return s
 
 
-cdef void _exact_scores(const Head* h, const float* qrow, const int32_t* sel, int n, float* s, float mult) noexcept nogil:
-    """s[t] = (q . k_sel[t]) * mult for t < n (8 keys at a time for dim 32/64-style widths)."""
-    cdef int t, c, l, nd = h.io.dim // 8
+cdef inline void _exact_scores_nd(const float* k, Py_ssize_t k_rs, const float* qrow, const int32_t* sel, int n,
+                                  float* s, float mult, const int nd) noexcept nogil:
+    """s[t] = (q . k_sel[t]) * mult for t < n // 8 * 8, head dim 8 * nd.  Called with a literal nd (4 or 8):
+    after inlining the loops unroll and the accumulators stay in registers."""
+    cdef int t = 0, c, l
     cdef __m256 acc[8]
     cdef __m256 qv[8]
     cdef const float* kr
     cdef __m256 m = _mm256_set1_ps(mult)
+    for c in range(nd):
+        qv[c] = _mm256_loadu_ps(qrow + 8 * c)
+    while t + 8 <= n:
+        for l in range(8):
+            kr = k + sel[t + l] * k_rs
+            acc[l] = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kr))
+            for c in range(1, nd):
+                acc[l] = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(kr + 8 * c), acc[l])
+        _mm256_storeu_ps(s + t, _mm256_mul_ps(_hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]), m))
+        t += 8
+
+
+cdef void _exact_scores(const Head* h, const float* qrow, const int32_t* sel, int n, float* s, float mult) noexcept nogil:
+    """s[t] = (q . k_sel[t]) * mult for t < n (8 keys at a time at head dims 32 and 64, else one by one)."""
+    cdef int t
     t = 0
-    if h.io.dim % 8 == 0 and nd <= 8:
-        for c in range(nd):
-            qv[c] = _mm256_loadu_ps(qrow + 8 * c)
-        while t + 8 <= n:
-            for l in range(8):
-                kr = h.io.k + sel[t + l] * h.io.k_rs
-                acc[l] = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kr))
-                for c in range(1, nd):
-                    acc[l] = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(kr + 8 * c), acc[l])
-            _mm256_storeu_ps(s + t, _mm256_mul_ps(_hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6],
-                                                         acc[7]), m))
-            t += 8
+    if h.io.dim == 32:
+        _exact_scores_nd(h.io.k, h.io.k_rs, qrow, sel, n, s, mult, 4)
+        t = n // 8 * 8
+    elif h.io.dim == 64:
+        _exact_scores_nd(h.io.k, h.io.k_rs, qrow, sel, n, s, mult, 8)
+        t = n // 8 * 8
     for t in range(t, n):
         s[t] = _dot(qrow, h.io.k + sel[t] * h.io.k_rs, h.io.dim) * mult
 
@@ -595,22 +617,47 @@ cdef float _softmax(float* s, int n) noexcept nogil:
     return _hsum(tot)
 
 
-cdef void _v_sum(const Head* h, const int32_t* sel, const float* p, int n, float scale, float* o) noexcept nogil:
-    cdef int t, c, d, nd = h.io.dim // 8
+cdef inline void _v_sum_nd(const float* v, Py_ssize_t v_rs, const int32_t* sel, const float* p, int n, float scale,
+                           float* o, const int nd) noexcept nogil:
+    """o = scale * sum_t p[t] v_sel[t] for head dim 8 * nd (literal nd: unrolled, accumulators in registers;
+    two accumulator sets halve the FMA dependency chains)."""
+    cdef int t = 0, c
     cdef __m256 acc[8]
-    cdef __m256 pv
+    cdef __m256 acc2[8]
+    cdef __m256 pv, pv2
     cdef const float* vr
-    if h.io.dim % 8 == 0 and nd <= 8:
+    cdef const float* vr2
+    for c in range(nd):
+        acc[c] = _mm256_setzero_ps()
+        acc2[c] = _mm256_setzero_ps()
+    while t + 2 <= n:
+        vr = v + sel[t] * v_rs
+        vr2 = v + sel[t + 1] * v_rs
+        pv = _mm256_set1_ps(p[t])
+        pv2 = _mm256_set1_ps(p[t + 1])
         for c in range(nd):
-            acc[c] = _mm256_setzero_ps()
-        for t in range(n):
-            vr = h.io.v + sel[t] * h.io.v_rs
-            pv = _mm256_set1_ps(p[t])
-            for c in range(nd):
-                acc[c] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * c), acc[c])
-        pv = _mm256_set1_ps(scale)
+            acc[c] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * c), acc[c])
+            acc2[c] = _mm256_fmadd_ps(pv2, _mm256_loadu_ps(vr2 + 8 * c), acc2[c])
+        t += 2
+    if t < n:
+        vr = v + sel[t] * v_rs
+        pv = _mm256_set1_ps(p[t])
         for c in range(nd):
-            _mm256_storeu_ps(o + 8 * c, _mm256_mul_ps(acc[c], pv))
+            acc[c] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * c), acc[c])
+    pv = _mm256_set1_ps(scale)
+    for c in range(nd):
+        _mm256_storeu_ps(o + 8 * c, _mm256_mul_ps(_mm256_add_ps(acc[c], acc2[c]), pv))
+
+
+cdef void _v_sum(const Head* h, const int32_t* sel, const float* p, int n, float scale, float* o) noexcept nogil:
+    """o = scale * sum_t p[t] v_sel[t] (AVX2 at head dims 32 and 64, else scalar)."""
+    cdef int t, d
+    cdef const float* vr
+    if h.io.dim == 32:
+        _v_sum_nd(h.io.v, h.io.v_rs, sel, p, n, scale, o, 4)
+        return
+    if h.io.dim == 64:
+        _v_sum_nd(h.io.v, h.io.v_rs, sel, p, n, scale, o, 8)
         return
     for d in range(h.io.dim):
         o[d] = 0

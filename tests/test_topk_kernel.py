@@ -288,6 +288,20 @@ def test_fake_scorer_native_path_equals_the_torch_path(granularity, bits, smooth
         torch.testing.assert_close(native, reference, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dim", [64, 48, 12])
+def test_fake_scorer_native_path_equals_the_torch_path_at_other_head_dims(dim):
+    """The exact scores and V sums have their own loops for head dims 32 and 64 and a generic one."""
+    q, k, v = qkv(batch=2, heads=3, seq=50, dim=dim, seed=dim)
+    valid = torch.arange(50)[None, :] < torch.tensor([50, 23])[:, None]
+    mask = valid[:, None, None, :].expand(2, 1, 50, 50)
+    for topk in (5, 16):
+        backend, torch_path = backend_pair(f"topk:k={topk}")
+        native = backend.attention(_Module(), q, k, v, mask, scaling=0.3)[0]
+        reference = torch_path(_Module(), q, k, v, mask, scaling=0.3)
+        assert native.shape == (2, 50, 3, dim)
+        torch.testing.assert_close(native, reference, atol=1e-5, rtol=0)
+
+
 def test_fake_scorer_native_selection_on_tie_heavy_scores_matches_select_keys():
     """Many exactly tied scores (2 bits): the weighted V rows reveal any other choice among the ties."""
     q, k, _ = qkv(batch=2, heads=3, seq=48, dim=16, seed=5)

@@ -18,18 +18,39 @@ well above 0 are not to be trusted on a 2-core machine. ``--clock cpu`` samples 
 (user + system, all threads) instead: on a busy shared machine it is far less disturbed by time-slicing than
 wall time (it does not see waits, so compare it with wall-time ratios taken at low load). ``--forward`` times
 the whole model forward (``harness.speed`` speed cases: the embedded model on the sample data) instead of
-the attention core.
+the attention core. ``--isa avx2`` caps every library at AVX2 (no AVX-512, no VNNI) the way an AVX2-only
+machine runs them: it restarts the tool with ``ATEN_CPU_CAPABILITY=avx2`` (torch's own kernels),
+``MKL_ENABLE_INSTRUCTIONS=AVX2`` (MKL's GEMMs), ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN) and
+``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` (FBGEMM) set before torch loads; attnbench's own kernels are AVX2 code
+everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+# Read before torch loads (each library reads its variable once, when it initialises).
+ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                    "ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}}
+
+
+def _restart_with_isa(argv: list[str]) -> None:
+    """With ``--isa NAME`` and its variables not yet set, run this tool again with them set."""
+    isa = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--isa"), None)
+    isa = isa or next((a.split("=", 1)[1] for a in argv if a.startswith("--isa=")), None)
+    if isa in ISA_ENV and any(os.environ.get(k) != v for k, v in ISA_ENV[isa].items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ISA_ENV[isa]})
+
+
+if __name__ == "__main__":
+    _restart_with_isa(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -178,14 +199,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="wall seconds (default) or process CPU seconds per call")
     parser.add_argument("--forward", action="store_true", help="time the whole model forward, not the core")
     parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM GOP/s table")
+    parser.add_argument("--isa", choices=sorted(ISA_ENV),
+                        help="cap torch, MKL, oneDNN and FBGEMM at this instruction set (an AVX2-only machine)")
     args = parser.parse_args(argv)
+    if args.isa and any(os.environ.get(k) != v for k, v in ISA_ENV[args.isa].items()):
+        sys.exit(f"--isa {args.isa}: run the tool as a script (its variables must be set before torch loads)")
     if not ck.AVAILABLE:
         sys.exit(f"cython_kernels unavailable: {ck.UNAVAILABLE_REASON}")
     specs = args.backend or list(BACKENDS)
     if REFERENCE not in specs:
         specs.insert(0, REFERENCE)
     features = ck.cpu_features()
-    print(f"FBGEMM ISA {features['isa']}, own packing {ck.own_packing()}, torch {torch.__version__}, "
+    print(f"FBGEMM ISA {features['isa']}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"own packing {ck.own_packing()}, torch {torch.__version__}, "
           f"batch {args.batch}, {args.repeats} interleaved samples per backend\n")
     clock = CLOCKS[args.clock]
     results = {}

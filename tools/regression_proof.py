@@ -39,7 +39,7 @@ _ANCHOR = ("        return self._forward(module, query, key, value, attention_ma
 _SLOW = '''        fn = self._forward
         out = fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if self.values["impl"] == "eager":  # regression_proof: ~5 % more real work in the attention core
-            rows = max(1, query.shape[-2] // 128)
+            rows = max(1, query.shape[-2] * EXTRA_ROWS // 128)
             mask = attention_mask
             if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1:
                 mask = mask[..., :rows, :]
@@ -62,13 +62,20 @@ def tree_files(source: Path = ROOT) -> list[str]:
     return [f for f in listed if f and (source / f).is_file()]
 
 
-def slow_down(tree: Path) -> None:
-    """Patch ``tree`` so that dense eager attention does ~5 % more work (raises if the anchor moved)."""
+def slow_down(tree: Path, extra_rows: int = 1) -> None:
+    """Patch ``tree`` so that dense eager attention does more work (raises if the anchor moved).
+
+    ``extra_rows``: query rows per 128 (at least one) whose attention is computed a second time and discarded,
+    in a second call of the same attention function. One row adds 4.2 % instructions at 1 × 128 (the
+    per-commit instruction shape); the second call's fixed cost makes the wall-time step larger than the
+    row share, so the A/B trials pick ``extra_rows`` for the wall time they need (README, "A/B")."""
+    if extra_rows < 1:
+        raise ValueError("extra_rows must be >= 1")
     path = tree / SLOW_FILE
     text = path.read_text()
     if _ANCHOR not in text:
         raise RuntimeError(f"{SLOW_FILE}: the line the slowdown replaces is gone; update tools/regression_proof.py")
-    path.write_text(text.replace(_ANCHOR, _SLOW, 1))
+    path.write_text(text.replace(_ANCHOR, _SLOW.replace("EXTRA_ROWS", str(int(extra_rows))), 1))
 
 
 def draw_position(commits: int, rng: random.Random) -> int:
@@ -79,7 +86,7 @@ def draw_position(commits: int, rng: random.Random) -> int:
 
 
 def build_history(dest: Path, *, commits: int = 20, seed: int = 0, position: int | None = None,
-                  source: Path = ROOT) -> dict:
+                  source: Path = ROOT, extra_rows: int = 1) -> dict:
     """Create the throwaway repository; returns ``{"shas": [...], "position": i, "slowed": sha}``."""
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
@@ -98,12 +105,13 @@ def build_history(dest: Path, *, commits: int = 20, seed: int = 0, position: int
             f.write(f"commit {i}\n")
         message = f"proof commit {i}"
         if i == position:
-            slow_down(dest)
+            slow_down(dest, extra_rows)
             message += f": {SLOWED_BACKEND} attention core does ~5 % more work"
         _git(dest, "add", "-A")
         _git(dest, "commit", "-q", "-m", message)
         shas.append(_git(dest, "rev-parse", "HEAD").strip())
-    info = {"shas": shas, "position": position, "slowed": shas[position], "backend": SLOWED_BACKEND}
+    info = {"shas": shas, "position": position, "slowed": shas[position], "backend": SLOWED_BACKEND,
+            "extra_rows": extra_rows}
     (dest / ".git" / "proof.json").write_text(json.dumps(info))
     return info
 
@@ -213,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--position", type=int, help="index of the slowed commit (default: random, seeded)")
     parser.add_argument("--store", type=Path, help="default DIR/../<name>-store")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--extra-rows", type=int, default=1,
+                        help="history: query rows per 128 that the slowed core computes twice (default 1)")
     parser.add_argument("--noise-sd", type=float, help="synthetic: normal per-commit noise (relative) instead of --store's")
     args = parser.parse_args(argv)
     if args.action == "synthetic":
@@ -225,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     store = args.store or args.dir.with_name(args.dir.name + "-store")
     start = time.perf_counter()
     if args.action in ("history", "all"):
-        info = build_history(args.dir, commits=args.commits, seed=args.seed, position=args.position)
+        if args.extra_rows < 1:
+            parser.error("--extra-rows must be at least 1")
+        info = build_history(args.dir, commits=args.commits, seed=args.seed, position=args.position,
+                             extra_rows=args.extra_rows)
         print(f"history of {args.commits} commits in {args.dir}; slowed commit {info['position']} "
               f"({info['slowed'][:10]})", file=sys.stderr)
     if args.action in ("measure", "all"):
