@@ -58,6 +58,9 @@ def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> to
     return attention_mask.any(dim=2, keepdim=True).expand(batch, 1, 1, attention_mask.shape[-1])
 
 
+SCORE_CHUNK_BYTES = 16 << 20  # the native fake-scorer path's score buffer (see TopK._native_attention)
+
+
 def fake_quantize(x: torch.Tensor, bits: int, granularity: str, valid_tokens: torch.Tensor) -> torch.Tensor:
     """Round ``x`` (batch, heads, tokens, dim) to a symmetric ``bits``-bit grid and back to float.
 
@@ -70,7 +73,7 @@ def fake_quantize(x: torch.Tensor, bits: int, granularity: str, valid_tokens: to
     magnitude = x.abs().masked_fill(~valid_tokens, 0)
     dims = {"tensor": (1, 2, 3), "head": (2, 3), "token": (3,)}[granularity]
     scale = magnitude.amax(dim=dims, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny) / qmax
-    return torch.round(x / scale).clamp_(-qmax, qmax).mul_(scale)
+    return (x / scale).round_().clamp_(-qmax, qmax).mul_(scale)  # one new tensor, then in place
 
 
 def fbgemm_scores(query: torch.Tensor, key: torch.Tensor, valid_tokens: torch.Tensor, granularity: str) -> torch.Tensor:
@@ -242,8 +245,13 @@ class TopK(Backend):
                 and all(x.dtype == torch.float32 and x.device.type == "cpu" for x in (query, key, value))
                 and query.shape == key.shape == value.shape)
 
-    def approximate_scores(self, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor) -> torch.Tensor:
-        """Low-precision scores used only for ranking (no softmax scaling: it does not change the order)."""
+    def approximate_scores(self, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+        """Low-precision scores used only for ranking (no softmax scaling: it does not change the order),
+        ``(batch, heads, q_len, k_len)`` float32. ``out``: a buffer of that shape for the fake scorer's
+        product (the fbgemm scorer ignores it)."""
+        import torch
+
         valid_tokens = valid_keys.transpose(-1, -2)  # self-attention: query and key positions coincide
         if self.values["smooth_k"]:
             weights = valid_tokens.to(key.dtype)
@@ -254,7 +262,7 @@ class TopK(Backend):
             return fbgemm_scores(query, key, valid_tokens, granularity)
         q = fake_quantize(query, bits, granularity, valid_tokens)
         k = fake_quantize(key, bits, granularity, valid_tokens)
-        return q @ k.transpose(-1, -2)
+        return torch.matmul(q, k.transpose(-1, -2), out=out)
 
     def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
@@ -272,16 +280,39 @@ class TopK(Backend):
         finite_inputs = all_finite(query, key, value)
         poisoned = None if finite_inputs else nonfinite_heads(key, value, valid_keys)
         finite_inputs = finite_inputs or (poisoned is None and bool(torch.isfinite(query).all()))
+        if self.native(query, key, value):  # same selection, ties included; NaN rows and heads as below
+            return self._native_attention(query, key, value, valid_keys, scaling, finite_inputs), None
         approximate = self.approximate_scores(query if finite_inputs else _finite(query),
                                               key if finite_inputs else _finite(key), valid_keys)
-        if self.native(query, key, value):  # same selection, ties included; NaN rows and heads as below
-            return ck.topk_attention_scores(query, key, value, valid_keys[:, 0, 0, :], approximate,
-                                            topk=self.values["k"], scaling=scaling), None
         index, selected = select_keys(approximate, valid_keys, self.values["k"])
         out = sparse_attention(query, key, value, index, selected, scaling)
         if poisoned is not None:  # like dense: a bad key or value reaches every query of its head
             out = out.masked_fill(poisoned, float("nan"))
         return out.transpose(1, 2).contiguous(), None
+
+    def _native_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          valid_keys: torch.Tensor, scaling: float, finite_inputs: bool) -> torch.Tensor:
+        """The fake scorer's scores handed to the native select and sparse attention, a few sequences at a
+        time: every scale is per sequence, head or token, so each chunk's scores are those of the whole
+        batch. The chunk's score buffer (at most ``SCORE_CHUNK_BYTES``) is reused, and stays below glibc's
+        largest mmap threshold (32 MiB), so it is not page-faulted in again on every call: whole-batch scores
+        (100 MB at 8 x 12 heads x 512²) cost more in page faults than the product itself."""
+        import torch
+
+        import cython_kernels as ck
+
+        batch, heads, length, _ = query.shape
+        step = max(1, min(batch, SCORE_CHUNK_BYTES // max(1, heads * length * length * 4)))
+        buffer = torch.empty((step, heads, length, length), dtype=torch.float32)
+        out = torch.empty((batch, length, heads, query.shape[-1]), dtype=torch.float32)
+        for start in range(0, batch, step):
+            part = slice(start, start + step)
+            q, k, valid = query[part], key[part], valid_keys[part]
+            scores = self.approximate_scores(q if finite_inputs else _finite(q), k if finite_inputs else _finite(k),
+                                             valid, out=buffer[:q.shape[0]])
+            out[part] = ck.topk_attention_scores(q, k, value[part], valid[:, 0, 0, :], scores,
+                                                 topk=self.values["k"], scaling=scaling)
+        return out
 
     def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                        scaling: float) -> dict[str, float]:
