@@ -316,7 +316,10 @@ class TopK(Backend):
 
     def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                        scaling: float) -> dict[str, float]:
-        """Recall of the exact top-k (valid keys only) and the share of exact softmax mass on the chosen keys."""
+        """Recall of the exact top-k (valid keys only), the share of exact softmax mass on the chosen keys, and
+        the share of query rows with more than ``k`` valid keys (``topk_rows_longer``: only there does the
+        selection drop keys; on the other rows recall and mass are exactly 1, so the recall over the longer
+        rows alone is ``1 - (1 - topk_recall) / topk_rows_longer``). Means over the valid query rows."""
         import torch
 
         valid_keys = key_validity(attention_mask, query)
@@ -330,7 +333,9 @@ class TopK(Backend):
         probs = torch.softmax(exact_scores.masked_fill(~valid_keys, float("-inf")), dim=-1)
         mass = (probs.gather(-1, chosen) * chosen_ok).sum(-1)
         rows = valid_keys.squeeze(2).squeeze(1).unsqueeze(1).expand(-1, query.shape[1], -1)  # valid query rows
-        return {"topk_recall": float(recall[rows].mean()), "topk_mass": float(mass[rows].mean())}
+        longer = (valid_keys.sum(-1) > k).expand(-1, query.shape[1], query.shape[2]).float()
+        return {"topk_recall": float(recall[rows].mean()), "topk_mass": float(mass[rows].mean()),
+                "topk_rows_longer": float(longer[rows].mean())}
 
 
 @hookimpl

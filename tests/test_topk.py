@@ -120,6 +120,19 @@ def test_fidelity_stats_by_hand():
     assert TopK(k=2, bits=2).fidelity_stats(q, key, None, 1.0)["topk_recall"] == 1.0
 
 
+def test_share_of_rows_longer_than_k_counts_valid_query_rows():
+    """Lengths 5 and 2 with k=2: the 5 real rows of sequence 0 have more than k keys, the 2 of sequence 1
+    do not (their recall is 1 by construction), padding rows are not counted: 5 / 7."""
+    q, key, _ = qkv(batch=2, heads=3, seq=5, dim=8, seed=11)
+    valid = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    mask = valid[:, None, None, :].expand(2, 1, 5, 5)
+    stats = TopK(k=2, bits=3).fidelity_stats(q, key, mask, 8 ** -0.5)
+    assert stats["topk_rows_longer"] == pytest.approx(5 / 7)
+    short_only = TopK(k=2, bits=3).fidelity_stats(q[1:, :, :2], key[1:, :, :2], None, 8 ** -0.5)
+    assert short_only["topk_rows_longer"] == 0 and short_only["topk_recall"] == 1.0
+    assert TopK(k=4, bits=3).fidelity_stats(q, key, None, 8 ** -0.5)["topk_rows_longer"] == 1.0
+
+
 @pytest.mark.parametrize("scorer", SCORERS)
 def test_padding_keys_are_never_selected_by_either_scorer(scorer):
     q, key, _ = qkv(batch=3, seq=16, seed=7)

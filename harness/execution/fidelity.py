@@ -28,6 +28,7 @@ METRICS = {  # name: (unit, direction)
     "attn_rel_l1_mean": ("ratio", "lower"), "attn_rel_l1_worst": ("ratio", "lower"),
     "attn_max_abs_err": ("abs", "lower"),
     "topk_recall": ("ratio", "higher"), "topk_mass": ("ratio", "higher"),
+    "topk_rows_longer": ("ratio", "higher"),  # share of query rows with more than k valid keys (data, not quality)
 }
 
 
