@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--backend", action="append", metavar="SPEC", help="backend spec, repeatable (dense is "
                    "always measured as the reference)")
     p.add_argument("--parts", default="attention_core,forward", help="attention_core,forward (default both)")
-    p.add_argument("--pairs", type=_positive, default=12, help="A/B process pairs (default 12)")
+    p.add_argument("--pairs", type=_positive, default=20, help="A/B process pairs (default 20)")
     p.add_argument("--repeats", type=_positive, default=15, help="timed rounds per process (default 15)")
     p.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
     p.add_argument("--batch-size", type=_positive, default=8, help="default 8")

@@ -121,7 +121,7 @@ def sample_process(checkout: Checkout, settings: dict, timeout: float = 600) -> 
 
 
 def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...] = ("attention_core", "forward"),
-           pairs: int = 12, repeats: int = 15, warmup: int = 2, min_time: float = 0.02, threads: int = 1,
+           pairs: int = 20, repeats: int = 15, warmup: int = 2, min_time: float = 0.02, threads: int = 1,
            batch_size: int = 8, seq_len: int = 128, model: list[str] | None = None, store: str | None = None,
            log: Callable[[str], None] | None = None) -> tuple[str, list[dict]]:
     """Measure both revisions alternately; return ``(session id, rows)`` (rows also written to ``store``)."""
