@@ -318,8 +318,9 @@ class TopK(Backend):
                        scaling: float) -> dict[str, float]:
         """Recall of the exact top-k (valid keys only), the share of exact softmax mass on the chosen keys, and
         the share of query rows with more than ``k`` valid keys (``topk_rows_longer``: only there does the
-        selection drop keys; on the other rows recall and mass are exactly 1, so the recall over the longer
-        rows alone is ``1 - (1 - topk_recall) / topk_rows_longer``). Means over the valid query rows."""
+        selection drop keys; on the other rows every valid key is chosen, so recall is exactly 1 and the mass 1,
+        and the recall over the longer rows alone is ``1 - (1 - topk_recall) / topk_rows_longer``). Means over
+        the valid query rows."""
         import torch
 
         valid_keys = key_validity(attention_mask, query)

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="cap torch, MKL, oneDNN and FBGEMM at this instruction set (an AVX2-only machine)")
     args = parser.parse_args(argv)
     if args.isa and any(os.environ.get(k) != v for k, v in ISA_ENV[args.isa].items()):
-        sys.exit(f"--isa {args.isa}: run the tool as a script (its variables must be set before torch loads)")
+        parser.error(f"--isa {args.isa}: run the tool as a script (its variables must be set before torch loads)")
     if not ck.AVAILABLE:
         sys.exit(f"cython_kernels unavailable: {ck.UNAVAILABLE_REASON}")
     specs = args.backend or list(BACKENDS)

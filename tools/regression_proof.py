@@ -5,7 +5,7 @@ files, plus the built kernels) into ``DIR``, makes ``--commits`` commits (each a
 ``PROOF_HISTORY.txt``) and, at a position drawn at random among those the change-point test can see (at
 least three commits on each side), one commit that also makes ``dense:impl=eager``'s attention core do about
 5 % more real work: it computes attention a second time for the first query row (of 128) and discards
-the result (more instructions and more time, not a sleep). ``measure`` runs the per-commit instruction
+the result (more instructions and more time, not a sleep; ``--extra-rows N``: N rows of every 128). ``measure`` runs the per-commit instruction
 counts (``attnbench run --instructions-only --instruction-parts attention_core``, one valgrind process per
 commit) over every commit into a store; ``check`` runs ``attnbench regressions`` on that store and checks that it names the slowed commit and
 backend and no other commit; ``all`` does the three. ``synthetic`` draws 20-commit histories from the
