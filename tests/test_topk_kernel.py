@@ -288,6 +288,30 @@ def test_fake_scorer_native_path_equals_the_torch_path(granularity, bits, smooth
         torch.testing.assert_close(native, reference, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_fake_scorer_native_path_in_chunks_equals_one_chunk(granularity, monkeypatch):
+    """The native path computes the scores a few sequences at a time (``SCORE_CHUNK_BYTES``); chunks of one
+    and of two sequences (a last, shorter chunk) give the outputs of one whole-batch chunk, bit for bit, and
+    of the torch path within 1e-5 (padding, smooth_k and a non-finite query row included)."""
+    import plugins.topk as topk_module
+
+    q, k, v = qkv(batch=5, heads=3, seq=30, dim=32, seed=21)
+    q[2, 1, 4, 0] = float("nan")
+    lengths = [30, 17, 30, 5, 22]
+    valid = torch.arange(30)[None, :] < torch.tensor(lengths)[:, None]
+    mask = valid[:, None, None, :].expand(5, 1, 30, 30)
+    backend, torch_path = backend_pair(f"topk:k=6,bits=4,granularity={granularity},smooth_k=true")
+    whole = backend.attention(_Module(), q, k, v, mask, scaling=0.25)[0]
+    per_sequence = 3 * 30 * 30 * 4
+    for chunk_bytes in (1, 2 * per_sequence):
+        monkeypatch.setattr(topk_module, "SCORE_CHUNK_BYTES", chunk_bytes)
+        chunked = backend.attention(_Module(), q, k, v, mask, scaling=0.25)[0]
+        assert torch.equal(chunked.isnan(), whole.isnan())
+        assert torch.equal(torch.nan_to_num(chunked), torch.nan_to_num(whole))
+    reference = torch_path(_Module(), q, k, v, mask, scaling=0.25)
+    torch.testing.assert_close(whole, reference, atol=1e-5, rtol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("dim", [64, 48, 12])
 def test_fake_scorer_native_path_equals_the_torch_path_at_other_head_dims(dim):
     """The exact scores and V sums have their own loops for head dims 32 and 64 and a generic one."""
