@@ -99,7 +99,7 @@ cdef inline float _nan() noexcept nogil:
 
 cdef inline __m256i _fold_lanes(__m256i v, int op) noexcept nogil:
     # Every lane = the sum (op 0), minimum (1) or maximum (2) of v's eight lanes (three shuffle steps).
-    cdef __m256i x = _mm256_permute2x128_si256(v, v, 1), y
+    cdef __m256i x = _mm256_permute2x128_si256(v, v, 1)
     if op == 0:
         v = _mm256_add_epi32(v, x)
         v = _mm256_add_epi32(v, _mm256_shuffle_epi32(v, 0x4E))
