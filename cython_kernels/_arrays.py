@@ -36,19 +36,24 @@ def is_tensor(x: object) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def to_numpy(x: object, name: str, dtype: np.dtype, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
-    """``x`` as a C-contiguous array of exactly ``dtype`` (TypeError/ValueError otherwise)."""
-    dtype = np.dtype(dtype)
+def as_array(x: object, name: str) -> np.ndarray:
+    """``x`` as a NumPy array, a view of a CPU tensor's memory (any dtype and strides; TypeError for a tensor
+    on another device, a quantized tensor, or anything but an ndarray or a tensor)."""
     if is_tensor(x):
         if x.device.type != "cpu":
             raise TypeError(f"{name} is on {x.device}; the kernels run on the CPU: pass {name}.cpu()")
         if x.is_quantized:
             raise TypeError(f"{name} is a quantized tensor; pass its integer codes ({name}.int_repr())")
-        arr = x.detach().numpy()
-    elif isinstance(x, np.ndarray):
-        arr = x
-    else:
-        raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}")
+        return x.detach().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}")
+
+
+def to_numpy(x: object, name: str, dtype: np.dtype, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """``x`` as a C-contiguous array of exactly ``dtype`` (TypeError/ValueError otherwise)."""
+    dtype = np.dtype(dtype)
+    arr = as_array(x, name)
     if arr.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype.name}, got {arr.dtype.name}")
     if ndim is not None:

@@ -453,15 +453,9 @@ def _check_topk(topk: object) -> None:
 
 def _selection_scores(scores: Array, ndim: int) -> tuple[np.ndarray, bool]:
     """``scores`` as an int32 NumPy view with a contiguous last axis, and whether it holds float32 bits."""
-    torch = arr._torch() if arr.is_tensor(scores) else None
-    if torch is not None:
-        if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.int32):
-            raise TypeError(f"scores must be a float32 or int32 CPU tensor, got {scores.dtype} on {scores.device}")
-        s = scores.detach().numpy()
-    elif isinstance(scores, np.ndarray):
-        s = scores
-    else:
-        raise TypeError(f"scores must be a numpy.ndarray or a torch.Tensor, got {type(scores).__name__}")
+    if arr.is_tensor(scores) and scores.dtype not in (arr._torch().float32, arr._torch().int32):
+        raise TypeError(f"scores must be a float32 or int32 tensor, got {scores.dtype}")  # before .numpy() (bf16)
+    s = arr.as_array(scores, "scores")
     if s.dtype not in (np.float32, np.int32):
         raise TypeError(f"scores must have dtype float32 or int32, got {s.dtype.name}")
     if s.ndim != ndim:
