@@ -62,7 +62,23 @@ class TopkAttention:
         self.fn(q, kk, v, topk=k, granularity="head", threads=threads)
 
 
+class TopkRerankAttention(TopkAttention):
+    """The fused top-k kernel with re-ranking (``topk:k=16,scorer=fbgemm,k_factor=F``: 16 · F candidates by the
+    int8 scores, the 16 of largest exact score kept), same inputs as :class:`TopkAttention`."""
+
+    version = "1"
+    params = ([2, 3], [128, 512], [32, 64], [2])
+    param_names = ["k_factor", "seq", "head_dim", "threads"]
+
+    def setup(self, k_factor, seq, head_dim, threads):
+        super().setup(16, seq, head_dim, threads)
+
+    def time_topk_attention(self, k_factor, seq, head_dim, threads):
+        q, kk, v = self.qkv
+        self.fn(q, kk, v, topk=16, granularity="head", k_factor=k_factor, threads=threads)
+
+
 from .common import EXTENDED  # noqa: E402
 
 if not EXTENDED:  # per commit, bench_commit covers one shape; these grids are the extended selection
-    del Gemm, GemmSpeedup, TopkAttention
+    del Gemm, GemmSpeedup, TopkAttention, TopkRerankAttention

@@ -50,11 +50,13 @@ cdef extern from "immintrin.h" nogil:
     __m256i _mm256_packs_epi16(__m256i a, __m256i b)   # int16 -> int8, saturating, per 128-bit lane
     __m256i _mm256_packus_epi16(__m256i a, __m256i b)  # int16 -> uint8, saturating, per 128-bit lane
     __m256i _mm256_permutevar8x32_epi32(__m256i a, __m256i idx)
+    __m256 _mm256_permutevar8x32_ps(__m256 a, __m256i idx)
     __m256i _mm256_setr_epi32(int e0, int e1, int e2, int e3, int e4, int e5, int e6, int e7)
     void _mm256_storeu_si256(__m256i* p, __m256i a)
     int _mm256_movemask_ps(__m256 a)
 
     __m256i _mm256_cmpgt_epi32(__m256i a, __m256i b)
+    __m256i _mm256_cmpeq_epi32(__m256i a, __m256i b)
     __m256i _mm256_max_epi32(__m256i a, __m256i b)
     __m256i _mm256_min_epi32(__m256i a, __m256i b)
     __m256i _mm256_setzero_si256()

@@ -25,6 +25,7 @@ def topk_attention(
     threads: int,
     profile: npt.NDArray[np.float64] | None = None,  # (len(PHASES),), thread CPU seconds added per phase
     seq_scales: npt.NDArray[np.float32] | None = None,  # (batch, 3): 1/K scale, 1/Q scale, Q zero point per sequence
+    k_factor: int = 1,  # select topk * k_factor candidates, keep the topk of largest exact score
 ) -> int: ...  # non-finite rows found (their outputs are NaN)
 def topk_attention_scores(
     q: npt.NDArray[np.float32],  # (batch, heads, seq, dim), last axis contiguous
@@ -39,6 +40,7 @@ def topk_attention_scores(
     float_scores: bool,  # scores hold float32 bit patterns, ranked by their ordered int32 mapping
     threads: int,
     profile: npt.NDArray[np.float64] | None = None,  # (len(PHASES),), thread CPU seconds added per phase
+    k_factor: int = 1,  # as topk_attention
 ) -> int: ...  # non-finite query rows and key/value rows found (their outputs are NaN)
 def select_rows(
     scores: npt.NDArray[np.int32],  # (rows, n), C-contiguous

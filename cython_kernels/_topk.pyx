@@ -35,7 +35,9 @@ Then, the same code for both:
              with AVX2 compares, stopping at the first threshold with exactly k candidates above;
              then the candidates > T and the first ones == T in index order.
           With fewer valid keys than k, every valid key is selected.
-    exact  s_j = (q . k_j) * scaling in float32 for the selected keys only (read in place),
+    exact  s_j = (q . k_j) * scaling in float32 for the selected keys only (read in place);
+    re-rank (k_factor > 1: the selection above took topk * k_factor candidates): the topk candidates of
+          largest s_j (ties to the lower key index) by steps 3-4 on their ordered bits, the rest dropped;
     softmax over them, out = sum_j p_j v_j written straight into the (batch, seq, heads, dim) output.
 
 No gathered copies of K or V.  Non-finite inputs (detected from their bits): a query row holding NaN or
@@ -63,9 +65,9 @@ cdef enum:
     PREFETCH = 8
 
 cdef enum Phase:
-    QUANTIZE, GEMM_QK, SELECT, EXACT_SCORES, SOFTMAX, V_SUM, N_PHASES
+    QUANTIZE, GEMM_QK, SELECT, EXACT_SCORES, RERANK, SOFTMAX, V_SUM, N_PHASES
 
-PHASES = ("quantize", "gemm_qk", "select", "exact_scores", "softmax", "v_sum")
+PHASES = ("quantize", "gemm_qk", "select", "exact_scores", "rerank", "softmax", "v_sum")
 
 cdef clockid_t CLOCK = CLOCK_THREAD_CPUTIME_ID  # of the per-phase timings (CPU time of each thread)
 cdef float LOG2E = 1.4426950408889634
@@ -210,15 +212,12 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
     1. lower bound: groups of vectors reduced lane-wise to 8 maxima each; with at least k such maxima
        (distinct elements), their minimum L has at least k elements >= L;
     2. compaction (movemask + permute table): the indices and values of the elements >= L;
-    3. the k-th largest value T among those: bisection on the value range [L, max] by counting with
-       AVX2 compares, stopping as soon as some threshold has exactly k candidates at or above it;
-    4. the candidates > T, then the first ones == T in index order (lower key index first)."""
-    cdef int nvec = ld // 8, groups, g, v, c, i, gsize, n_gt, need, got, cvec, cnt
-    cdef __m256i mx, mx2, hi_v, perm, lo_v, x, lvec, idx, step = _mm256_set1_epi32(8), minv = _mm256_set1_epi32(INT32_MIN)
-    cdef int32_t low, t, x_i
-    cdef int eq, take
-    cdef long long lo, hi, mid
-    cdef int cl, ch, step_
+    3.-4. ``_kth_select`` among those: the k-th largest value T by counting, then the candidates > T and
+       the first ones == T in index order (lower key index first)."""
+    cdef int nvec = ld // 8, groups, v, c, gsize
+    cdef __m256i hi_v, perm, lo_v, x, lvec, idx, step = _mm256_set1_epi32(8), minv = _mm256_set1_epi32(INT32_MIN)
+    cdef int32_t low
+    cdef long long hi
     cdef unsigned int mask
     # 1. ceil(k / 8) groups give >= k lane maxima (fewer if the row is short: then no bound).
     groups = (k + 7) // 8
@@ -248,11 +247,23 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
         c += _POPCOUNT[mask]
         idx = _mm256_add_epi32(idx, step)
     _mm256_storeu_si256(<__m256i*>(cv + c), minv)  # pad the last vector (cv has ld + 8 entries)
-    cvec = (c + 7) // 8
-    # 3. Largest T in [low, max] with count(>= T) >= k (count(>= low) = c >= k).  Interpolation between
-    #    the counts at the ends of the bracket, every other step a plain bisection (so at most twice
-    #    as many steps as bisection alone; usually far fewer).
-    lo = low
+    return _kth_select(cand, cv, c, k, low, hi, sel)
+
+
+cdef int _kth_select(const int32_t* cand, const int32_t* cv, int c, int k, int32_t low, long long hi,
+                     int32_t* sel) noexcept nogil:
+    """Of the c values cv (with their indices cand, in increasing order), the indices of the k largest, ties
+    to the first, written to sel in order; returns k.  Requires c >= k, every cv[i] in [low, hi], and cv padded
+    with INT32_MIN to a multiple of 8 (cand too: any values).  sel has room for k + 8.
+    3. the k-th largest value T: interpolation between the counts at the ends of the bracket [low, hi],
+       every other step a plain bisection (so at most twice as many steps as bisection alone; usually far
+       fewer), counting with AVX2 compares, stopping at the first threshold with exactly k values above;
+    4. the values > T, then the first ones == T (branch-free)."""
+    cdef int cvec = (c + 7) // 8, cl, ch, step_, cnt, got, need, i, v, eq, take
+    cdef long long lo = low, mid
+    cdef int32_t t, x_i
+    cdef unsigned int mask
+    cdef __m256i lvec
     cl = c      # count(>= lo) >= k
     ch = 0      # count(> hi) < k
     t = INT32_MIN
@@ -276,7 +287,7 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
             hi = mid - 1
             ch = cnt
     got = 0
-    if t != INT32_MIN:  # compaction of the candidates >= t (exactly k; sel has room for k + 8)
+    if t != INT32_MIN:  # compaction of the values >= t (exactly k; sel has room for k + 8)
         lvec = _mm256_set1_epi32(t - 1)
         for v in range(cvec):
             mask = <unsigned int>_mm256_movemask_ps(_mm256_castsi256_ps(
@@ -286,7 +297,7 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
             got += _POPCOUNT[mask]
         return got
     t = <int32_t>lo
-    # 4. Ties at t go to the lower key index (branch-free).
+    # 4. Ties at t go to the first (lower key index; branch-free).
     need = k - _count_above(cv, cvec, t)
     for i in range(c):
         x_i = cv[i]
@@ -296,6 +307,106 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
         got += take
         need -= take & eq
     return got
+
+
+cdef enum:
+    RANK_VECS = 8  # re-ranking by pairwise counting up to 8 vectors (64 candidates), else by _kth_select
+
+
+cdef inline int _rank_select(const int32_t* cv, int n, int k, int32_t* sel, float* s, int32_t* sel_out,
+                             float* s_out, const int nv) noexcept nogil:
+    """Of cv[:n] (ordered values, n <= 8 * nv, n > k), the k largest, ties to the first: their sel and s
+    entries written in order to sel_out and s_out (k + 8 entries each); returns k.  Branch-free in the usual
+    case: the rank of i, the number of j that beat it (cv[j] > cv[i]), is counted for 8 i at a time by one
+    compare per (j, vector of i); ranks are distinct exactly when they sum to n (n - 1) / 2 over the real
+    lanes, else a second pass adds the ties that beat i (cv[j] == cv[i], j < i).  The k of rank < k are kept
+    (lanes at or beyond n hold INT32_MIN: rank n, never kept).  Called with a literal nv: the vectors stay
+    in registers and the loops unroll."""
+    cdef __m256i rank[8]
+    cdef __m256i v[8]
+    cdef __m256i b, jv, tot, kv = _mm256_set1_epi32(k), tail = _mm256_set1_epi32(n)
+    cdef __m256i minv = _mm256_set1_epi32(INT32_MIN), step = _mm256_set1_epi32(8), perm
+    cdef __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+    cdef int I, j, got = 0
+    cdef unsigned int mask
+    for I in range(nv):
+        v[I] = _mm256_blendv_epi8(minv, _mm256_loadu_si256(<const __m256i*>(cv + 8 * I)),
+                                  _mm256_cmpgt_epi32(tail, _mm256_add_epi32(idx, _mm256_set1_epi32(8 * I))))
+        rank[I] = _mm256_setzero_si256()
+    for j in range(n):
+        b = _mm256_set1_epi32(cv[j])
+        for I in range(nv):
+            rank[I] = _mm256_sub_epi32(rank[I], _mm256_cmpgt_epi32(b, v[I]))
+    tot = rank[0]
+    for I in range(1, nv):
+        tot = _mm256_add_epi32(tot, rank[I])
+    # without ties: the real lanes' ranks are 0..n-1, each padding lane's is n
+    if _mm256_cvtsi256_si32(_fold_lanes(tot, 0)) != n * (n - 1) // 2 + (8 * nv - n) * n:
+        for j in range(n):
+            b = _mm256_set1_epi32(cv[j])
+            jv = _mm256_set1_epi32(j)
+            for I in range(nv):
+                rank[I] = _mm256_sub_epi32(rank[I], _mm256_and_si256(
+                    _mm256_cmpeq_epi32(b, v[I]), _mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(8 * I)), jv)))
+    for I in range(nv):
+        mask = <unsigned int>_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(kv, rank[I])))
+        perm = _mm256_loadu_si256(<const __m256i*>_COMPACT[mask])
+        _mm256_storeu_si256(<__m256i*>(sel_out + got), _mm256_permutevar8x32_epi32(
+            _mm256_loadu_si256(<const __m256i*>(sel + 8 * I)), perm))
+        _mm256_storeu_ps(s_out + got, _mm256_permutevar8x32_ps(_mm256_loadu_ps(s + 8 * I), perm))
+        got += _POPCOUNT[mask]
+    return got
+
+
+cdef int _rerank_row(float* s, int32_t* sel, int n, int k, int32_t* pos, int32_t* cv, int32_t* best) noexcept nogil:
+    """Keep the k of the n candidates sel[:n] (increasing key order) with the largest exact scores s[:n],
+    ties to the lower key index, compacted in place in sel and s (in key order); returns k (n > k).
+    Scores are ranked by their ordered int32 bits (as the given float scores are): by pairwise counting
+    (``_rank_select``) up to 64 candidates, else by ``_kth_select``.  sel and s are read up to the end of
+    the last vector (n rounded up to 8).  Scratch: pos and cv n + 8 entries (pos: float32 too), best k + 8."""
+    cdef int t, nvec = (n + 7) // 8
+    cdef __m256i x, lo_v = _mm256_set1_epi32(0x7FFFFFFF), hi_v = _mm256_set1_epi32(INT32_MIN)
+    cdef __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), step = _mm256_set1_epi32(8)
+    cdef __m256i tail = _mm256_set1_epi32(n), minv = _mm256_set1_epi32(INT32_MIN), real
+    cdef float* s_out = <float*>pos
+    if nvec <= RANK_VECS:
+        for t in range(nvec):
+            _mm256_storeu_si256(<__m256i*>(cv + 8 * t), _ordered(_mm256_loadu_si256(<const __m256i*>(s + 8 * t))))
+        if nvec == 1:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 1)
+        elif nvec == 2:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 2)
+        elif nvec == 3:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 3)
+        elif nvec == 4:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 4)
+        elif nvec == 5:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 5)
+        elif nvec == 6:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 6)
+        elif nvec == 7:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 7)
+        else:
+            k = _rank_select(cv, n, k, sel, s, best, s_out, 8)
+        # (through scratch: compacting in place could write past n, into the next row's candidates)
+        memcpy(sel, best, k * sizeof(int32_t))
+        memcpy(s, s_out, k * sizeof(float))
+        return k
+    for t in range(nvec):
+        # lanes at or beyond n: INT32_MIN, outside [min, max] of the real ones, never counted
+        real = _mm256_cmpgt_epi32(tail, idx)
+        x = _mm256_blendv_epi8(minv, _ordered(_mm256_loadu_si256(<const __m256i*>(s + 8 * t))), real)
+        _mm256_storeu_si256(<__m256i*>(cv + 8 * t), x)
+        _mm256_storeu_si256(<__m256i*>(pos + 8 * t), idx)
+        hi_v = _mm256_max_epi32(hi_v, x)
+        lo_v = _mm256_min_epi32(lo_v, _mm256_blendv_epi8(lo_v, x, real))
+        idx = _mm256_add_epi32(idx, step)
+    k = _kth_select(pos, cv, n, k, _mm256_cvtsi256_si32(_fold_lanes(lo_v, 1)),
+                    _mm256_cvtsi256_si32(_fold_lanes(hi_v, 2)), best)
+    for t in range(k):  # best is increasing and best[t] >= t: forward compaction in place
+        sel[t] = sel[best[t]]
+        s[t] = s[best[t]]
+    return k
 
 
 def select_rows(const int32_t[:, ::1] scores, const uint8_t[::1] valid, int k, int32_t[:, ::1] index,
@@ -360,6 +471,7 @@ cdef struct Work:
     int32_t* sel_tmp    # (keys32 + 8,)
     int32_t* sel        # (ROWS, kk) selected key indices
     int32_t* nsel       # (ROWS,)
+    int32_t* best       # (kk + 8,) re-ranking: positions of the k kept candidates
     float* s            # (ROWS, kk + 8) exact scores, then weights
     float* rowscale     # (ROWS,)
     Packed kp
@@ -373,7 +485,7 @@ cdef void _free(Work* w) noexcept nogil:
     _free_packed(&w.kp)
     free(w.kq); free(w.ksum); free(w.ksumf); free(w.zk); free(w.kscale); free(w.keymask); free(w.valid_idx); free(w.kmean); free(w.tmp)
     free(w.qq); free(w.qzp); free(w.qbad); free(w.acc); free(w.cand); free(w.sel_tmp); free(w.sel); free(w.nsel)
-    free(w.s); free(w.rowscale)
+    free(w.best); free(w.s); free(w.rowscale)
     free(w)
 
 
@@ -397,10 +509,11 @@ cdef Work* _new_work(Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) except NU
         w.sel_tmp = <int32_t*>malloc((keys32 + 8) * sizeof(int32_t))
         w.sel = <int32_t*>malloc((ROWS * kk + 8) * sizeof(int32_t))
         w.nsel = <int32_t*>malloc(ROWS * sizeof(int32_t))
+        w.best = <int32_t*>malloc((kk + 8) * sizeof(int32_t))
         w.s = <float*>malloc(ROWS * (kk + 8) * sizeof(float))
         w.rowscale = <float*>malloc(ROWS * sizeof(float))
     if not (w and w.kq and w.ksum and w.ksumf and w.zk and w.kscale and w.keymask and w.valid_idx and w.kmean and w.tmp and w.qq
-            and w.qzp and w.qbad and w.acc and w.cand and w.sel_tmp and w.sel and w.nsel and w.s and w.rowscale):
+            and w.qzp and w.qbad and w.acc and w.cand and w.sel_tmp and w.sel and w.nsel and w.best and w.s and w.rowscale):
         _free(w)
         with gil:
             raise MemoryError("topk attention buffers")
@@ -409,7 +522,8 @@ cdef Work* _new_work(Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) except NU
 
 cdef struct Head:
     HeadView io             # pointers, strides and sizes of one (batch, head)
-    int topk, kk            # kk = min(topk, seq rounded up to 32): the stride of sel
+    int topk, ncand, kk     # keys kept, candidates selected (topk * k_factor), kk = min(ncand, seq rounded
+                            # up to 32): the stride of sel
     float scaling
     bint smooth_k, per_token
     const float* seq_scales  # (3,) this sequence's given 1/K scale, 1/Q scale, Q zero point, or NULL
@@ -671,7 +785,7 @@ cdef void _v_sum(const Head* h, const int32_t* sel, const float* p, int n, float
 
 cdef int _select_block(Head* h, Work* w, int start, int rows, double* prof, double t) except -1 nogil:
     """Quantize the block's query rows and select the top-k keys of each into w.sel / w.nsel, from int8
-    scores on FBGEMM or from the given scores (with at least topk + 1 valid keys).  Marks the query rows
+    scores on FBGEMM or from the given scores: the ncand best (with at least ncand + 1 valid keys).  Marks the query rows
     holding NaN or infinity in w.qbad; returns their number."""
     cdef Rank rk
     cdef int i, d, ld = h.io.keys32, bad = 0
@@ -703,21 +817,22 @@ cdef int _select_block(Head* h, Work* w, int start, int rows, double* prof, doub
         rk.zk, rk.ksum, rk.kscale = w.zk, w.ksumf, w.kscale
         for i in range(rows):
             rk.zp = <float>w.qzp[i]
-            w.nsel[i] = _select_row(w.acc + i * ld, w.acc + i * ld, ld, h.topk, w.cand, w.sel_tmp,
+            w.nsel[i] = _select_row(w.acc + i * ld, w.acc + i * ld, ld, h.ncand, w.cand, w.sel_tmp,
                                     w.sel + i * h.kk, &rk)
     else:
         rk.mode = h.mode
         for i in range(rows):
-            w.nsel[i] = _select_row(h.scores + (start + i) * h.s_rs, w.acc, ld, h.topk, w.cand, w.sel_tmp,
+            w.nsel[i] = _select_row(h.scores + (start + i) * h.s_rs, w.acc, ld, h.ncand, w.cand, w.sel_tmp,
                                     w.sel + i * h.kk, &rk)
     _lap(prof, SELECT, t, CLOCK)
     return bad
 
 
-cdef void _attend_block(const Head* h, Work* w, const int32_t* sel, int sel_rs, const int32_t* nsel, int start,
+cdef void _attend_block(const Head* h, Work* w, int32_t* sel, int sel_rs, int32_t* nsel, int start,
                         int rows, double* prof) noexcept nogil:
     """Exact scores, softmax and V sum of the block's query rows over keys sel[i * sel_rs : + nsel[i]],
-    written to h.out (NaN rows where w.qbad)."""
+    written to h.out (NaN rows where w.qbad).  A row with more than topk keys (candidates: then sel_rs > 0)
+    first keeps the topk of them with the largest exact scores (``_rerank_row``)."""
     cdef int i, d, sstride = h.kk + 8
     cdef float nan = _nan()
     cdef float* o
@@ -726,6 +841,10 @@ cdef void _attend_block(const Head* h, Work* w, const int32_t* sel, int sel_rs, 
         _exact_scores(h, h.io.q + (start + i) * h.io.q_rs, sel + i * sel_rs, nsel[i], w.s + i * sstride,
                       h.scaling * LOG2E)
     t = _lap(prof, EXACT_SCORES, t, CLOCK)
+    for i in range(rows):
+        if nsel[i] > h.topk:
+            nsel[i] = _rerank_row(w.s + i * sstride, sel + i * sel_rs, nsel[i], h.topk, w.cand, w.sel_tmp, w.best)
+    t = _lap(prof, RERANK, t, CLOCK)
     for i in range(rows):
         w.rowscale[i] = <float>1.0 / _softmax(w.s + i * sstride, nsel[i])
     t = _lap(prof, SOFTMAX, t, CLOCK)
@@ -755,7 +874,7 @@ cdef int _head(Head* h, Work* w, double* prof) except -1 nogil:
             for d in range(h.io.dim):
                 h.io.out[i * h.io.out_rs + d] = nan
         return bad
-    if nvalid > h.topk and h.scores == NULL:
+    if nvalid > h.ncand and h.scores == NULL:
         _quantize_keys(h, w, nvalid)
         if not _pack(&w.kp, matrix_op_t.Transpose, h.io.dim, h.io.keys, w.kq, h.io.dim, w.own_packing):
             _put_transposed(&w.kp, w.kq, h.io.keys, h.io.dim)
@@ -763,15 +882,20 @@ cdef int _head(Head* h, Work* w, double* prof) except -1 nogil:
     start = 0
     while start < h.io.rows:
         rows = min(<int>ROWS, h.io.rows - start)
-        if nvalid > h.topk:
+        if nvalid > h.ncand:
             bad += _select_block(h, w, start, rows, prof, t)
             _attend_block(h, w, w.sel, h.kk, w.nsel, start, rows, prof)
-        else:  # every valid key
+        else:  # every valid key is a candidate
             for i in range(rows):
                 w.qbad[i] = _row_special(h.io.q + (start + i) * h.io.q_rs, h.io.dim)
                 w.nsel[i] = nvalid
                 bad += w.qbad[i]
-            _attend_block(h, w, w.valid_idx, 0, w.nsel, start, rows, prof)
+                if nvalid > h.topk:  # re-ranked per row in place: a copy each (nvalid <= ncand, kk)
+                    memcpy(w.sel + i * h.kk, w.valid_idx, nvalid * sizeof(int32_t))
+            if nvalid > h.topk:
+                _attend_block(h, w, w.sel, h.kk, w.nsel, start, rows, prof)
+            else:
+                _attend_block(h, w, w.valid_idx, 0, w.nsel, start, rows, prof)
         t = _now(CLOCK) if prof != NULL else 0
         start += ROWS
     return bad
@@ -780,7 +904,7 @@ cdef int _head(Head* h, Work* w, double* prof) except -1 nogil:
 cdef struct Batch:
     # Shared, read-only description of the whole call.
     Views io
-    int topk
+    int topk, ncand
     float scaling
     bint smooth_k, per_token
     const float* seq_scales   # (batch, 3) or NULL
@@ -793,8 +917,8 @@ cdef int _task(const Batch* a, Py_ssize_t t, Work* w, bint profile) except -1 no
     cdef Py_ssize_t b = t // a.io.heads, hh = t % a.io.heads
     cdef Head h
     _head_view(&a.io, t, &h.io)
-    h.topk = a.topk
-    h.kk = min(a.topk, (a.io.seq + 31) // 32 * 32)
+    h.topk, h.ncand = a.topk, a.ncand
+    h.kk = min(a.ncand, (a.io.seq + 31) // 32 * 32)
     h.scaling, h.smooth_k, h.per_token = a.scaling, a.smooth_k, a.per_token
     h.seq_scales = a.seq_scales + 3 * b if a.seq_scales != NULL else NULL
     h.scores = a.scores + b * a.ss[0] + hh * a.ss[1] if a.scores != NULL else NULL
@@ -806,13 +930,18 @@ cdef int _task(const Batch* a, Py_ssize_t t, Work* w, bint profile) except -1 no
     return _head(&h, w, prof)
 
 
+cdef int _candidates(int topk, int k_factor):
+    # topk * k_factor, capped where it cannot matter (more than any sequence's keys)
+    return <int>min(<long long>topk * k_factor, 1 << 30)
+
+
 cdef Py_ssize_t _run(const Batch* a, int threads, bint own_packing, double[::1] profile) except -1:
     cdef Py_ssize_t t, bad = 0, seq32 = (a.io.seq + 31) // 32 * 32
     cdef int i
     cdef Work* w
     cdef bint profiling = profile is not None
     with nogil, parallel(num_threads=threads):
-        w = _new_work(seq32, a.io.dim, min(a.topk, seq32))
+        w = _new_work(seq32, a.io.dim, min(a.ncand, seq32))
         w.own_packing = own_packing
         for t in prange(<Py_ssize_t>a.io.batch * a.io.heads, schedule="dynamic"):
             bad += _task(a, t, w, profiling)
@@ -827,7 +956,7 @@ cdef Py_ssize_t _run(const Batch* a, int threads, bint own_packing, double[::1] 
 def topk_attention(const float[:, :, :, :] q, const float[:, :, :, :] k, const float[:, :, :, :] v,
                    const uint8_t[:, ::1] key_valid, const int32_t[::1] n_keys, float[:, :, :, :] out,
                    float scaling, int topk, bint per_token, bint smooth_k, bint own_packing, int threads,
-                   double[::1] profile=None, const float[:, ::1] seq_scales=None) -> int:
+                   double[::1] profile=None, const float[:, ::1] seq_scales=None, int k_factor=1) -> int:
     """out[b, h] = top-k attention of q[b, h] over keys k[b, h, :n_keys[b]], selected with int8 scores on
     FBGEMM (see the module docstring).
 
@@ -835,16 +964,17 @@ def topk_attention(const float[:, :, :, :] q, const float[:, :, :, :] k, const f
     key_valid: (batch, seq) 1 = attend; n_keys: (batch,) in 0..seq, no valid key at or beyond it.
     seq_scales: optional (batch, 3) float32, per sequence the 1/scale of K, the 1/scale and the zero point
     of Q to use instead of per-head ones (per_token False).
+    k_factor: the int8 scores select topk * k_factor candidates, re-ranked by exact scores to topk.
     Returns the number of non-finite rows found (their outputs are NaN, see the module docstring).
     """
     cdef Batch a
-    if topk < 1:
-        raise ValueError("topk must be >= 1")
+    if topk < 1 or k_factor < 1:
+        raise ValueError("topk and k_factor must be >= 1")
     if not _views(&a.io, q, k, v, key_valid, n_keys, out, profile, N_PHASES, threads, 2**12):
         return 0
     if seq_scales is not None and (seq_scales.shape[0] != a.io.batch or seq_scales.shape[1] != 3 or per_token):
         raise ValueError("seq_scales must be (batch, 3), and only with per_token False")
-    a.topk, a.scaling, a.smooth_k, a.per_token = topk, scaling, smooth_k, per_token
+    a.topk, a.ncand, a.scaling, a.smooth_k, a.per_token = topk, _candidates(topk, k_factor), scaling, smooth_k, per_token
     a.seq_scales = &seq_scales[0, 0] if seq_scales is not None else NULL
     a.scores = NULL
     a.ss[0] = a.ss[1] = a.ss[2] = 0
@@ -855,7 +985,7 @@ def topk_attention(const float[:, :, :, :] q, const float[:, :, :, :] k, const f
 def topk_attention_scores(const float[:, :, :, :] q, const float[:, :, :, :] k, const float[:, :, :, :] v,
                           const uint8_t[:, ::1] key_valid, const int32_t[::1] n_keys, const int32_t[:, :, :, :] scores,
                           float[:, :, :, :] out, float scaling, int topk, bint float_scores, int threads,
-                          double[::1] profile=None) -> int:
+                          double[::1] profile=None, int k_factor=1) -> int:
     """out[b, h] = top-k attention of q[b, h] over keys k[b, h, :n_keys[b]], selected with the given scores.
 
     As ``topk_attention``; scores: (batch, heads, seq, seq) int32, last axis contiguous: int32 ranking
@@ -864,15 +994,15 @@ def topk_attention_scores(const float[:, :, :, :] q, const float[:, :, :, :] k, 
     """
     cdef Batch a
     cdef int i
-    if topk < 1:
-        raise ValueError("topk must be >= 1")
+    if topk < 1 or k_factor < 1:
+        raise ValueError("topk and k_factor must be >= 1")
     if not _views(&a.io, q, k, v, key_valid, n_keys, out, profile, N_PHASES, threads, 2**12):
         return 0
     if tuple(scores.shape[i] for i in range(4)) != (a.io.batch, a.io.heads, a.io.seq, a.io.seq):
         raise ValueError("scores must be (batch, heads, seq, seq)")
     if a.io.seq > 1 and scores.strides[3] != sizeof(int32_t):
         raise ValueError("the last axis of scores must be contiguous")
-    a.topk, a.scaling, a.smooth_k, a.per_token = topk, scaling, False, False
+    a.topk, a.ncand, a.scaling, a.smooth_k, a.per_token = topk, _candidates(topk, k_factor), scaling, False, False
     a.seq_scales = NULL
     a.scores = &scores[0, 0, 0, 0]
     for i in range(3):

@@ -359,7 +359,7 @@ def own_packing() -> bool:
 
 
 #: Phases of :func:`topk_attention_u8s8`'s optional profile, in order (seconds summed over threads).
-TOPK_PHASES: tuple[str, ...] = ("quantize", "gemm_qk", "select", "exact_scores", "softmax", "v_sum")
+TOPK_PHASES: tuple[str, ...] = ("quantize", "gemm_qk", "select", "exact_scores", "rerank", "softmax", "v_sum")
 
 
 def _require_topk() -> None:
@@ -408,6 +408,7 @@ def topk_attention_u8s8(
     scaling: float | None = None,
     granularity: Literal["token", "head", "tensor"] = "token",
     smooth_k: bool = False,
+    k_factor: int = 1,
     threads: int | None = None,
     profile: np.ndarray | None = None,
 ) -> Array:
@@ -427,14 +428,19 @@ def topk_attention_u8s8(
     sum of their V rows. With ``topk`` >= the number of valid keys this is dense attention. A row without a
     valid key gives 0.
 
+    ``k_factor`` > 1 re-ranks (as FAISS's ``IndexRefine``): the int8 scores select ``topk * k_factor``
+    candidates, and of those the ``topk`` with the largest exact scores (ties to the lower key index) are
+    kept; with ``topk`` < valid keys <= ``topk * k_factor`` every valid key is a candidate.
+
     Non-finite inputs propagate like dense attention (no exception): a query row holding NaN or infinity
     gives a NaN output row; NaN or infinity in the k or v row of a valid key gives NaN in every output of
     that (batch, head). Padding keys are never read for scores. ``profile``: optional float64 array of
     ``len(TOPK_PHASES)`` to which the seconds of each phase (summed over threads) are added.
-    Raises ``ValueError`` for a bad ``topk``, ``granularity`` or shape, ``TypeError`` for non-float32 inputs.
+    Raises ``ValueError`` for a bad ``topk``, ``k_factor``, ``granularity`` or shape, ``TypeError`` for
+    non-float32 inputs.
     """
     _require_topk()
-    _check_topk(topk)
+    _check_topk(topk, k_factor)
     if granularity not in ("token", "head", "tensor"):
         raise ValueError(f"granularity must be 'token', 'head' or 'tensor', got {granularity!r}")
     q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
@@ -442,13 +448,14 @@ def topk_attention_u8s8(
     seq_scales = _sequence_scales(q_np, k_np, valid, bool(smooth_k)) if granularity == "tensor" else None
     _topk.topk_attention(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale, int(topk),
                          granularity == "token", bool(smooth_k), bool(_attention.own_packing()),
-                         arr.threads_arg(threads), profile, seq_scales)
+                         arr.threads_arg(threads), profile, seq_scales, int(k_factor))
     return out
 
 
-def _check_topk(topk: object) -> None:
-    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-        raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
+def _check_topk(topk: object, k_factor: object = 1) -> None:
+    for name, value in (("topk", topk), ("k_factor", k_factor)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _selection_scores(scores: Array, ndim: int) -> tuple[np.ndarray, bool]:
@@ -474,6 +481,7 @@ def topk_attention_scores(
     *,
     topk: int,
     scaling: float | None = None,
+    k_factor: int = 1,
     threads: int | None = None,
     profile: np.ndarray | None = None,
 ) -> Array:
@@ -486,11 +494,13 @@ def topk_attention_scores(
     (copied once unless the last axis is contiguous); only the scores of valid keys are read. float32 scores
     rank by value with -0.0 == +0.0; NaN ranks above +inf with the sign bit clear and below -inf with it
     set (the order of their int32 bits, as ``plugins.topk.select_keys`` ranks them). Per query row, the
-    ``topk`` best valid keys, ties to the lower key index. Raises ``ValueError`` for a bad ``topk`` or shape,
+    ``topk`` best valid keys, ties to the lower key index; ``k_factor`` > 1 ranks ``topk * k_factor``
+    candidates by ``scores`` and keeps the ``topk`` with the largest exact scores, as
+    :func:`topk_attention_u8s8` does. Raises ``ValueError`` for a bad ``topk``, ``k_factor`` or shape,
     ``TypeError`` for other dtypes.
     """
     _require_topk()
-    _check_topk(topk)
+    _check_topk(topk, k_factor)
     q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
                                                                           TOPK_PHASES)
     s, float_scores = _selection_scores(scores, 4)
@@ -498,7 +508,7 @@ def topk_attention_scores(
     if s.shape != (batch, heads, seq, seq):
         raise ValueError(f"scores must have shape {(batch, heads, seq, seq)}, got {s.shape}")
     _topk.topk_attention_scores(q_np, k_np, v_np, valid, n_keys, s, out_np.transpose(0, 2, 1, 3), scale,
-                                int(topk), float_scores, arr.threads_arg(threads), profile)
+                                int(topk), float_scores, arr.threads_arg(threads), profile, int(k_factor))
     return out
 
 

@@ -10,6 +10,11 @@
    quantization grid fits the spread of K better.
 2. The approximate scores select the ``k`` best *valid* keys per query (padding keys are never selected;
    ties go to the lower key index). With fewer than ``k`` valid keys, every valid key is selected.
+   With ``k_factor`` F > 1, step 2 selects ``F · k`` candidates instead, and of those the ``k`` with the
+   largest exact scores ``(q · k_j) · scaling`` are kept (ties to the lower key index): candidates from a
+   coarse index re-ranked at full precision, as FAISS's ``IndexRefine`` (``k_factor``) does. It buys recall
+   of the exact top-k where low-precision scores leave near-ties (``tools/topk_fidelity_long.py``), for
+   ``F · k`` exact scores instead of ``k``.
 3. Exact full-precision scores are computed only for the selected keys (gathered, so the cost scales with
    ``k``), then softmax and the weighted sum of V over them. With ``k`` ≥ the valid length this is dense
    attention.
@@ -19,12 +24,15 @@ Where ``cython_kernels`` is built (``ck.TOPK_AVAILABLE``), steps 2 and 3 run nat
 softmax and V sum over the selected keys only, read in place and written straight into the
 ``(batch, seq, heads, dim)`` output (no gathered copies of K or V):
 
-* ``scorer=fbgemm`` (any ``granularity``): all three steps fused in ``cython_kernels.topk_attention_u8s8``
-  (same quantizers; with ``granularity=tensor`` the per-sequence scales are computed in ``ops`` and passed in);
+* ``scorer=fbgemm`` (any ``granularity`` and ``k_factor``): all three steps fused in
+  ``cython_kernels.topk_attention_u8s8`` (same quantizers; with ``granularity=tensor`` the per-sequence scales
+  are computed in ``ops`` and passed in; re-ranking in place, no extra pass over the keys);
 * ``scorer=fake`` (any ``bits`` and ``granularity``; float32 CPU inputs): step 1 stays in torch as described;
   ``cython_kernels.topk_attention_scores`` ranks the float scores by an order-preserving int32 mapping of their
   bits (-0.0 ties with +0.0; NaN as ``select_keys`` ranks it), so the selection is that of ``select_keys``,
-  ties included. Other dtypes and devices use the torch steps above (``select_keys``, ``sparse_attention``).
+  ties included. Other dtypes and devices use the torch steps above (``select_keys``, ``refine_keys``,
+  ``sparse_attention``). Re-ranking ranks exact scores as each path computes them in float32: two keys whose
+  exact scores differ only by rounding may be ordered differently by the native and the torch path.
 
 Non-finite inputs: a NaN/inf query row gives a NaN output row, a NaN/inf key or value of a real token makes its
 head's output NaN (as in dense attention); the scores are computed from finite copies. ``fidelity_stats`` and
@@ -162,6 +170,23 @@ def select_keys(scores: torch.Tensor, valid_keys: torch.Tensor, k: int) -> tuple
     return index, selected
 
 
+def refine_keys(query: torch.Tensor, key: torch.Tensor, index: torch.Tensor, selected: torch.Tensor, k: int,
+                scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of the candidate keys ``(index, selected)`` of :func:`select_keys`, ``(batch, heads, q_len, c)``, the
+    ``k`` with the highest exact scores ``(q · k_j) · scaling`` (ties to the lower key index; empty slots
+    never chosen over a candidate): re-ranking low-precision candidates at full precision, as FAISS's
+    ``IndexRefine`` does (its ``k_factor``). Returns ``(index, selected)`` ``(batch, heads, q_len, min(k, c))``;
+    with ``c <= k`` the candidates themselves.
+    """
+    if index.shape[-1] <= k:
+        return index, selected
+    index, order = index.sort(dim=-1)  # candidate position order = key order: ties go to the lower position
+    selected = selected.gather(-1, order)
+    exact = (query.unsqueeze(-2) * _gather_rows(key, index)).sum(-1) * scaling
+    best = _ordered_keys(exact, selected).topk(k, dim=-1, sorted=False).indices
+    return index.gather(-1, best), selected.gather(-1, best)
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x`` (b, h, k_len, d) gathered at ``index`` (b, h, q_len, k) → (b, h, q_len, k, d).
 
@@ -197,6 +222,8 @@ class TopK(Backend):
         Param("smooth_k", bool, False, "subtract K's mean over tokens before quantizing"),
         Param("scorer", str, "fake", "selection scores fake-quantized in float, or int8 on FBGEMM (7-bit Q, 8-bit K)",
               choices=SCORERS),
+        Param("k_factor", int, 1, "candidates per query = k_factor * k by the low-precision scores, re-ranked "
+              "by exact scores to the k best (FAISS IndexRefine)", min=1, max=16),
     )
 
     dtypes = ("float32", "float64", "bfloat16", "float16")
@@ -264,6 +291,15 @@ class TopK(Backend):
         k = fake_quantize(key, bits, granularity, valid_tokens)
         return torch.matmul(q, k.transpose(-1, -2), out=out)
 
+    def select(self, approximate: torch.Tensor, query: torch.Tensor, key: torch.Tensor, valid_keys: torch.Tensor,
+               scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The torch steps' selection, ``(index, selected)`` as :func:`select_keys` returns them: the
+        ``k_factor · k`` best valid keys by the ``approximate`` scores, re-ranked by exact scores to ``k``
+        (:func:`refine_keys`; with ``k_factor=1`` the ``k`` best by the approximate scores)."""
+        k, factor = self.values["k"], self.values["k_factor"]
+        index, selected = select_keys(approximate, valid_keys, k * factor)
+        return refine_keys(query, key, index, selected, k, scaling) if factor > 1 else (index, selected)
+
     def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                   **kwargs) -> tuple[torch.Tensor, None]:
@@ -276,7 +312,7 @@ class TopK(Backend):
         if self.fused():
             return ck.topk_attention_u8s8(query, key, value, valid_keys[:, 0, 0, :], topk=self.values["k"],
                                           scaling=scaling, granularity=self.values["granularity"],
-                                          smooth_k=self.values["smooth_k"]), None
+                                          smooth_k=self.values["smooth_k"], k_factor=self.values["k_factor"]), None
         finite_inputs = all_finite(query, key, value)
         poisoned = None if finite_inputs else nonfinite_heads(key, value, valid_keys)
         finite_inputs = finite_inputs or (poisoned is None and bool(torch.isfinite(query).all()))
@@ -284,7 +320,7 @@ class TopK(Backend):
             return self._native_attention(query, key, value, valid_keys, scaling, finite_inputs), None
         approximate = self.approximate_scores(query if finite_inputs else _finite(query),
                                               key if finite_inputs else _finite(key), valid_keys)
-        index, selected = select_keys(approximate, valid_keys, self.values["k"])
+        index, selected = self.select(approximate, query, key, valid_keys, scaling)
         out = sparse_attention(query, key, value, index, selected, scaling)
         if poisoned is not None:  # like dense: a bad key or value reaches every query of its head
             out = out.masked_fill(poisoned, float("nan"))
@@ -311,7 +347,8 @@ class TopK(Backend):
             scores = self.approximate_scores(q if finite_inputs else _finite(q), k if finite_inputs else _finite(k),
                                              valid, out=buffer[:q.shape[0]])
             out[part] = ck.topk_attention_scores(q, k, value[part], valid[:, 0, 0, :], scores,
-                                                 topk=self.values["k"], scaling=scaling)
+                                                 topk=self.values["k"], scaling=scaling,
+                                                 k_factor=self.values["k_factor"])
         return out
 
     def fidelity_stats(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -325,7 +362,8 @@ class TopK(Backend):
 
         valid_keys = key_validity(attention_mask, query)
         k = self.values["k"]
-        chosen, chosen_ok = select_keys(self.approximate_scores(query, key, valid_keys), valid_keys, k)
+        chosen, chosen_ok = self.select(self.approximate_scores(query, key, valid_keys), query, key, valid_keys,
+                                        scaling)
         exact_scores = (query @ key.transpose(-1, -2)) * scaling
         best, best_ok = select_keys(exact_scores, valid_keys, k)
         hit = torch.zeros_like(exact_scores, dtype=torch.bool).scatter_(-1, best, best_ok)

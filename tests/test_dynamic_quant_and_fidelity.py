@@ -65,7 +65,7 @@ def test_composition_applies_the_transform_and_the_attention(registry):
     assert layer_suffixes(quantized_names(model)) == FFN
     assert model.config._attn_implementation.startswith("attnbench:topk:k=4")
     assert backend.params_json == ('{"dynamic-quant": {"engine": "x86", "modules": "ffn"}, '
-                                   '"topk": {"bits": 8, "granularity": "head", "k": 4, "scorer": "fake", "smooth_k": false}}')
+                                   '"topk": {"bits": 8, "granularity": "head", "k": 4, "k_factor": 1, "scorer": "fake", "smooth_k": false}}')
 
 
 def test_composing_two_attention_functions_is_an_error(registry):

@@ -109,7 +109,7 @@ def time_forwards(specs: list[str], seq: int, batch: int, threads: int, repeats:
 
 
 def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: int, warmup: int,
-               head_dim: int | None = None, topk_profiles: tuple[int, ...] = (16,), clock=WALL_CLOCK,
+               head_dim: int | None = None, topk_profiles: tuple[str, ...] = ("16",), clock=WALL_CLOCK,
                int8_profiles: bool = True) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
     """Median-ready timings of every backend's attention core, the foreign load, and int8 phase profiles."""
     torch.set_num_threads(threads)
@@ -136,12 +136,29 @@ def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: in
             ck.attention_u8s8(q, k, v, pv=pv, profile=profile)
         profiles[pv] = profile / repeats
     if ck.TOPK_AVAILABLE:
-        for topk in topk_profiles:
+        for label in topk_profiles:
+            topk, k_factor = topk_profile_values(label)
             profile = np.zeros(len(ck.TOPK_PHASES))
             for _ in range(repeats):
-                ck.topk_attention_u8s8(q, k, v, topk=topk, granularity="head", profile=profile)
-            profiles[f"topk{topk}"] = profile / repeats
+                ck.topk_attention_u8s8(q, k, v, topk=topk, granularity="head", k_factor=k_factor, profile=profile)
+            profiles[f"topk{label}"] = profile / repeats
     return timings, load, profiles
+
+
+def topk_profile_values(label: str) -> tuple[int, int]:
+    """``"16"`` → (16, 1), ``"16x2"`` → (16, 2): the ``k`` and ``k_factor`` of a ``--topk-profile`` value."""
+    k, _, factor = label.partition("x")
+    return int(k), int(factor or 1)
+
+
+def topk_profile_arg(label: str) -> str:
+    try:
+        k, factor = topk_profile_values(label)
+    except ValueError:
+        k = factor = 0
+    if k < 1 or factor < 1:
+        raise argparse.ArgumentTypeError(f"{label!r}: give K or KxF (k and k_factor, both >= 1), e.g. 16 or 16x2")
+    return label
 
 
 def latency_table(results: dict[tuple[int, int], tuple[dict[str, Timing], float | None, dict]], specs: list[str]) -> str:
@@ -192,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("-b", "--backend", action="append", help=f"backend specs (default: {', '.join(BACKENDS)})")
     parser.add_argument("--head-dim", type=int, default=None, help="head dim of the random q/k/v (default: the model's)")
-    parser.add_argument("--topk-profile", type=int, nargs="*", default=[16],
-                        help="k values of the fused top-k kernel's phase profile (granularity=head)")
+    parser.add_argument("--topk-profile", type=topk_profile_arg, nargs="*", default=["16"],
+                        help="K or KxF (k, k_factor) of the fused top-k kernel's phase profiles (granularity=head)")
     parser.add_argument("--no-int8-profile", action="store_true", help="skip fbgemm-int8's phase tables")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall seconds (default) or process CPU seconds per call")
@@ -232,10 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     for pv in () if args.no_int8_profile or args.head_dim else ("int8", "float"):
         print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (per call, summed over threads)\n")
         print(breakdown_table(results, pv))
-    for topk in args.topk_profile if ck.TOPK_AVAILABLE else ():
-        print(f"\n### Where the fused top-k kernel (`topk:k={topk},scorer=fbgemm`) spends its time "
-              "(per call, summed over threads)\n")
-        print(breakdown_table(results, f"topk{topk}", ck.TOPK_PHASES))
+    for label in args.topk_profile if ck.TOPK_AVAILABLE else ():
+        topk, k_factor = topk_profile_values(label)
+        spec = f"topk:k={topk},scorer=fbgemm" + (f",k_factor={k_factor}" if k_factor > 1 else "")
+        print(f"\n### Where the fused top-k kernel (`{spec}`) spends its time (per call, summed over threads)\n")
+        print(breakdown_table(results, f"topk{label}", ck.TOPK_PHASES))
     if not args.no_gemm:
         print("\n### Raw GEMM: int8 FBGEMM (packing included) vs fp32 torch.matmul, Q·Kᵀ shapes\n")
         print(gemm_table(bench.gemm_gops()))
