@@ -247,20 +247,37 @@ cdef int _select_row(const int32_t* src, int32_t* r, int ld, int k, int32_t* can
         c += _POPCOUNT[mask]
         idx = _mm256_add_epi32(idx, step)
     _mm256_storeu_si256(<__m256i*>(cv + c), minv)  # pad the last vector (cv has ld + 8 entries)
-    return _kth_select(cand, cv, c, k, low, hi, sel)
+    return _kth_select(cand, cv, c, k, low, hi, sel, rk.mode == TOKEN or rk.mode == FLOAT)
+
+
+cdef inline double _unordered(long long x) noexcept nogil:
+    # the float32 whose ordered int32 (``_ordered``) is x
+    cdef uint32_t bits = <uint32_t>x if x >= 0 else (<uint32_t>(-x) | 0x80000000u)
+    cdef float f
+    memcpy(&f, &bits, 4)
+    return f
+
+
+cdef inline long long _ordered_scalar(float f) noexcept nogil:
+    cdef int32_t bits
+    memcpy(&bits, &f, 4)
+    return bits if bits >= 0 else -<long long>(bits & 0x7FFFFFFF)
 
 
 cdef int _kth_select(const int32_t* cand, const int32_t* cv, int c, int k, int32_t low, long long hi,
-                     int32_t* sel) noexcept nogil:
+                     int32_t* sel, bint floats) noexcept nogil:
     """Of the c values cv (with their indices cand, in increasing order), the indices of the k largest, ties
     to the first, written to sel in order; returns k.  Requires c >= k, every cv[i] in [low, hi], and cv padded
     with INT32_MIN to a multiple of 8 (cand too: any values).  sel has room for k + 8.
     3. the k-th largest value T: interpolation between the counts at the ends of the bracket [low, hi],
        every other step a plain bisection (so at most twice as many steps as bisection alone; usually far
-       fewer), counting with AVX2 compares, stopping at the first threshold with exactly k values above;
+       fewer), counting with AVX2 compares, stopping at the first threshold with exactly k values above.
+       With ``floats`` (cv are ordered float32 bits) the interpolation runs on the float values: their bit
+       patterns are spaced logarithmically, with a wide empty gap around zero;
     4. the values > T, then the first ones == T (branch-free)."""
     cdef int cvec = (c + 7) // 8, cl, ch, step_, cnt, got, need, i, v, eq, take
     cdef long long lo = low, mid
+    cdef double flo, fmid
     cdef int32_t t, x_i
     cdef unsigned int mask
     cdef __m256i lvec
@@ -273,7 +290,12 @@ cdef int _kth_select(const int32_t* cand, const int32_t* cv, int c, int k, int32
             mid = lo + (hi - lo + 1) // 2
         else:
             # (a double division: a 64-bit integer one costs tens of cycles; any mid in (lo, hi] is correct)
-            mid = lo + <long long>ceil(<double>(hi - lo) * (cl - k) / (cl - ch))
+            if floats:
+                flo = _unordered(lo)
+                fmid = flo + (_unordered(hi) - flo) * (cl - k) / (cl - ch)
+                mid = _ordered_scalar(<float>fmid) if fmid == fmid else lo + (hi - lo + 1) // 2
+            else:
+                mid = lo + <long long>ceil(<double>(hi - lo) * (cl - k) / (cl - ch))
             mid = lo + 1 if mid <= lo else (hi if mid > hi else mid)
         step_ += 1
         cnt = _count_above(cv, cvec, <int32_t>(mid - 1))
@@ -402,7 +424,7 @@ cdef int _rerank_row(float* s, int32_t* sel, int n, int k, int32_t* pos, int32_t
         lo_v = _mm256_min_epi32(lo_v, _mm256_blendv_epi8(lo_v, x, real))
         idx = _mm256_add_epi32(idx, step)
     k = _kth_select(pos, cv, n, k, _mm256_cvtsi256_si32(_fold_lanes(lo_v, 1)),
-                    _mm256_cvtsi256_si32(_fold_lanes(hi_v, 2)), best)
+                    _mm256_cvtsi256_si32(_fold_lanes(hi_v, 2)), best, True)
     for t in range(k):  # best is increasing and best[t] >= t: forward compaction in place
         sel[t] = sel[best[t]]
         s[t] = s[best[t]]
