@@ -16,8 +16,8 @@ import cython_kernels as ck
 from harness import ParamError, SpecError, load_registry
 from plugins.topk import refine_keys, select_keys
 
-pytestmark = pytest.mark.skipif(not ck.TOPK_AVAILABLE,
-                                reason=f"fused top-k kernel unavailable: {ck.TOPK_UNAVAILABLE_REASON}")
+needs_kernel = pytest.mark.skipif(not ck.TOPK_AVAILABLE,
+                                  reason=f"fused top-k kernel unavailable: {ck.TOPK_UNAVAILABLE_REASON}")
 
 GRANULARITIES = ("head", "token", "tensor")
 SCALING = 2.0 ** -4
@@ -63,6 +63,7 @@ CASES = [(64, 64, 1, 2), (64, 64, 3, 3), (64, 64, 16, 2), (64, 64, 8, 8), (96, 9
          (96, 96, 16, 1), (40, 48, 5, 16)]
 
 
+@needs_kernel
 @pytest.mark.parametrize("seq,dim,topk,factor", CASES)
 def test_native_rerank_equals_the_numpy_reference(seq, dim, topk, factor):
     q, k, v, approx, valid = integer_case(3, 2, seq, dim, seed=seq + topk * factor)
@@ -106,6 +107,7 @@ def torch_steps(backend, q, k, v, mask, scaling):
         backend.fused, backend.native = fused, native
 
 
+@needs_kernel
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("factor", [2, 3, 16])
 def test_fused_kernel_rerank_equals_the_torch_steps(granularity, factor):
@@ -119,6 +121,7 @@ def test_fused_kernel_rerank_equals_the_torch_steps(granularity, factor):
     torch.testing.assert_close(fused[rows], reference[rows], atol=1e-6, rtol=0)
 
 
+@needs_kernel
 @pytest.mark.parametrize("bits,factor", [(3, 2), (8, 3), (4, 16)])
 def test_fake_scorer_native_rerank_equals_the_torch_steps(bits, factor):
     q, k, v, valid, mask = random_case(seed=bits)
@@ -128,6 +131,7 @@ def test_fake_scorer_native_rerank_equals_the_torch_steps(bits, factor):
     torch.testing.assert_close(native, torch_steps(backend, q, k, v, mask, 0.2), atol=1e-5, rtol=0)
 
 
+@needs_kernel
 def test_rerank_changes_the_selection_and_k_factor_one_does_not():
     """Re-ranking is not a no-op (a coarse scorer's keys change), and k_factor=1 is the plain selection."""
     q, k, v, valid, mask = random_case(seed=5)
@@ -138,6 +142,7 @@ def test_rerank_changes_the_selection_and_k_factor_one_does_not():
     assert (two - plain).abs().max() > 1e-3
 
 
+@needs_kernel
 @pytest.mark.parametrize("scorer", ["fbgemm", "fake"])
 def test_recall_is_one_when_every_key_is_a_candidate(scorer):
     """With k * k_factor >= the keys, re-ranking picks the exact top-k: recall 1 and the exact softmax mass, where
@@ -152,6 +157,7 @@ def test_recall_is_one_when_every_key_is_a_candidate(scorer):
     assert stats[1]["topk_recall"] < 0.999 and stats[8]["topk_mass"] > stats[1]["topk_mass"]
 
 
+@needs_kernel
 def test_k_at_least_the_valid_length_is_dense_and_padding_threads_do_not_matter():
     q, k, v, valid, _ = random_case(seq=70, seed=2)
     lengths = [70, 42, 20]
@@ -168,6 +174,7 @@ def test_k_at_least_the_valid_length_is_dense_and_padding_threads_do_not_matter(
     torch.testing.assert_close(out[rows], dense.transpose(1, 2)[rows], atol=1e-5, rtol=0)
 
 
+@needs_kernel
 def test_non_finite_query_rows_and_profile():
     q, k, v, valid, mask = random_case(seed=3)
     q[0, 1, 7, 3] = float("nan")
@@ -180,6 +187,7 @@ def test_non_finite_query_rows_and_profile():
     torch.testing.assert_close(native, torch_steps(backend, q, k, v, mask, 0.2), atol=1e-5, rtol=0, equal_nan=True)
 
 
+@needs_kernel
 def test_bad_k_factor_is_refused():
     q, k, v, valid, _ = random_case(seq=20)
     with pytest.raises(ValueError, match="k_factor"):
@@ -189,3 +197,24 @@ def test_bad_k_factor_is_refused():
     for spec in ("topk:k=4,k_factor=0", "topk:k=4,k_factor=17", "topk:k=4,k_factor=two"):
         with pytest.raises((ParamError, SpecError), match="k_factor"):
             load_registry().resolve(spec)
+
+
+def test_torch_steps_rerank_without_the_kernel(monkeypatch):
+    """Without the compiled kernel (or off float32 CPU), the torch steps re-rank: a float64 model input with
+    every key a candidate gives the exact top-k attention, which with k >= the length is dense attention."""
+    monkeypatch.setattr(ck, "TOPK_AVAILABLE", False)
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 3, 12, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    backend = load_registry().resolve("topk:k=12,bits=2,k_factor=2").attention_part
+    assert not backend.native(q, k, v) and not backend.fused()
+    out = backend.attention(_Module(), q, k, v, None, scaling=0.25)[0]
+    dense = torch.softmax((q @ k.transpose(-1, -2)) * 0.25, dim=-1) @ v
+    torch.testing.assert_close(out, dense.transpose(1, 2), atol=1e-12, rtol=0)
+    exact = load_registry().resolve("topk:k=3,bits=2,k_factor=4").attention_part  # all 12 keys are candidates
+    scores = (q @ k.transpose(-1, -2)) * 0.25
+    top = scores.topk(3, dim=-1).indices
+    weights = torch.softmax(scores.gather(-1, top), dim=-1)
+    expected = (weights.unsqueeze(-1) * v[:, :, None].expand(-1, -1, 12, -1, -1).gather(
+        -2, top.unsqueeze(-1).expand(-1, -1, -1, -1, 16))).sum(-2)
+    torch.testing.assert_close(exact.attention(_Module(), q, k, v, None, scaling=0.25)[0], expected.transpose(1, 2),
+                               atol=1e-12, rtol=0)

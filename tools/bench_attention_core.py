@@ -147,8 +147,8 @@ def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: in
 
 def topk_profile_values(label: str) -> tuple[int, int]:
     """``"16"`` → (16, 1), ``"16x2"`` → (16, 2): the ``k`` and ``k_factor`` of a ``--topk-profile`` value."""
-    k, _, factor = label.partition("x")
-    return int(k), int(factor or 1)
+    k, x, factor = label.partition("x")
+    return int(k), int(factor) if x else 1
 
 
 def topk_profile_arg(label: str) -> str:
