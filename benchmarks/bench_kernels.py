@@ -71,7 +71,11 @@ class TopkRerankAttention(TopkAttention):
     param_names = ["k_factor", "seq", "head_dim", "threads"]
 
     def setup(self, k_factor, seq, head_dim, threads):
+        import inspect
+
         super().setup(16, seq, head_dim, threads)
+        if "k_factor" not in inspect.signature(self.fn).parameters:  # asv runs today's suite on older commits
+            raise NotImplementedError("topk_attention_u8s8 has no k_factor in this version of attnbench")
 
     def time_topk_attention(self, k_factor, seq, head_dim, threads):
         q, kk, v = self.qkv

@@ -218,3 +218,28 @@ def test_torch_steps_rerank_without_the_kernel(monkeypatch):
         -2, top.unsqueeze(-1).expand(-1, -1, -1, -1, 16))).sum(-2)
     torch.testing.assert_close(exact.attention(_Module(), q, k, v, None, scaling=0.25)[0], expected.transpose(1, 2),
                                atol=1e-12, rtol=0)
+
+
+@needs_kernel
+def test_asv_rerank_track_runs_and_skips_on_a_version_without_k_factor(monkeypatch):
+    """asv runs today's suite against older commits: there the kernel has no ``k_factor``, a skip, not a
+    failure."""
+    import importlib
+
+    monkeypatch.setenv("ATTNBENCH_ASV_EXTENDED", "1")
+    importlib.reload(importlib.import_module("benchmarks.common"))
+    bench = importlib.reload(importlib.import_module("benchmarks.bench_kernels"))
+    case = bench.TopkRerankAttention()
+    case.setup(2, 128, 32, 1)
+    case.qkv = [x[:1, :2] for x in case.qkv]  # a small slice: the call, not its speed, is under test
+    case.time_topk_attention(2, 128, 32, 1)
+
+    def without_k_factor(q, k, v, key_valid=None, *, topk, scaling=None, granularity="token", smooth_k=False,
+                         threads=None, profile=None):
+        raise AssertionError("not called")
+    monkeypatch.setattr(ck, "topk_attention_u8s8", without_k_factor)
+    with pytest.raises(NotImplementedError, match="no k_factor"):
+        case.setup(2, 128, 32, 1)
+    monkeypatch.delenv("ATTNBENCH_ASV_EXTENDED")
+    importlib.reload(importlib.import_module("benchmarks.common"))
+    importlib.reload(bench)
