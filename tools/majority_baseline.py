@@ -43,7 +43,7 @@ def main(store: str = "results/store") -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("legacy_store", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--store", default=None, metavar="DIR|URL",
                         help="results store, a directory or an fsspec URL (default results/store)")

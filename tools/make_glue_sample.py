@@ -82,7 +82,7 @@ def build(source: Path, target: Path, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="directory laid out as <task>/<split>.parquet")
     parser.add_argument("target", type=Path, help="where to write the sample")
     parser.add_argument("--seed", type=int, default=20261123)

@@ -88,7 +88,7 @@ def errors(out: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> tuple[f
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="qnli,mnli-m")
     parser.add_argument("--seq", type=int, nargs="+", default=[128, 512])
     args = parser.parse_args(argv)

@@ -213,7 +213,7 @@ def synthetic(store: Path | None, *, trials: int = 20, commits: int = 20, step: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["history", "measure", "check", "all", "synthetic"])
     parser.add_argument("dir", nargs="?", type=Path, help="the throwaway repository (history, measure, check, all)")
     parser.add_argument("--commits", type=int, default=20)

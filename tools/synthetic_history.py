@@ -92,7 +92,7 @@ def trial(rng: np.random.Generator, noise: dict[str, float], step: float, sample
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", "--from-store", dest="from_store", default="results/noise", metavar="DIR|URL",
                         help="store of repeated runs (a directory or an fsspec URL)")
     parser.add_argument("--backend", default="fbgemm-int8", help="whose measured noise the slowed backend gets")
