@@ -37,7 +37,8 @@ Then, the same code for both:
           With fewer valid keys than k, every valid key is selected.
     exact  s_j = (q . k_j) * scaling in float32 for the selected keys only (read in place);
     re-rank (k_factor > 1: the selection above took topk * k_factor candidates): the topk candidates of
-          largest s_j (ties to the lower key index) by steps 3-4 on their ordered bits, the rest dropped;
+          largest s_j (ties to the lower key index), ranked on their ordered bits by pairwise counting (up
+          to 64 candidates; steps 3-4 beyond), the rest dropped;
     softmax over them, out = sum_j p_j v_j written straight into the (batch, seq, heads, dim) output.
 
 No gathered copies of K or V.  Non-finite inputs (detected from their bits): a query row holding NaN or
