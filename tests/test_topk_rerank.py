@@ -58,8 +58,9 @@ def expected_kept(q, k, approx, valid, topk, factor) -> torch.Tensor:
     return kept
 
 
-# (seq = dim: 64 takes the head-dim-64 loops, 96 the generic ones; k * factor > 64 takes _kth_select)
-CASES = [(64, 64, 1, 2), (64, 64, 3, 3), (64, 64, 16, 2), (64, 64, 8, 8), (96, 96, 16, 3), (96, 96, 20, 4),
+# (dim >= seq for the one-hot values; head dims 32 and 64 take their own loops, 48 and 96 the generic ones; more
+# than 64 candidates take _kth_select)
+CASES = [(32, 32, 4, 3), (32, 32, 1, 16), (64, 64, 1, 2), (64, 64, 3, 3), (64, 64, 16, 2), (64, 64, 8, 8), (96, 96, 16, 3), (96, 96, 20, 4),
          (96, 96, 16, 1), (40, 48, 5, 16)]
 
 
