@@ -298,7 +298,7 @@ class TopK(Backend):
         (:func:`refine_keys`; with ``k_factor=1`` the ``k`` best by the approximate scores)."""
         k, factor = self.values["k"], self.values["k_factor"]
         index, selected = select_keys(approximate, valid_keys, k * factor)
-        return refine_keys(query, key, index, selected, k, scaling) if factor > 1 else (index, selected)
+        return refine_keys(query, key, index, selected, k, scaling)  # (k_factor=1: the candidates as they are)
 
     def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
