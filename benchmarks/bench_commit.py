@@ -60,11 +60,15 @@ class CommitSpeed:
         return cache["values"][(backend, part)]
 
     track_seconds.unit = "seconds"
+    track_seconds.category = "speed"
+    track_seconds.direction = "lower"
 
     def track_vs_dense(self, cache, backend, part):
         return cache["values"][(backend, part)] / cache["values"][("dense", part)]
 
     track_vs_dense.unit = "ratio"
+    track_vs_dense.category = "speed"
+    track_vs_dense.direction = "lower"  # time ÷ dense's time: below 1 is faster
 
 
 class CommitInstructions:
@@ -102,6 +106,8 @@ class CommitInstructions:
         return cache["values"][(backend, part)]
 
     track_instructions.unit = "instructions"
+    track_instructions.category = "instructions"
+    track_instructions.direction = "lower"
 
 
 class CommitGemm:
@@ -117,3 +123,5 @@ class CommitGemm:
         return speedup_int8_vs_fp32(12, 128, 64, 1)
 
     track_int8_speedup.unit = "x"
+    track_int8_speedup.category = "speed"
+    track_int8_speedup.direction = "higher"  # fp32 time ÷ int8 time

@@ -35,6 +35,8 @@ class GemmSpeedup:
         return speedup_int8_vs_fp32(batch_heads, seq, head_dim, threads)
 
     track_int8_speedup.unit = "x"
+    track_int8_speedup.category = "speed"
+    track_int8_speedup.direction = "higher"  # fp32 time ÷ int8 time
 
 
 class TopkAttention:

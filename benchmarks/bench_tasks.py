@@ -1,12 +1,13 @@
 """Task metric, agreement with dense and attention fidelity per backend × GLUE task (``track_*``).
 
 One harness run in ``setup_cache`` measures every backend on every task (the first ``TRACK_LIMIT`` examples
-of the bundled sample); the ``track_*`` methods read its rows.
+of the bundled sample); the ``track_*`` methods read its rows. An explicit selection (``ATTNBENCH_ASV_TASKS=1``
+or ``ATTNBENCH_ASV_EXTENDED=1``): it costs far more per commit than the per-commit suite.
 """
 
 from harness.tracking import TrackedRun
 
-from .common import BACKENDS, TASKS, TRACK_LIMIT
+from .common import BACKENDS, TASK_QUALITY, TASKS, TRACK_LIMIT
 
 
 class TaskQuality:
@@ -28,13 +29,23 @@ class TaskQuality:
         return run.main_metric(backend, task)
 
     track_metric.unit = "score"
+    track_metric.category = "quality"
+    track_metric.direction = "higher"
 
     def track_agreement(self, run, backend, task):
         return run.value(backend, task, "agreement")
 
     track_agreement.unit = "ratio"
+    track_agreement.category = "agreement"
+    track_agreement.direction = "higher"
 
     def track_attention_cosine(self, run, backend, task):
         return run.value(backend, task, "attn_cosine_mean")
 
     track_attention_cosine.unit = "cosine"
+    track_attention_cosine.category = "fidelity"
+    track_attention_cosine.direction = "higher"
+
+
+if not TASK_QUALITY:  # an explicit selection: ATTNBENCH_ASV_TASKS=1 (or ATTNBENCH_ASV_EXTENDED=1)
+    del TaskQuality

@@ -149,12 +149,14 @@ def cmd_import_asv(args: argparse.Namespace) -> int:
     from .history.asv_import import import_asv
 
     summary = import_asv(args.results, args.store)
-    print(f"{summary.files} asv result file(s): {summary.imported} imported ({summary.rows} rows), "
-          f"{summary.skipped_existing} already in {args.store}")
+    print(f"{summary.files} asv result file(s): {summary.rows} measurement(s) imported, "
+          f"{summary.skipped_measurements} already in {args.store}")
     if summary.skipped_version or summary.skipped_unknown:
         print(f"skipped {summary.skipped_version} benchmark result(s) recorded with another version of the "
               f"benchmark than {args.results}/benchmarks.json (their parameters may be named or ordered "
               f"differently now) and {summary.skipped_unknown} of benchmark(s) no longer in it")
+    for why in (summary.undeclared or {}).values():
+        print(f"not imported: {why}")
     return 0
 
 

@@ -32,14 +32,14 @@ def test_results_of_another_benchmark_version_are_skipped_not_relabelled(tmp_pat
     store = tmp_path / "store"
     assert main(["import-asv", str(results), "--store", str(store)]) == 0
     out = capsys.readouterr().out
-    assert "2 asv result file(s): 2 imported (0 rows)" in out  # the fixture holds only time_attention_core
+    assert "2 asv result file(s): 0 measurement(s) imported, 0 already in" in out  # the fixture holds only time_attention_core
     assert "skipped 2 benchmark result(s) recorded with another version" in out
     rows = read_results(store)
     assert rows.empty or CORE not in set(rows["metric"])
 
     shutil.copy(ASV_FIXTURE / "benchmarks.json", results / "benchmarks.json")  # the suite of their version
     assert main(["import-asv", str(results), "--store", str(store)]) == 0
-    assert "2 imported (32 rows)" in capsys.readouterr().out
+    assert "2 asv result file(s): 32 measurement(s) imported, 0 already in" in capsys.readouterr().out
     core = read_results(store)
     assert set(core["seq_len"]) == {128, 512} and set(core["threads"]) == {1, 2}
 

@@ -129,7 +129,7 @@ def test_asv_results_fixture_imports_idempotently(tmp_path, capsys):
     assert main(["import-asv", str(results), "--store", str(store)]) == 0
     first = read_results(store)
     assert main(["import-asv", str(results), "--store", str(store)]) == 0
-    assert "0 imported" in capsys.readouterr().out.splitlines()[-1]
+    assert "0 measurement(s) imported, 32 already in" in capsys.readouterr().out.splitlines()[-1]
     assert len(read_results(store)) == len(first) > 0
     assert set(first["source"]) == {"asv"} and first["commit"].nunique() >= 2
     speed = first[first["metric"] == "bench_speed.BackendSpeed.time_attention_core"]

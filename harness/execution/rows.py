@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..backends.contract import ResolvedBackend
+from ..history.schema import check_vocabulary
 from ..provenance import cpu_facts, git_commit, library_versions, machine_id
 
 
@@ -26,6 +27,7 @@ def row(common: dict[str, Any], backend: ResolvedBackend, category: str, metric:
 
     ``extra`` (JSON) holds the backend's :meth:`~harness.Backend.run_facts` plus ``facts`` of the measurement.
     """
+    check_vocabulary(category, direction, where=f"row {metric!r}")
     extra = {**backend.run_facts(), **(facts or {})}
     return {**common, "plugin": backend.plugin, "plugin_dist": backend.plugin_dist,
             "plugin_version": backend.plugin_version, "backend": backend.spec, "backend_name": backend.name,

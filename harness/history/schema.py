@@ -33,6 +33,33 @@ IDENTITY, SETTING, DESCRIPTIVE, VALUE = "identity", "setting", "descriptive", "v
 SCHEMA_VERSION = 5
 
 
+#: The vocabulary of the ``category`` column: every row, the harness's own and those imported from asv, uses
+#: one of these. asv benchmarks declare theirs as a ``category`` attribute (``track_*`` methods) or get it from
+#: their type (``time_*``: speed, ``peakmem_*``: memory).
+CATEGORIES: dict[str, str] = {
+    "quality": "a task metric of a backend's predictions (accuracy, F1, MCC, Pearson, ...)",
+    "paired": "the paired change of a task metric against the reference backend on the same examples",
+    "baseline": "a task metric of a constant predictor (the floor a task metric is read against)",
+    "agreement": "agreement of a backend's predictions or logits with the reference backend's",
+    "fidelity": "attention-level closeness to the reference (cosine, error, top-k recall)",
+    "throughput": "timing of a whole evaluation pass (tokens/s, wall time, padding)",
+    "speed": "latency of a forward or attention core, or a ratio of latencies",
+    "memory": "peak memory or model size",
+    "instructions": "instruction counts under callgrind (deterministic)",
+}
+#: The vocabulary of the ``direction`` column: which way a value is better.
+DIRECTIONS: tuple[str, ...] = ("higher", "lower")
+
+
+def check_vocabulary(category: str, direction: str, *, where: str = "a row") -> None:
+    """Raise ``ValueError`` naming ``where`` if ``category`` is not in :data:`CATEGORIES` or ``direction``
+    not in :data:`DIRECTIONS`."""
+    if category not in CATEGORIES:
+        raise ValueError(f"{where}: category {category!r} is not one of {', '.join(CATEGORIES)}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"{where}: direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
+
+
 @dataclass(frozen=True)
 class Column:
     """One column of the row schema."""
@@ -67,11 +94,11 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("n_examples", pa.int64(), SETTING, "examples evaluated (latency rows: the batch)"),
     Column("batch_size", pa.int32(), SETTING, "latency shape: batch (speed and memory rows)"),
     Column("seq_len", pa.int32(), SETTING, "latency shape: tokens (speed and memory rows)"),
-    Column("category", pa.string(), DESCRIPTIVE, "quality | agreement | fidelity | throughput | speed | memory"),
+    Column("category", pa.string(), DESCRIPTIVE, "what kind of measurement: one of CATEGORIES"),
     Column("metric", pa.string(), IDENTITY),
     Column("value", pa.float64(), VALUE),
     Column("unit", pa.string(), DESCRIPTIVE),
-    Column("direction", pa.string(), DESCRIPTIVE, '"higher" or "lower" is better'),
+    Column("direction", pa.string(), DESCRIPTIVE, 'which way is better: one of DIRECTIONS ("higher", "lower")'),
     Column("samples", pa.list_(pa.float64()), VALUE, "raw samples where they exist (timings)"),
     Column("extra", pa.string(), DESCRIPTIVE, "JSON: backend run facts and anything source-specific"),
     Column("plan_id", pa.string(), DESCRIPTIVE, "hash of the run's definition; resuming matches on it"),

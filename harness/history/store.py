@@ -22,7 +22,8 @@ import re
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping
 
 import fsspec
 import pandas as pd
@@ -96,12 +97,17 @@ def _partition(machine: str, date: str) -> str:
     return f"machine={machine}/date={date}"
 
 
-def write_rows(store: Path | str, rows: Iterable[Mapping[str, Any]], run: Mapping[str, Any]) -> list[str]:
+def write_rows(store: Path | str, rows: Iterable[Mapping[str, Any]], run: Mapping[str, Any], *,
+               name: str | None = None) -> list[str]:
     """Append rows to the store; return the files written (one per machine × date in the rows).
 
     Each row is a mapping with the keys of :data:`SCHEMA` plus ``machine``; ``date`` is derived from the
     row's UTC ``timestamp``. Missing keys are stored as null. ``run`` is the run-level metadata (JSON-able).
     ``store`` is a directory or an fsspec URL.
+
+    ``name``: the file name to use in each partition, for content-addressed writes (the name derived from
+    what the rows are): on a local store a file of that name that is already there is left as it is and the
+    rows are not written again. Without it, a unique name is made from the run id.
     """
     frame = pd.DataFrame(list(rows))
     if frame.empty:
@@ -121,16 +127,50 @@ def write_rows(store: Path | str, rows: Iterable[Mapping[str, Any]], run: Mappin
         table = pa.Table.from_pandas(group[list(SCHEMA.names)], schema=SCHEMA, preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         directory = f"{root}/{_partition(str(machine), str(date))}"
-        name = f"part-{run.get('run_id', 'run')}-{uuid.uuid4().hex[:12]}.parquet"
-        written.append(_write_atomically(fs, table, directory, name))
+        filename = name or f"part-{run.get('run_id', 'run')}-{uuid.uuid4().hex[:12]}.parquet"
+        written.append(_write_atomically(fs, table, directory, filename, replace=name is None))
     return written
 
 
-def _write_atomically(fs: Any, table: pa.Table, directory: str, name: str) -> str:
+@contextmanager
+def store_lock(store: Path | str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive lock on a local store (``<store>/.import.lock``, ignored by readers) while a
+    read-decide-write sequence runs, so that two processes doing it at once see each other's rows.
+
+    Object stores have no such lock: there, the callers name their files by content (``write_rows(name=…)``).
+    Raises :class:`~harness.errors.StoreError` after ``timeout`` seconds of waiting.
+    """
+    fs, root = _filesystem(store)
+    if not isinstance(fs, LocalFileSystem):
+        yield
+        return
+    import fcntl
+    import time
+
+    fs.makedirs(root, exist_ok=True)
+    with open(f"{root}/.import.lock", "a+") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"store {store}: another process has held {root}/.import.lock for "
+                                     f"{timeout:.0f} s; wait for it, or remove the file if no process runs") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomically(fs: Any, table: pa.Table, directory: str, name: str, *, replace: bool = True) -> str:
     """Write under a hidden temporary name (ignored by readers), then rename: readers never see a partial file.
 
-    Locally the data is fsync'ed before an atomic ``os.replace``; on object stores the final name is
-    created by ``fs.mv`` of a complete object.
+    Locally the data is fsync'ed before an atomic ``os.replace`` (or, with ``replace=False``, an ``os.link``
+    that leaves a file already there as it is); on object stores the final name is created by ``fs.mv`` of a
+    complete object.
     """
     final, tmp = f"{directory}/{name}", f"{directory}/.{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
     fs.makedirs(directory, exist_ok=True)
@@ -140,7 +180,14 @@ def _write_atomically(fs: Any, table: pa.Table, directory: str, name: str) -> st
                 pq.write_table(table, handle, compression="zstd")
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, final)
+            if replace:
+                os.replace(tmp, final)
+            else:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    pass  # the same content, written by an earlier or concurrent writer
+                os.unlink(tmp)
         else:
             with fs.open(tmp, "wb") as handle:
                 pq.write_table(table, handle, compression="zstd")
