@@ -66,7 +66,7 @@ class CommitSpeed:
     def track_vs_dense(self, cache, backend, part):
         return cache["values"][(backend, part)] / cache["values"][("dense", part)]
 
-    track_vs_dense.unit = "ratio"
+    track_vs_dense.unit = "x"
     track_vs_dense.category = "speed"
     track_vs_dense.direction = "lower"  # time ÷ dense's time: below 1 is faster
 

@@ -242,39 +242,37 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
-    from .history.compare import format_param
-    from .history.regressions import compare_hint, find_regressions, to_frame
-    from .history.scales import format_change
+    from .history.regressions import coverage_notes, find_regressions, format_points, history_order, to_frame
     from .history.store import read_results
-    import pandas as pd
 
     _check_thresholds(args, "min_effect", "min_abs_effect")
     rows = read_results(args.store)
     if args.category:
-        rows = rows[rows["category"].isin(args.category)]
+        rows = _rows_of_categories(rows, args.category, args.store)
+    order = history_order(rows, args.repo)
     points = to_frame(find_regressions(rows, alpha=args.alpha, min_effect=args.min_effect,
                                        min_abs_effect=args.min_abs_effect,
                                        categories=tuple(args.category) if args.category else None,
-                                       relative_to=None if args.absolute_only else args.reference))
-    hint = compare_hint(rows)
-    if points.empty:
-        print("no significant change points")
-        if hint:
-            print(hint)
-        return 0
-    if not args.all:
-        points = points[points["kind"] == "regression"]
-    print("| kind | suspected commit | previous | series | before | after | step | p (permutation) |")
-    print("|---|---|---|---|---:|---:|---:|---:|")
-    points["series_kind"] = points["relative_to"].map(lambda r: f" (÷ {r} of the same run)" if r else "")
-    for r in points.itertuples():
-        series = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in ("metric", "backend", "task", "threads", "seq_len",
-                                                            "machine") if pd.notna(getattr(r, k)))
-        print(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series}{r.series_kind} | {r.before:.4g} | {r.after:.4g} | "
-              f"{format_change(r.change, r.scale)} | {r.p_value:.3g} |")
-    if hint:
-        print(hint)
-    return 1 if (points["kind"] == "regression").any() else 0
+                                       relative_to=None if args.absolute_only else args.reference, order=order))
+    print(format_points(points, include_improvements=args.all))
+    for note in order.notes() + coverage_notes(order, alpha=args.alpha):
+        print(note)
+    return 1 if len(points) and (points["kind"] == "regression").any() else 0
+
+
+def _rows_of_categories(rows: pd.DataFrame, categories: list[str], store: str) -> pd.DataFrame:
+    """The rows of ``--category`` values; a category outside the vocabulary, or one without rows, is refused."""
+    from .history.schema import CATEGORIES
+
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise UserError(f"--category {', '.join(unknown)}: not a category; use one of {', '.join(CATEGORIES)}")
+    chosen = rows[rows["category"].isin(categories)]
+    if chosen.empty:
+        held = ", ".join(sorted(rows["category"].dropna().unique())) or "no rows at all"
+        raise UserError(f"no rows of category {', '.join(categories)} in {store} (it holds: {held}); measure or "
+                        "import them first (asv rows take the category their benchmark declares)")
+    return chosen
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -443,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="dense",
                    help="also search speed series divided by this backend's value in the same run (default dense)")
     p.add_argument("--absolute-only", action="store_true", help="do not search the relative series")
+    p.add_argument("--repo", metavar="DIR", help="git repository whose history orders the commits (default: the "
+                   "current directory's); commits it does not have are left out and counted")
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="DIR|URL", help=store_help)
     p.set_defaults(func=cmd_regressions)
 

@@ -149,3 +149,48 @@ def test_ab_measures_two_revisions_alternately(tmp_path, tiny_model_dir):
     assert {(r.backend, r.relative_to) for r in results} == {("dense", None), ("dense:impl=eager", None),
                                                              ("dense:impl=eager", "dense")}
     assert all(r.n == 2 for r in results)
+
+
+def test_kernels_are_rebuilt_only_when_their_compiled_sources_differ(tmp_path, monkeypatch):
+    """Two revisions whose ``cython_kernels/`` differ only in a Python file share one build; a ``.pyx``
+    change is built (``attnbench ab`` exports each revision and copies or builds its extensions)."""
+    import subprocess
+
+    from harness.execution import ab_runner
+
+    repo = tmp_path / "repo"
+    (repo / "cython_kernels").mkdir(parents=True)
+
+    def commit(path: str, text: str) -> str:
+        (repo / path).write_text(text)
+        subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", path],
+                       check=True)
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "setup.py").write_text("raise SystemExit('no build expected')\n")
+    first = commit("cython_kernels/_k.pyx", "def f(): return 1\n")
+    python_only = commit("cython_kernels/ops.py", "X = 2\n")
+    kernel = commit("cython_kernels/_k.pyx", "def f(): return 2\n")
+    monkeypatch.setattr(ab_runner, "ROOT", repo)
+    sources = ab_runner.compiled_sources
+    assert sources(first) == sources(python_only) != sources(kernel)
+    assert set(sources(first)) == {"cython_kernels/_k.pyx", "setup.py"}
+    assert sources(None) == sources(kernel)  # the working tree is at the last commit
+
+    (repo / "cython_kernels" / "_k.so").write_text("built from the working tree")  # this checkout's build
+    logged: list[str] = []
+    with pytest.raises(subprocess.CalledProcessError):  # differs from this checkout, nothing to reuse: built
+        ab_runner.prepare_checkout(first, "A", tmp_path / "x", logged.append)
+    assert logged == [f"building the kernels of A ({first}) in place"]
+    built_a = tmp_path / "built-a"
+    (built_a / "cython_kernels").mkdir(parents=True)
+    (built_a / "cython_kernels" / "_k.so").write_text("built for A")
+    a = ab_runner.Checkout("A", first, first, built_a, sources(first))
+    logged.clear()
+    b = ab_runner.prepare_checkout(python_only, "B", tmp_path / "y", logged.append, reuse_from=a)
+    assert logged == [] and (b.path / "cython_kernels" / "_k.so").read_text() == "built for A"
+    same = ab_runner.prepare_checkout(kernel, "C", tmp_path / "y", logged.append, reuse_from=a)
+    assert logged == [] and (same.path / "cython_kernels" / "_k.so").read_text() == "built from the working tree"

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
@@ -75,14 +75,37 @@ class Checkout:
     rev: str         # as given
     sha: str
     path: Path
+    #: :func:`compiled_sources` of the revision
+    sources: dict[str, str] = field(default_factory=dict)
 
 
-def _kernels_tree(rev: str) -> str:
-    return git("rev-parse", f"{rev}:cython_kernels", repo=ROOT).strip()
+#: What the compiled kernels are built from: a revision whose files of these kinds (and ``setup.py``) equal
+#: this checkout's can reuse its built extensions; a change in a Python file of ``cython_kernels/`` cannot
+#: change them.
+COMPILED_SUFFIXES = (".pyx", ".pxd", ".pxi", ".h", ".hpp", ".c", ".cc", ".cpp")
 
 
-def prepare_checkout(rev: str, label: str, parent: Path, log: Callable[[str], None]) -> Checkout:
-    """Export ``rev`` into ``parent/label`` with its kernels ready (copied or built in place)."""
+def compiled_sources(rev: str | None) -> dict[str, str]:
+    """``{path: blob id}`` of the files the extensions are compiled from (``cython_kernels/*`` of
+    :data:`COMPILED_SUFFIXES`, and ``setup.py``), at revision ``rev`` or, with ``None``, in this checkout's
+    working tree (generated ``.cpp`` files, which git ignores, are not counted)."""
+    if rev is not None:
+        listing = git("ls-tree", "-r", rev, "--", "cython_kernels", "setup.py", repo=ROOT).splitlines()
+        entries = [line.split("\t", 1) for line in listing]
+        return {path: meta.split()[2] for meta, path in entries if path == "setup.py" or path.endswith(COMPILED_SUFFIXES)}
+    tracked = git("ls-files", "--", "cython_kernels", "setup.py", repo=ROOT).splitlines()
+    paths = [p for p in tracked if (p == "setup.py" or p.endswith(COMPILED_SUFFIXES)) and (ROOT / p).is_file()]
+    if not paths:
+        return {}
+    blobs = git("hash-object", "--", *paths, repo=ROOT).split()
+    return dict(zip(paths, blobs))
+
+
+def prepare_checkout(rev: str, label: str, parent: Path, log: Callable[[str], None],
+                     reuse_from: Checkout | None = None) -> Checkout:
+    """Export ``rev`` into ``parent/label`` with its kernels ready: copied from this checkout (or from
+    ``reuse_from``, an export already built) when the sources they are compiled from are the same
+    (:func:`compiled_sources`), built in place otherwise."""
     try:
         sha = git("rev-parse", "--verify", f"{rev}^{{commit}}", repo=ROOT).strip()
     except subprocess.CalledProcessError:
@@ -93,19 +116,25 @@ def prepare_checkout(rev: str, label: str, parent: Path, log: Callable[[str], No
                              check=True).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
-    built = sorted((ROOT / "cython_kernels").glob("*.so"))
     try:
-        same_kernels = built and _kernels_tree(sha) == git("write-tree", "--prefix=cython_kernels/", repo=ROOT).strip()
-    except subprocess.CalledProcessError:
-        same_kernels = False
-    if same_kernels:
-        for so in built:
+        sources = compiled_sources(sha)
+        here = compiled_sources(None)
+    except (OSError, subprocess.SubprocessError):
+        sources, here = {"unknown": label}, {}
+    built = sorted((ROOT / "cython_kernels").glob("*.so"))
+    donor = None
+    if built and sources == here:
+        donor = ROOT
+    elif reuse_from is not None and sources == reuse_from.sources:
+        donor = reuse_from.path
+    if donor is not None:
+        for so in sorted((donor / "cython_kernels").glob("*.so")):
             shutil.copy2(so, target / "cython_kernels" / so.name)
     else:
         log(f"building the kernels of {label} ({rev}) in place")
         subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=target, check=True,
                        capture_output=True)
-    return Checkout(label, rev, sha, target)
+    return Checkout(label, rev, sha, target, sources)
 
 
 def sample_process(checkout: Checkout, settings: dict, timeout: float = 600) -> dict:
@@ -138,8 +167,8 @@ def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...
     rows: list[dict] = []
     base = process_fields(threads)
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-") as tmp:
-        checkouts = {"A": prepare_checkout(rev_a, "A", Path(tmp), log),
-                     "B": prepare_checkout(rev_b, "B", Path(tmp), log)}
+        first = prepare_checkout(rev_a, "A", Path(tmp), log)
+        checkouts = {"A": first, "B": prepare_checkout(rev_b, "B", Path(tmp), log, reuse_from=first)}
         start = time.perf_counter()
         for pair in range(pairs):
             order = ("A", "B") if pair % 2 == 0 else ("B", "A")

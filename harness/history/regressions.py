@@ -13,17 +13,18 @@ first: on 20 commits with 1 % per-commit noise it found a 5 % step in under half
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from .changepoints import e_divisive
+from .changepoints import e_divisive, smallest_p_value
 from .compare import KEY, with_variant
 from .schema import SETTINGS
-from .scales import Scale, change, is_worse, scale_of
-from ..provenance import ROOT, git
+from .scales import Scale, change, format_change, is_worse, scale_of
+from ..provenance import git
 
 
 @dataclass(frozen=True)
@@ -43,38 +44,122 @@ class ChangePoint:
     change: float = float("nan")  # the step on its scale: after / before, or after - before
 
 
-def commit_order(commits: list[str], repo: Path = ROOT) -> dict[str, int]:
-    """Position of each commit in ``git rev-list --topo-order --reverse --all``. Commits unknown to the
-    repository all get the same last position, so their results are ordered by time."""
+@dataclass(frozen=True)
+class HistoryOrder:
+    """The order of a store's commits, as git's history gives it.
+
+    ``position``: each ordered commit's index, oldest first. ``missing``: commits of the rows that the
+    repository does not have (a shallow or partial clone, a branch not fetched): they are left out of the
+    history, never placed by guess. ``by``: ``"git"``, or ``"time"`` when none of the commits is in the
+    repository (no git, another project's store): then the order is that of the commit dates asv recorded, or
+    of the first result of each commit, and :meth:`notes` says so.
+    """
+
+    position: dict[str, int]
+    missing: tuple[str, ...] = ()
+    by: str = "git"
+    repo: str = "."
+
+    @property
+    def commits(self) -> list[str]:
+        """The ordered commits, oldest first."""
+        return sorted(self.position, key=self.position.__getitem__)
+
+    def notes(self) -> list[str]:
+        """One line per way the order falls short of the whole history (none when it does not)."""
+        out = []
+        if self.missing:
+            out.append(f"{len(self.missing)} commit(s) of the store are not in the git history of {self.repo} "
+                       f"(a shallow clone? `git fetch --unshallow`): left out, e.g. "
+                       f"{', '.join(c[:10] for c in self.missing[:3])}")
+        if self.by == "time":
+            out.append(f"none of the store's commits is in the git history of {self.repo}: commits are ordered by "
+                       "their commit date (asv) or first result; run inside the measured repository (--repo) "
+                       "for git's order")
+        return out
+
+
+def history_order(rows: pd.DataFrame, repo: Path | str | None = None) -> HistoryOrder:
+    """The :class:`HistoryOrder` of the commits of ``rows`` (``git rev-list --topo-order --reverse --all`` of
+    ``repo``, default the current directory's repository)."""
+    repo = Path(repo) if repo is not None else Path.cwd()
+    commits = [c for c in pd.unique(rows["commit"].dropna())] if "commit" in rows else []
     try:
         listed = git("rev-list", "--topo-order", "--reverse", "--all", repo=repo, timeout=30).split()
     except (OSError, subprocess.SubprocessError):
         listed = []
-    position = {sha: i for i, sha in enumerate(listed)}
-    return {c: position.get(c, len(listed)) for c in commits}
+    index = {sha: i for i, sha in enumerate(listed)}
+    known = {c: index[c] for c in commits if c in index}
+    if known or not commits:
+        return HistoryOrder(known, tuple(c for c in commits if c not in index), "git", str(repo))
+    dated = rows[rows["commit"].notna()]
+    first = dated.groupby("commit")["timestamp"].min()
+    commit_dates = dated["extra"].map(_commit_date) if "extra" in dated else pd.Series(dtype=object)
+    when = {c: first[c] for c in first.index}
+    if len(commit_dates):
+        by_commit = pd.Series(commit_dates.values, index=dated["commit"].values).dropna()
+        for commit, date in by_commit.groupby(level=0).min().items():
+            when[commit] = date
+    ordered = sorted(when, key=lambda c: (pd.Timestamp(when[c]), c))
+    return HistoryOrder({c: i for i, c in enumerate(ordered)}, (), "time", str(repo))
 
 
-def newest_commits(rows: pd.DataFrame, count: int, repo: Path = ROOT) -> list[str]:
-    """The ``count`` newest commits of ``rows``, oldest first, in the order :func:`find_regressions` uses
-    (git history, then time of the first result)."""
-    rows = rows[rows["commit"].notna()]
-    if rows.empty or count <= 0:
-        return []
-    order = commit_order(list(rows["commit"].unique()), repo)
-    first_seen = rows.groupby("commit")["timestamp"].min()
-    return sorted(first_seen.index, key=lambda c: (order[c], first_seen[c]))[-count:]
-
-
-def compare_hint(rows: pd.DataFrame, min_segment: int = 3) -> str | None:
-    """One line for ``attnbench regressions``: a step needs ``min_segment`` commits after it, so the newest
-    ``min_segment - 1`` commits cannot be judged by the change-point search; ``attnbench compare`` can."""
-    newest = newest_commits(rows, min_segment)
-    if len(newest) < 2:
+def _commit_date(extra: object) -> pd.Timestamp | None:
+    if not isinstance(extra, str) or "commit_date" not in extra:
         return None
-    unjudged = ", ".join(c[:10] for c in newest[1:])
-    return (f"the newest commit(s) {unjudged} cannot be judged here (a step needs {min_segment} commits after "
-            f"it); whether the newest commit regressed is `attnbench compare`'s job: "
-            f"attnbench compare {newest[-2][:10]} {newest[-1][:10]}")
+    try:
+        value = json.loads(extra).get("commit_date")
+    except ValueError:
+        return None
+    return pd.Timestamp(value) if value else None
+
+
+def commit_order(commits: list[str], repo: Path | str | None = None) -> dict[str, int]:
+    """Position of each commit in git's history (``git rev-list --topo-order --reverse --all``); commits the
+    repository does not have are left out."""
+    return history_order(pd.DataFrame({"commit": commits, "timestamp": pd.NaT}), repo).position
+
+
+def findable_positions(n: int, *, alpha: float = 0.01, min_segment: int = 3) -> list[int]:
+    """Indices ``i`` (first commit after a step) at which a clean step in ``n`` per-commit values can be found:
+    ``min_segment`` commits on each side, and an exact permutation p-value ``2 / C(n, i)`` that can reach
+    ``alpha`` (:func:`~harness.history.changepoints.smallest_p_value`)."""
+    return [i for i in range(min_segment, n - min_segment + 1) if smallest_p_value(n, i) <= alpha]
+
+
+def shortest_findable_history(*, alpha: float = 0.01, min_segment: int = 3) -> int:
+    """The fewest commits in which any step can be found at ``alpha`` (10 at the defaults)."""
+    n = 2 * min_segment
+    while not findable_positions(n, alpha=alpha, min_segment=min_segment):
+        n += 1
+    return n
+
+
+def coverage_notes(order: HistoryOrder, *, alpha: float = 0.01, min_segment: int = 3) -> list[str]:
+    """What the change-point search cannot judge in this history, each with what to do instead.
+
+    A history shorter than :func:`shortest_findable_history` cannot show any step; otherwise the newest
+    commits after the last findable position cannot (too few commits after them), and each of them is
+    judged against the commit before it by ``attnbench compare``.
+    """
+    commits = order.commits
+    n = len(commits)
+    if n == 0:
+        return []
+    needed = shortest_findable_history(alpha=alpha, min_segment=min_segment)
+    if n < needed:
+        return [f"the history has {n} commit(s); a step can be found from {needed} commits on (at least "
+                f"{min_segment} on each side, p <= {alpha:g}): no commit can be judged here; compare pairs of "
+                f"commits instead, e.g. attnbench compare {commits[-2][:10]} {commits[-1][:10]}"
+                if n >= 2 else f"the history has {n} commit: a step needs at least {needed}"]
+    last = max(findable_positions(n, alpha=alpha, min_segment=min_segment))
+    unjudged = commits[last + 1:]
+    if not unjudged:
+        return []
+    pairs = "; ".join(f"attnbench compare {a[:10]} {b[:10]}" for a, b in zip(commits[last:], unjudged))
+    return [f"the newest {len(unjudged)} commit(s) {', '.join(c[:10] for c in unjudged)} cannot be judged here "
+            f"(a step needs {min_segment}+ commits after it, and p <= {alpha:g}); compare each with the commit "
+            f"before it: {pairs}"]
 
 
 def per_commit_values(series: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
@@ -110,13 +195,17 @@ def detect_change_points(values: np.ndarray, *, alpha: float = 0.01, min_effect:
     return found
 
 
+#: Units of absolute times: only these are divided by the reference (a speed-up or a ratio already is relative).
+TIME_UNITS = ("s", "seconds", "ms")
+
+
 def relative_rows(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Speed rows divided by the same run's ``reference`` row (same metric and settings).
 
     The reference is timed interleaved with the other backends of its run, so the ratio cancels what
     slows a whole run down (a busy neighbour, a slower boot): the noise that limits absolute series.
     """
-    speed = rows[(rows["category"] == "speed") & rows["run_id"].notna()]
+    speed = rows[(rows["category"] == "speed") & rows["run_id"].notna() & rows["unit"].isin(TIME_UNITS)]
     match = ["run_id", "source", "metric", *SETTINGS]
     ref = speed[speed["backend"] == reference][match + ["value"]].rename(columns={"value": "reference"})
     others = speed[speed["backend"] != reference].merge(ref, on=match, how="inner")
@@ -143,7 +232,8 @@ def _series_points(rows: pd.DataFrame, order: dict[str, int], relative_to: str |
 
 def find_regressions(rows: pd.DataFrame, *, alpha: float = 0.01, min_effect: float = 0.02,
                      min_segment: int = 3, categories: tuple[str, ...] | None = None,
-                     relative_to: str | None = "dense", min_abs_effect: float = 0.01) -> list[ChangePoint]:
+                     relative_to: str | None = "dense", min_abs_effect: float = 0.01,
+                     order: HistoryOrder | None = None) -> list[ChangePoint]:
     """Change points of every series that has results for at least ``2 * min_segment`` commits.
 
     ``min_effect`` is the smallest relative step of positive quantities (seconds, bytes, rates),
@@ -151,11 +241,15 @@ def find_regressions(rows: pd.DataFrame, *, alpha: float = 0.01, min_effect: flo
 
     With ``relative_to``, every speed series of another backend is also searched as a ratio to that
     backend's value in the same run (see :func:`relative_rows`); those change points carry ``relative_to``.
+
+    Commits are placed in git's order (``order``, default :func:`history_order` of the rows); commits it leaves
+    out (missing from the repository) are not searched.
     """
     rows = with_variant(rows[rows["commit"].notna()])
     if categories:
         rows = rows[rows["category"].isin(categories)]
-    order = commit_order(list(rows["commit"].unique()))
+    order = (order or history_order(rows)).position
+    rows = rows[rows["commit"].isin(order)]
     points = _series_points(rows, order, None, alpha, min_effect, min_segment, min_abs_effect)
     if relative_to:
         points += _series_points(relative_rows(rows, relative_to), order, relative_to, alpha, min_effect,
@@ -174,3 +268,26 @@ def to_frame(points: list[ChangePoint]) -> pd.DataFrame:
                        "kind": "regression" if point.regression else "improvement"})
         records.append(record)
     return pd.DataFrame(records)
+
+
+def format_points(points: pd.DataFrame, *, include_improvements: bool = False) -> str:
+    """The change points of :func:`to_frame` as a Markdown table (regressions only unless
+    ``include_improvements``), or one line saying there are none."""
+    from .compare import format_param
+
+    if points.empty:
+        return "no significant change points"
+    if not include_improvements:
+        points = points[points["kind"] == "regression"]
+        if points.empty:
+            return "no regressions (improvements only: --all lists them)"
+    lines = ["| kind | suspected commit | previous | series | before | after | step | p (permutation) |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in points.itertuples():
+        series = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in
+                           ("metric", "backend", "task", "variant", "threads", "seq_len", "machine")
+                           if k in points and pd.notna(getattr(r, k)))
+        relative = f" (÷ {r.relative_to} of the same run)" if r.relative_to else ""
+        lines.append(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series}{relative} | {r.before:.4g} | "
+                     f"{r.after:.4g} | {format_change(r.change, r.scale)} | {r.p_value:.3g} |")
+    return "\n".join(lines)
