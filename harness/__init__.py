@@ -23,11 +23,11 @@ _EXPORTS = {
     "SpecError": "errors", "StoreError": "errors", "UserError": "errors",
     "hookimpl": "hookspecs", "hookspec": "hookspecs",
     "REQUIRED": "backends.params", "Param": "backends.params",
-    "DEFAULT_PLUGINS": "backends.manager", "get_plugin_manager": "backends.manager",
-    "Registry": "backends.registry", "load_registry": "backends.registry",
+    "DEFAULT_PLUGINS": "registry.manager", "get_plugin_manager": "registry.manager",
+    "Registry": "registry.registry", "load_registry": "registry.registry",
     "RunResult": "execution.runner", "RunSpec": "execution.runner", "run": "execution.runner",
     "expand_grid": "backends.spec", "parse_spec": "backends.spec",
-    "read_results": "history.store", "write_rows": "history.store",
+    "read_results": "store.parquet", "write_rows": "store.parquet",
     "Metric": "tasks.contract", "Task": "tasks.contract",
 }
 
@@ -41,11 +41,11 @@ if TYPE_CHECKING:
     from .errors import DataError, ModelError, ParamError, PluginError, SpecError, StoreError, UserError
     from .hookspecs import hookimpl, hookspec
     from .backends.params import REQUIRED, Param
-    from .backends.manager import DEFAULT_PLUGINS, get_plugin_manager
-    from .backends.registry import Registry, load_registry
+    from .registry.manager import DEFAULT_PLUGINS, get_plugin_manager
+    from .registry.registry import Registry, load_registry
     from .execution.runner import RunResult, RunSpec, run
     from .backends.spec import expand_grid, parse_spec
-    from .history.store import read_results, write_rows
+    from .store.parquet import read_results, write_rows
     from .tasks.contract import Metric, Task
 
 

@@ -13,9 +13,14 @@ EXIT_USAGE = 2
 
 
 def _registry():
-    from .backends.registry import load_registry
+    from .registry.registry import load_registry
 
     return load_registry()
+
+
+def _task_metrics(name: str) -> list:
+    """The metrics of a registered task (its plugin's :class:`~harness.tasks.contract.Metric` list)."""
+    return list(_registry().task(name).metrics)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -94,7 +99,7 @@ def _tasks_text() -> tuple[str, bool]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .execution.runner import RunSpec, run
-    from .execution.summary import run_summary
+    from .analysis.summary import run_summary
 
     if args.instructions_only:
         return _run_instructions(args, run_id=None)
@@ -132,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_instructions(args: argparse.Namespace, run_id: str | None) -> int:
     """``run --instructions``: instruction counts under callgrind (harness.execution.instructions)."""
     from .execution.instructions import run_instructions
-    from .history.store import parse_store
+    from .store.parquet import parse_store
 
     store = None if args.no_store else parse_store(args.store)
     rows, skipped = run_instructions(args.backend or ["dense"], store=store, model=args.model,
@@ -146,7 +151,7 @@ def _run_instructions(args: argparse.Namespace, run_id: str | None) -> int:
 
 
 def cmd_import_asv(args: argparse.Namespace) -> int:
-    from .history.asv_import import import_asv
+    from .store.asv_import import import_asv
 
     summary = import_asv(args.results, args.store)
     print(f"{summary.files} asv result file(s): {summary.rows} measurement(s) imported, "
@@ -170,17 +175,18 @@ def _check_thresholds(args: argparse.Namespace, *names: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .history.compare import compare, to_markdown
-    from .history.store import read_results
+    from .analysis.compare import compare, to_markdown
+    from .store.parquet import read_results
 
-    from .history.within import compare_within_run, pair_across_runs
+    from .analysis.within import compare_within_run, pair_across_runs
 
     _check_thresholds(args, "threshold", "abs_threshold")
     rows = read_results(args.store)
     if args.baseline:
         if args.b is not None:
             raise UserError("with --baseline give at most one run id (candidates: --candidate BACKEND)")
-        text, _ = compare_within_run(rows, args.store, args.a, args.baseline, args.candidate, alpha=args.alpha)
+        text, _ = compare_within_run(rows, args.store, args.a, args.baseline, args.candidate, alpha=args.alpha,
+                                     metrics=_task_metrics)
         print(text)
         return 0
     if args.a is None or args.b is None:
@@ -197,6 +203,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     comparison = type(comparison)(pair_across_runs(comparison.table, rows, args.store,
                                                    args.a if args.a in runs else None,
                                                    args.b if args.b in runs else None, alpha=args.alpha,
+                                                   metrics=_task_metrics,
                                                    abs_threshold=args.abs_threshold),
                                   comparison.label_a, comparison.label_b)
     print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed,
@@ -205,8 +212,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _compare_paired(rows: pd.DataFrame, args: argparse.Namespace) -> int | None:
-    """A and B of one ``attnbench ab`` session: paired analysis (harness.history.ab); else ``None``."""
-    from .history import ab
+    """A and B of one ``attnbench ab`` session: paired analysis (harness.analysis.ab); else ``None``."""
+    from .analysis import ab
 
     session = ab.select_session(rows, args.a, args.b)
     if session is None:
@@ -222,8 +229,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .execution.ab_runner import run_ab
-    from .history import ab
-    from .history.store import parse_store
+    from .analysis import ab
+    from .store.parquet import parse_store
 
     store = None if args.no_store else parse_store(args.store)
     backends = args.backend or ["dense"]
@@ -242,8 +249,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
-    from .history.regressions import coverage_notes, find_regressions, format_points, history_order, to_frame
-    from .history.store import read_results
+    from .analysis.regressions import coverage_notes, find_regressions, format_points, history_order, to_frame
+    from .store.parquet import read_results
 
     _check_thresholds(args, "min_effect", "min_abs_effect")
     rows = read_results(args.store)
@@ -262,7 +269,7 @@ def cmd_regressions(args: argparse.Namespace) -> int:
 
 def _rows_of_categories(rows: pd.DataFrame, categories: list[str], store: str) -> pd.DataFrame:
     """The rows of ``--category`` values; a category outside the vocabulary, or one without rows, is refused."""
-    from .history.schema import CATEGORIES
+    from .store.schema import CATEGORIES
 
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
@@ -278,9 +285,9 @@ def _rows_of_categories(rows: pd.DataFrame, categories: list[str], store: str) -
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .history.report import write_report
-    from .history.slides import choose_run, write_figures
-    from .history.store import read_results
+    from .analysis.report import write_report
+    from .analysis.slides import choose_run, write_figures
+    from .store.parquet import read_results
 
     rows = read_results(args.store)
     run_id, notes = choose_run(rows, args.run, args.plan) if (rows["source"] == "harness").any() else (None, [])

@@ -203,15 +203,6 @@ def cuda_peak_bytes(fn: Callable[[], object], device: torch.device | str) -> flo
     return float(torch.cuda.max_memory_allocated(device) - before)
 
 
-def peak_memory_bytes(fn: Callable[[], object], placement: Placement | None) -> float:
-    """Peak tensor memory of ``fn()`` on the placement's device (CUDA allocator stats, or the CPU profiler)."""
-    if placement is not None and placement.is_cuda:
-        return cuda_peak_bytes(fn, placement.torch_device)
-    from .execution.sampling import peak_allocated_bytes
-
-    return peak_allocated_bytes(fn)
-
-
 def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int) -> float:
     """Floating-point operations of dense attention per call: ``4·B·H·S²·D`` (Q·Kᵀ and P·V, 2 per MAC;
     softmax not counted). Sparse backends are reported against this dense-equivalent figure."""

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from .tasks.contract import Task
 
 PROJECT_NAME = "attnbench"
-ENTRY_POINT_GROUP = "attnbench.backends"
+#: The entry-point group of plugins, attnbench's own and third-party ones, backends and tasks alike.
+ENTRY_POINT_GROUP = "attnbench.plugins"
+#: The group of earlier versions, still read (third-party packages may declare it).
+LEGACY_ENTRY_POINT_GROUPS: tuple[str, ...] = ("attnbench.backends",)
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

@@ -22,7 +22,7 @@ from typing import Callable
 from .paths import cache_dir
 
 _ROOT = Path(__file__).resolve().parents[1]
-PLUGINS_ENV = "ATTNBENCH_PLUGINS"  # as harness.backends.manager.PLUGINS_ENV (not imported: it pulls torch)
+PLUGINS_ENV = "ATTNBENCH_PLUGINS"  # as harness.registry.manager.PLUGINS_ENV (not imported: it pulls torch)
 
 
 def fingerprint() -> str:

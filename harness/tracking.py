@@ -20,7 +20,7 @@ class TrackedRun:
         """Evaluate every available backend on every task once (no timing, nothing stored)."""
         # Imported here: asv unpickles a TrackedRun in a fresh interpreter per benchmark parameter, which
         # then needs only this module, not torch or transformers.
-        from .backends.registry import load_registry
+        from .registry.registry import load_registry
         from .execution.runner import RunSpec, run
         from .execution.speed_cases import unavailable
 

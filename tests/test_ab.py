@@ -1,4 +1,4 @@
-"""Paired A/B statistics (harness.history.ab) against scipy references, and `attnbench compare` on A/B rows."""
+"""Paired A/B statistics (harness.analysis.ab) against scipy references, and `attnbench compare` on A/B rows."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_ab_command_analyses_what_it_measured(monkeypatch, capsys, factor, code)
 def test_ab_measures_two_revisions_alternately(tmp_path, tiny_model_dir):
     """Both sides HEAD (identical code): paired rows with session, side and pair; no regression verdict."""
     from harness.execution.ab_runner import run_ab
-    from harness.history.store import read_results
+    from harness.store.parquet import read_results
 
     session, rows = run_ab("HEAD", "HEAD", backends=["dense", "dense:impl=eager"], parts=("attention_core",),
                            pairs=2, repeats=3, warmup=1, min_time=0.001, batch_size=2, seq_len=16,

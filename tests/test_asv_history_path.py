@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.history.schema import CATEGORIES, DIRECTIONS
-from harness.history.store import read_results, write_rows
+from harness.store.schema import CATEGORIES, DIRECTIONS
+from harness.store.parquet import read_results, write_rows
 
 from asv_history import FIXTURE, derive_history, real_result
 

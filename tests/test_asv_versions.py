@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from harness.cli import main
-from harness.history.store import read_results
+from harness.store.parquet import read_results
 
 ASV_FIXTURE = Path(__file__).parent / "fixtures" / "asv_results"
 CORE = "bench_speed.BackendSpeed.time_attention_core"

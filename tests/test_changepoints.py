@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.history.changepoints import e_divisive, smallest_p_value, split_statistics
-from harness.history.store import write_rows
+from harness.analysis.changepoints import e_divisive, smallest_p_value, split_statistics
+from harness.store.parquet import write_rows
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

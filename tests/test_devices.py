@@ -17,7 +17,7 @@ from harness import RunSpec, read_results, run
 from harness.cli import main
 from harness.devices import Placement, attention_flops, parse_placement, placement_reason
 from harness.errors import UserError
-from harness.execution.summary import run_summary
+from harness.analysis.summary import run_summary
 from harness.execution.sampling import CudaEventClock, WallClock, clock_for, time_interleaved
 from harness.history import schema
 

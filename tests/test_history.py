@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.history.changepoints import e_divisive
+from harness.analysis.changepoints import e_divisive
 from harness.cli import main
-from harness.history.compare import compare, compare_samples
+from harness.analysis.compare import compare, compare_samples
 from harness.errors import UserError
-from harness.history.regressions import find_regressions
-from harness.history.report import build_report, pareto_front
-from harness.history.store import read_results, write_rows
+from harness.analysis.regressions import find_regressions
+from harness.analysis.report import build_report, pareto_front
+from harness.store.parquet import read_results, write_rows
 
 ASV_FIXTURE = Path(__file__).parent / "fixtures" / "asv_results"
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -77,7 +77,7 @@ def test_compare_through_the_store_and_cli_exit_codes(tmp_path, capsys):
 
 def test_compare_accepts_git_revisions(tmp_path):
     """``attnbench compare HEAD~1 HEAD`` works like ``asv compare``: revisions resolve to commits in the store."""
-    from harness.history.compare import rev_parse, select
+    from harness.analysis.compare import rev_parse, select
 
     head = rev_parse("HEAD")
     if head is None:
@@ -154,7 +154,7 @@ def test_compare_pairs_imported_asv_commits(tmp_path):
 
 def test_asv_parameters_without_a_column_keep_series_apart(tmp_path):
     """Gemm's impl and head_dim have no column of their own: int8 and fp32 must not be pooled."""
-    from harness.history.compare import with_variant
+    from harness.analysis.compare import with_variant
 
     def row(commit, impl, value):
         return {"run_id": f"asv-{commit}", "timestamp": T0, "source": "asv", "commit": commit * 40,
@@ -259,7 +259,7 @@ def test_every_run_setting_is_recorded_or_declared_not_to_change_values():
     from dataclasses import fields
 
     from harness import RunSpec
-    from harness.history.schema import SETTINGS
+    from harness.store.schema import SETTINGS
 
     recorded = {"backends": "backend", "tasks": "task", "model": "model", "data": "data_source", "limit": "limit",
                 "max_tokens": "max_tokens", "eval_batch_size": "eval_batch_size", "batch_size": "batch_size",

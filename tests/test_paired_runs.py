@@ -12,8 +12,9 @@ import torch
 
 from harness import RunSpec, hookimpl, load_registry, read_results, run
 from harness.cli import main
-from harness.execution.summary import run_summary
-from harness.history.predictions import read_predictions
+from harness.analysis.paired import with_holm
+from harness.analysis.summary import run_summary
+from harness.store.predictions import read_predictions
 from harness.tasks.data import SAMPLE_DIR
 
 LIMIT = 60
@@ -98,7 +99,8 @@ def test_every_task_metric_has_an_interval_and_n(learnt):
 
 def test_paired_rows_flag_the_broken_backend_and_not_the_identical_one(learnt):
     rows = read_results(learnt[1])
-    paired = rows[rows["category"] == "paired"].set_index(["backend", "metric"])
+    assert "p_holm" not in rows  # computed by the analysis, not stored or derived by the store
+    paired = with_holm(rows[rows["category"] == "paired"]).set_index(["backend", "metric"])
     same = paired.loc[("dense:impl=eager", "delta_vs_reference:accuracy")]
     assert same["value"] == 0 and same["p_value"] == 1 and (same["ci_low"], same["ci_high"]) == (0, 0)
     broken = paired.loc[("flipped", "delta_vs_reference:accuracy")]
@@ -106,7 +108,6 @@ def test_paired_rows_flag_the_broken_backend_and_not_the_identical_one(learnt):
     assert broken["stat_method"].startswith("mcnemar-exact")
     # Holm over the family {eager, flipped} of accuracy vs dense, by hand: sorted p1 <= p2 -> 2·p1, max(2·p1, p2)
     assert broken["p_holm"] == min(1.0, 2 * broken["p_value"]) and same["p_holm"] == 1.0
-    assert rows.loc[rows["category"] != "paired", "p_holm"].isna().all()
     summary = run_summary(learnt[2].rows)
     assert "flipped: -1.000" in summary and "SIGNIFICANT LOSS" in summary and "Holm" in summary
     assert "dense:impl=eager: +0.000 [+0.000, +0.000], p = 1 (Holm 1)" in summary
@@ -116,7 +117,7 @@ def test_paired_rows_flag_the_broken_backend_and_not_the_identical_one(learnt):
 
 
 def test_compare_within_a_run(learnt, capsys, monkeypatch, flipping_registry):
-    monkeypatch.setattr("harness.history.within.task_metrics", lambda t: list(flipping_registry.task(t).metrics))
+    monkeypatch.setattr("harness.cli._task_metrics", lambda t: list(flipping_registry.task(t).metrics))
     _, store, result = learnt
     assert main(["compare", result.run_id, "--baseline", "dense", "--store", str(store)]) == 0
     out = capsys.readouterr().out
@@ -129,7 +130,7 @@ def test_compare_within_a_run(learnt, capsys, monkeypatch, flipping_registry):
 
 def test_compare_across_runs_pairs_the_same_examples_and_refuses_others(learnt, tiny_model_dir, capsys,
                                                                         monkeypatch, flipping_registry):
-    monkeypatch.setattr("harness.history.within.task_metrics", lambda t: list(flipping_registry.task(t).metrics))
+    monkeypatch.setattr("harness.cli._task_metrics", lambda t: list(flipping_registry.task(t).metrics))
     root, store, first = learnt
     again = run(spec(store, tiny_model_dir, data=str(root / "data"), backends=["dense", "flipped"]),
                 flipping_registry, log=lambda m: None)

@@ -14,13 +14,14 @@ import pytest
 
 from harness import Backend, Param, hookimpl, load_registry
 from harness.cli import main
-from harness.backends.manager import PLUGINS_ENV
+from harness.registry.manager import PLUGINS_ENV
 
 EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
 
 
 def make_distribution(root: Path, dist: str, version: str | None, entry_points: dict[str, str],
-                      modules: dict[str, str], *, name_in_metadata: bool = True, metadata_file: bool = True):
+                      modules: dict[str, str], *, name_in_metadata: bool = True, metadata_file: bool = True,
+                      group: str = "attnbench.plugins"):
     """Install a fake distribution (dist-info + modules) under ``root``; importlib.metadata finds it on sys.path.
 
     ``version=None`` leaves ``Version:`` out of METADATA, ``name_in_metadata=False`` leaves ``Name:`` out and
@@ -32,7 +33,7 @@ def make_distribution(root: Path, dist: str, version: str | None, entry_points: 
         ([f"Version: {version}"] if version is not None else [])
     if metadata_file:
         (info / "METADATA").write_text("\n".join(lines) + "\n")
-    lines = ["[attnbench.backends]"] + [f"{name} = {target}" for name, target in entry_points.items()]
+    lines = [f"[{group}]"] + [f"{name} = {target}" for name, target in entry_points.items()]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     for module, source in modules.items():
         (root / f"{module}.py").write_text(textwrap.dedent(source))
@@ -59,6 +60,25 @@ def site(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.delenv(PLUGINS_ENV, raising=False)
     return root
+
+
+def test_a_plugin_declared_in_the_older_entry_point_group_still_loads(site):
+    make_distribution(site, "attnbench-old", "0.1", {"old": "old_good"}, {"old_good": GOOD}, group="attnbench.backends")
+    entry = load_registry().backends["fake-backend"]
+    assert (entry.plugin.name, entry.plugin.dist) == ("old", "attnbench-old")
+
+
+def test_builtins_are_the_entry_points_of_attnbench_itself():
+    """Adding a built-in is a module in plugins/ and a line in pyproject.toml: nothing in the harness names them."""
+    import tomllib
+
+    from harness.registry.manager import DEFAULT_PLUGINS
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert sorted(DEFAULT_PLUGINS) == sorted(declared["project"]["entry-points"]["attnbench.plugins"].values())
+    registry = load_registry()
+    assert {"dense", "topk", "fbgemm-int8", "dynamic-quant"} <= set(registry.backends)
+    assert registry.backends["dense"].plugin.dist == "attnbench"
 
 
 def test_third_party_backend_is_found_through_its_entry_point(site):

@@ -102,7 +102,7 @@ def test_judge_names_the_slowed_commit_and_backend():
 def test_regressions_finds_a_five_percent_instruction_step_in_stored_rows(tmp_path):
     """What `measure` writes, made up (exact counts, as callgrind gives): regressions names the commit."""
     from harness import write_rows
-    from harness.history.regressions import find_regressions, to_frame
+    from harness.analysis.regressions import find_regressions, to_frame
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     rows = []
@@ -114,7 +114,7 @@ def test_regressions_finds_a_five_percent_instruction_step_in_stored_rows(tmp_pa
                          "metric": "instructions_attention_core", "value": value, "unit": "instructions",
                          "direction": "lower", "samples": [value], "threads": 1, "seq_len": 128, "batch_size": 1})
     write_rows(tmp_path, rows, {"run_id": "x"})
-    from harness.history.store import read_results
+    from harness.store.parquet import read_results
 
     points = to_frame(find_regressions(read_results(tmp_path), categories=("instructions",)))
     assert len(points) == 1

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.history.compare import compare, compare_samples
-from harness.history.regressions import find_regressions
-from harness.history.report import build_report
-from harness.history.scales import scale_of
-from harness.history.store import read_results, write_rows
+from harness.analysis.compare import compare, compare_samples
+from harness.analysis.regressions import find_regressions
+from harness.analysis.report import build_report
+from harness.analysis.scales import scale_of
+from harness.store.parquet import read_results, write_rows
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.history.store import COLUMNS, SCHEMA, data_files, read_results, read_run_metadata, write_rows
+from harness.store.parquet import COLUMNS, SCHEMA, data_files, read_results, read_run_metadata, write_rows
 
 
 def make_rows(run_id: str, n: int, machine: str = "box-1", when: datetime | None = None) -> list[dict]:
@@ -274,7 +274,7 @@ def test_a_store_url_whose_filesystem_is_missing_is_a_clear_error(tmp_path, monk
 ])
 def test_store_strings_are_parsed_in_one_place(bad, message):
     from harness.errors import StoreError
-    from harness.history.store import parse_store
+    from harness.store.parquet import parse_store
 
     with pytest.raises(StoreError, match=message):
         parse_store(bad)

@@ -7,7 +7,7 @@ samples (run-to-run drift) and ``within_cs ~ N(0, --within)``; ``step`` is ``--s
 Three searches, each at level ``--alpha``:
 
 * ``permutation``: E-divisive with its permutation test on the per-commit medians
-  (:func:`harness.history.changepoints.e_divisive`, the search ``attnbench regressions`` uses);
+  (:func:`harness.analysis.changepoints.e_divisive`, the search ``attnbench regressions`` uses);
 * ``welch-raw``: Welch's t-test of the pooled raw samples before vs after every candidate split
   (``min_segment`` commits or more on each side); the split with the largest ``|t|`` is flagged when its
   p-value, Bonferroni-corrected over the candidates, is at most ``--alpha``;
@@ -27,7 +27,7 @@ import argparse
 import numpy as np
 from scipy import stats
 
-from harness.history.changepoints import e_divisive
+from harness.analysis.changepoints import e_divisive
 
 
 def series(rng: np.random.Generator, commits: int, position: int | None, step: float, drift: float,

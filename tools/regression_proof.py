@@ -186,8 +186,8 @@ def synthetic(store: Path | None, *, trials: int = 20, commits: int = 20, step: 
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from harness.history.regressions import detect_change_points
-    from harness.history.store import read_results
+    from harness.analysis.regressions import detect_change_points
+    from harness.store.parquet import read_results
 
     rng = np.random.default_rng(seed)
     rows = read_results(str(store)) if store is not None else None

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import read_results, write_rows
-from harness.history.regressions import find_regressions
+from harness.analysis.regressions import find_regressions
 
 COMMITS = 20
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -8,7 +8,7 @@ of B, in the order A B, B A, A B, … (so neither side always runs first). Every
 backends' attention core and whole forward through the revision's own sampling API, interleaved, and
 reports the median per candidate; each process's medians are one paired sample. The rows go to the store
 (``plan_id`` = the session, ``run_id`` = ``<session>-A``/``-B``, ``cell_id`` = ``pair-<i>``, ``extra.ab``),
-and :mod:`harness.history.ab` analyses them.
+and :mod:`harness.analysis.ab` analyses them.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...
            batch_size: int = 8, seq_len: int = 128, model: list[str] | None = None, store: str | None = None,
            log: Callable[[str], None] | None = None) -> tuple[str, list[dict]]:
     """Measure both revisions alternately; return ``(session id, rows)`` (rows also written to ``store``)."""
-    from ..history.store import write_rows
+    from ..store.parquet import write_rows
     from .rows import process_fields
 
     log = log or (lambda message: print(message, file=sys.stderr))

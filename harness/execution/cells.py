@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..history.store import read_results
+from ..store.parquet import read_results
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ from .sampling import cpu_ticks, foreign_load
 from .fidelity import METRICS as FIDELITY_METRICS
 from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
 from ..models.loading import TaskModels, load_task_models
-from ..backends.registry import Registry, load_registry
+from ..registry.registry import Registry, load_registry
 from .rows import process_fields, row
-from ..history.paired import BASELINE_PREFIX, PAIRED_PREFIX
-from ..history.predictions import write_predictions
-from ..history.store import write_rows
+from ..store.schema import BASELINE_PREFIX, PAIRED_PREFIX
+from ..store.predictions import write_predictions
+from ..store.parquet import write_rows
 from .. import stats
 from ..tasks.contract import Task
 

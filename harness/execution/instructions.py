@@ -153,7 +153,7 @@ class CallgrindClock:
 def _driver(args: argparse.Namespace) -> int:
     import torch
 
-    from ..backends.registry import load_registry
+    from ..registry.registry import load_registry
     from ..models.loading import load_task_models
     from ..tasks.data import DataSource
     from ..tasks.encoding import encode
@@ -170,9 +170,9 @@ def _driver(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"skipped": {}, "counts": {}, "isa": torch.backends.cpu.get_cpu_capability(),
                               "model": models.name(task), "data_source": source.label}
     try:
-        from cython_kernels import _gemm  # type: ignore[import-not-found]
+        import cython_kernels
 
-        result["fbgemm_isa"] = _gemm.cpu_features().get("isa")
+        result["fbgemm_isa"] = cython_kernels.cpu_features().get("isa")
     except Exception as exc:  # the kernels are optional for backends that do not use them
         result["fbgemm_isa"] = None
         result["fbgemm_error"] = f"{type(exc).__name__}: {exc}"
@@ -273,7 +273,7 @@ def instruction_rows(counts: InstructionCounts, common: dict[str, Any], registry
     """Rows of the results store (``category`` instructions, unit instructions, direction lower): the median
     of the samples as the value, every sample kept; the measured ISA in ``extra``. ``common`` holds the run
     fields (``process_fields``, run id, timestamp, …); ``threads`` is overridden with the counted thread."""
-    from ..backends.registry import load_registry
+    from ..registry.registry import load_registry
     from .rows import row
 
     import numpy as np
@@ -304,8 +304,8 @@ def run_instructions(specs: list[str], *, store: str | None, model: list[str] | 
     import uuid
     from datetime import datetime, timezone
 
-    from ..backends.registry import load_registry
-    from ..history.store import write_rows
+    from ..registry.registry import load_registry
+    from ..store.parquet import write_rows
     from ..provenance import machine_id
     from .rows import process_fields
 

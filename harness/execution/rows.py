@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from ..backends.contract import ResolvedBackend
-from ..history.schema import check_vocabulary
+from ..store.schema import check_vocabulary
 from ..provenance import cpu_facts, git_commit, library_versions, machine_id
 
 

@@ -30,21 +30,21 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backends.contract import ResolvedBackend
-from ..devices import Placement, attention_flops, parse_placement, peak_memory_bytes
+from ..devices import Placement, attention_flops, parse_placement
 from .cells import EvalCell, SpeedCell, completed_cells, plan_id
 from ..tasks.data import DataSource
 from ..errors import UserError
 from .eval_cells import EvalContext, EvalSession, adopt_session, prepare_model, run_eval_cell
 from .executors import make_executor
-from .sampling import Clock, Timing, clock_for, cpu_count, time_interleaved
+from .sampling import Clock, Timing, clock_for, cpu_count, peak_memory_bytes, time_interleaved
 from ..models.loading import parse_model_args
 from ..paths import DEFAULT_STORE
 from ..provenance import cpu_facts, git_commit, library_versions, machine_id
-from ..backends.registry import Registry, load_registry
+from ..registry.registry import Registry, load_registry
 from .rows import process_fields, row
 from ..backends.spec import expand_grid
 from .speed_cases import build_speed_case
-from ..history.store import parse_store, read_results, write_rows
+from ..store.parquet import parse_store, read_results, write_rows
 from ..tasks.contract import Task
 
 REFERENCE = "dense"

@@ -22,6 +22,8 @@ from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
+from ..devices import Placement, cuda_peak_bytes
+
 
 class Clock(Protocol):
     """What a sample measures. ``measure(fn, number)`` calls ``fn`` ``number`` times and returns the figure per
@@ -234,6 +236,13 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def peak_memory_bytes(fn: Callable[[], object], placement: Placement | None) -> float:
+    """Peak tensor memory of ``fn()`` on the placement's device (CUDA allocator stats, or the CPU profiler)."""
+    if placement is not None and placement.is_cuda:
+        return cuda_peak_bytes(fn, placement.torch_device)
+    return peak_allocated_bytes(fn)
 
 
 def peak_allocated_bytes(fn: Callable[[], object]) -> float:

@@ -21,7 +21,7 @@ from ..errors import SpecError
 from .forward import logits_of
 from .eval_cells import prepare_model
 from ..models.loading import TaskModels, load_task_models
-from ..backends.registry import Registry, load_registry
+from ..registry.registry import Registry, load_registry
 
 SPEED_TASK = "sst2"  # whose tokens fill the fixed-shape batches of speed cases built outside a run
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..history.paired import BASELINE_PREFIX, HOLM_NOTE, PAIRED_PREFIX, with_holm
+from .paired import BASELINE_PREFIX, HOLM_NOTE, PAIRED_PREFIX, with_holm
 
 #: foreign load (cores other processes kept busy while timing) and relative IQR above which a timing is flagged
 HIGH_FOREIGN_LOAD = 0.5

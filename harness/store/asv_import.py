@@ -9,8 +9,8 @@ each benchmark × parameter combination becomes one row (value, unit, category, 
 **Category and direction come from the benchmark, never from a guess.** ``time_*`` benchmarks are speed and
 ``peakmem_*``/``mem_*`` memory, lower is better; a ``track_*`` benchmark declares both as attributes of its
 method (``track_x.category = "speed"``, ``track_x.direction = "lower"``), which asv keeps in
-``benchmarks.json``. The words are those of the store's own rows (:data:`harness.history.schema.CATEGORIES`,
-:data:`~harness.history.schema.DIRECTIONS`). A ``track_*`` benchmark that declares none, or a word outside that
+``benchmarks.json``. The words are those of the store's own rows (:data:`harness.store.schema.CATEGORIES`,
+:data:`~harness.store.schema.DIRECTIONS`). A ``track_*`` benchmark that declares none, or a word outside that
 vocabulary, is not imported; the summary names it.
 
 **Each measurement is stored once.** A measurement is one benchmark × parameter combination of one machine,
@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import StoreError, UserError
 from .schema import CATEGORIES, DIRECTIONS
-from .store import read_results, store_lock, write_rows
+from .parquet import read_results, store_lock, write_rows
 
 #: Category and direction of asv's benchmark types that carry them by definition.
 TYPE_CATEGORIES = {"time": ("speed", "lower"), "peakmemory": ("memory", "lower"), "memory": ("memory", "lower")}

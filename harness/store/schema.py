@@ -23,7 +23,7 @@ import pyarrow as pa
 
 IDENTITY, SETTING, DESCRIPTIVE, VALUE = "identity", "setting", "descriptive", "value"
 
-#: Bumped whenever columns change; :func:`harness.history.store.read_results` upgrades older files.
+#: Bumped whenever columns change; :func:`harness.store.parquet.read_results` upgrades older files.
 #: 1: first layout; 2: ``plan_id``, ``cell_id``; 3: settings columns (``limit``, ``max_tokens``,
 #: ``eval_batch_size``, ``fidelity_examples``, ``warmup``, ``executor``), and the eval batch limit moves out
 #: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``; 4: ``device``, ``dtype``
@@ -47,6 +47,10 @@ CATEGORIES: dict[str, str] = {
     "memory": "peak memory or model size",
     "instructions": "instruction counts under callgrind (deterministic)",
 }
+#: Metric-name prefixes of the rows an eval cell stores: the paired change of a task metric against the
+#: reference backend (category ``paired``), and the task metric of the majority-class predictor (``baseline``).
+PAIRED_PREFIX = "delta_vs_reference:"
+BASELINE_PREFIX = "majority_baseline:"
 #: The vocabulary of the ``direction`` column: which way a value is better.
 DIRECTIONS: tuple[str, ...] = ("higher", "lower")
 
@@ -122,7 +126,8 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("ci_low", pa.float64(), VALUE, "95 % interval of the value: low end (task metrics, paired changes)"),
     Column("ci_high", pa.float64(), VALUE, "95 % interval of the value: high end"),
     Column("p_value", pa.float64(), VALUE,
-           "paired rows: two-sided p of the change vs the reference (unadjusted; p_holm is the adjusted one)"),
+           "paired rows: two-sided p of the change vs the reference (unadjusted; "
+           "harness.analysis.paired.with_holm adjusts it)"),
     Column("stat_method", pa.string(), DESCRIPTIVE,
            'how ci/p were computed: "wilson", "bootstrap", "mcnemar-exact", "permutation", …'),
     Column("foreign_load", pa.float64(), DESCRIPTIVE,
@@ -132,18 +137,16 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("date", pa.string(), DESCRIPTIVE, "UTC date of the row's timestamp", stored=False),
     Column("variant", pa.string(), IDENTITY, "asv parameters without a column of their own (compare.with_variant)",
            stored=False),
-    Column("p_holm", pa.float64(), VALUE,
-           "paired rows: p_value Holm-adjusted across the backends compared with the reference on one task metric "
-           "of one run (derived by read_results: the family grows when a run is resumed)", stored=False),
 )
 
 _BY_NAME = {c.name: c for c in COLUMN_DEFS}
 PARTITIONS = ("machine", "date")
 #: The Arrow schema of a stored file.
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMN_DEFS if c.stored])
-#: Columns :func:`~harness.history.store.read_results` derives from the stored ones.
-DERIVED = ("p_holm",)
-#: Columns of :func:`~harness.history.store.read_results`' frame: stored columns, the partitions, the derived.
+#: Columns :func:`~harness.store.parquet.read_results` derives from the stored ones (none: a value computed
+#: from several rows, such as a Holm-adjusted p-value, is the analysis's: :func:`harness.analysis.paired.with_holm`).
+DERIVED: tuple[str, ...] = ()
+#: Columns of :func:`~harness.store.parquet.read_results`' frame: stored columns, the partitions, the derived.
 COLUMNS = tuple(SCHEMA.names) + PARTITIONS + DERIVED
 #: What is measured.
 IDENTITY_COLUMNS = tuple(c.name for c in COLUMN_DEFS if c.role == IDENTITY)

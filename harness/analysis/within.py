@@ -2,9 +2,9 @@
 
 Within a run every backend saw the same examples and its timings were interleaved with the others', so:
 
-* task metrics are compared on the per-example predictions (:mod:`harness.history.predictions`): Δ with a
+* task metrics are compared on the per-example predictions (:mod:`harness.store.predictions`): Δ with a
   paired bootstrap interval and a paired test (exact McNemar for accuracy, paired permutation otherwise),
-  Holm-adjusted across the candidates of each task metric (:func:`harness.history.paired.paired_from_predictions`);
+  Holm-adjusted across the candidates of each task metric (:func:`harness.analysis.paired.paired_from_predictions`);
 * latencies are compared as the ratio of medians (speed-up of the candidate over the baseline) with a
   bootstrap interval from the interleaved samples, per shape.
 
@@ -22,14 +22,7 @@ import pandas as pd
 from .. import stats
 from ..errors import UserError
 from .paired import ALPHA, format_paired, paired_from_predictions, verdict
-from .predictions import read_predictions
-
-
-def task_metrics(name: str) -> list:
-    """The metrics of a registered task (its plugin's :class:`~harness.tasks.contract.Metric` list)."""
-    from ..backends.registry import load_registry
-
-    return list(load_registry().task(name).metrics)
+from ..store.predictions import read_predictions
 
 
 def latest_run(rows: pd.DataFrame) -> str:
@@ -40,7 +33,7 @@ def latest_run(rows: pd.DataFrame) -> str:
 
 
 def compare_within_run(rows: pd.DataFrame, store: str, run_id: str | None, baseline: str,
-                       candidates: list[str] | None = None, *, metrics: Callable[[str], list] = task_metrics,
+                       candidates: list[str] | None = None, *, metrics: Callable[[str], list],
                        alpha: float = ALPHA) -> tuple[str, pd.DataFrame]:
     """Markdown of every candidate backend of a run against ``baseline``; returns ``(text, paired table)``."""
     run_id = run_id or latest_run(rows)
@@ -98,7 +91,7 @@ def speed_within_run(rows: pd.DataFrame, baseline: str, candidates: list[str]) -
 
 
 def pair_across_runs(table: pd.DataFrame, rows: pd.DataFrame, store: str, run_a: str | None, run_b: str | None, *,
-                     metrics: Callable[[str], list] = task_metrics, alpha: float = ALPHA,
+                     metrics: Callable[[str], list], alpha: float = ALPHA,
                      abs_threshold: float = 0.01) -> pd.DataFrame:
     """``compare``'s table with the task-metric rows of two runs tested on their per-example predictions.
 

@@ -2,7 +2,7 @@
 
 Layout: ``<store>/machine=<id>/date=<YYYY-MM-DD>/part-<run id>-<random>.parquet``, where ``<store>`` is a
 directory or any fsspec URL (``s3://bucket/results``, ``gcs://…``, ``file://…``), parsed by
-:func:`parse_store` for every command; the columns are defined in :mod:`harness.history.schema`. Each write
+:func:`parse_store` for every command; the columns are defined in :mod:`harness.store.schema`. Each write
 creates new files only: the table is written to a hidden temporary name (``.``-prefixed, which readers
 ignore) in the target directory, flushed, then renamed, so a crash or two concurrent writers never corrupt
 or lose rows.
@@ -284,8 +284,8 @@ def read_run_metadata(path: Path | str) -> dict:
 
 def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     """All rows of the store (a directory or an fsspec URL) as a tidy pandas DataFrame (columns
-    :data:`COLUMNS`), oldest first. ``p_holm`` is derived on reading (Holm over each run's paired rows of one
-    task metric, :func:`harness.history.paired.holm_adjusted`).
+    :data:`COLUMNS`), oldest first. Values computed from several rows (the Holm-adjusted p-value of paired
+    rows) are the analysis's: :func:`harness.analysis.paired.with_holm`.
 
     Files of older schema versions are upgraded. A file that cannot be read or upgraded, for any reason
     (corrupt, a column of the wrong type, a newer schema version), is skipped with a warning naming it;
@@ -306,11 +306,7 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     if not tables:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in COLUMNS})
     frame = pa.concat_tables(tables).to_pandas()
-    frame = frame.sort_values(["timestamp", "run_id"], kind="stable").reset_index(drop=True)
-    from .paired import holm_adjusted
-
-    frame["p_holm"] = holm_adjusted(frame)
-    return frame
+    return frame.sort_values(["timestamp", "run_id"], kind="stable").reset_index(drop=True)
 
 
 def _read_file(fs: Any, root: str, path: str) -> pa.Table:

@@ -1,12 +1,12 @@
 """Change points in the commit history of every measured series.
 
 A series is one measurement over commits: the rows sharing the row schema's key (what is measured and every
-setting it was measured with, :data:`harness.history.schema.KEY`).
+setting it was measured with, :data:`harness.store.schema.KEY`).
 Per commit, its value is the median of the pooled raw samples (or of the values, for unsampled metrics).
-E-divisive with a permutation test (:mod:`harness.history.changepoints`) finds the change points; a change is
+E-divisive with a permutation test (:mod:`harness.analysis.changepoints`) finds the change points; a change is
 reported when significant (``p <= alpha``) and larger than ``min_effect`` (relative, for positive quantities
 such as seconds and bytes) or ``min_abs_effect`` (absolute, for scores and every other metric that can be
-zero or negative; :func:`harness.history.scales.scale_of` decides). Working on per-commit values,
+zero or negative; :func:`harness.analysis.scales.scale_of` decides). Working on per-commit values,
 not raw samples, is what makes run-to-run drift count as noise. (asv's own ``step_detect`` was tried
 first: on 20 commits with 1 % per-commit noise it found a 5 % step in under half of the histories.)
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from .changepoints import e_divisive, smallest_p_value
 from .compare import KEY, with_variant
-from .schema import SETTINGS
+from ..store.schema import SETTINGS
 from .scales import Scale, change, format_change, is_worse, scale_of
 from ..provenance import git
 
@@ -40,7 +40,7 @@ class ChangePoint:
     direction: str
     regression: bool       # the step goes in the bad direction (sign of after - before)
     relative_to: str | None = None  # the series was divided by this backend's value of the same run
-    scale: Scale = "ratio"  # how the step is measured (:func:`harness.history.scales.scale_of`)
+    scale: Scale = "ratio"  # how the step is measured (:func:`harness.analysis.scales.scale_of`)
     change: float = float("nan")  # the step on its scale: after / before, or after - before
 
 
@@ -123,7 +123,7 @@ def commit_order(commits: list[str], repo: Path | str | None = None) -> dict[str
 def findable_positions(n: int, *, alpha: float = 0.01, min_segment: int = 3) -> list[int]:
     """Indices ``i`` (first commit after a step) at which a clean step in ``n`` per-commit values can be found:
     ``min_segment`` commits on each side, and an exact permutation p-value ``2 / C(n, i)`` that can reach
-    ``alpha`` (:func:`~harness.history.changepoints.smallest_p_value`)."""
+    ``alpha`` (:func:`~harness.analysis.changepoints.smallest_p_value`)."""
     return [i for i in range(min_segment, n - min_segment + 1) if smallest_p_value(n, i) <= alpha]
 
 

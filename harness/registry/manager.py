@@ -1,9 +1,15 @@
-"""The plugin manager factory: built-in plugins and third-party entry points, through the same hooks.
+"""The plugin manager factory: attnbench's own plugins and third-party ones, found the same way.
 
-Third-party packages declare, in their ``pyproject.toml``::
+Every plugin, built-in or not, is an entry point of group ``attnbench.plugins`` (backends and tasks alike).
+A third-party package declares, in its ``pyproject.toml``::
 
-    [project.entry-points."attnbench.backends"]
+    [project.entry-points."attnbench.plugins"]
     my-backend = "my_package.plugin"
+
+attnbench's own plugins are the entry points of its own distribution (its ``pyproject.toml`` lists them; a
+source tree that is not installed is read from that file), so adding a built-in needs a module in
+``plugins/`` and one line there, nothing in the harness. The group of earlier versions,
+``attnbench.backends``, is still read.
 
 The environment variable ``ATTNBENCH_PLUGINS`` pins which third-party plugins load: a comma-separated
 list of entry-point names (empty: none). Unset, every installed plugin loads. Built-ins always load.
@@ -28,14 +34,30 @@ import pluggy
 
 from .. import hookspecs
 
-#: Built-in plugin modules, registered exactly like third-party plugins.
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "plugins.glue",
-    "plugins.dense",
-    "plugins.dynamic_quant",
-    "plugins.topk",
-    "plugins.fbgemm_int8",
-)
+OWN_DISTRIBUTION = "attnbench"
+
+
+def builtin_plugins() -> tuple[str, ...]:
+    """Module names of attnbench's own plugins: the ``attnbench.plugins`` entry points of its distribution,
+    or of ``pyproject.toml`` beside the source tree when attnbench runs uninstalled (``PYTHONPATH``)."""
+    try:
+        dist = metadata.distribution(OWN_DISTRIBUTION)
+        found = {ep.name: ep.value for ep in dist.entry_points if ep.group == hookspecs.ENTRY_POINT_GROUP}
+    except metadata.PackageNotFoundError:
+        found = {}
+    if not found:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        if pyproject.is_file():
+            declared = tomllib.loads(pyproject.read_text()).get("project", {}).get("entry-points", {})
+            found = dict(declared.get(hookspecs.ENTRY_POINT_GROUP, {}))
+    return tuple(found[name] for name in sorted(found))
+
+
+#: attnbench's own plugin modules, registered exactly like third-party plugins (:func:`builtin_plugins`).
+DEFAULT_PLUGINS: tuple[str, ...] = builtin_plugins()
 
 PLUGINS_ENV = "ATTNBENCH_PLUGINS"
 #: Recorded for a distribution name or version that the installed metadata does not state.
@@ -116,14 +138,28 @@ def get_plugin_manager(*, entry_points: bool = True, extra_plugins: tuple[object
     return pm, failures
 
 
+def _third_party_entry_points() -> dict[str, list[tuple[str, metadata.EntryPoint]]]:
+    """``{name: [(group, entry point), ...]}`` of every installed plugin but attnbench's own, in the current group
+    and the legacy ones; one distribution declaring the same plugin in both groups counts once."""
+    found: dict[str, list[tuple[str, metadata.EntryPoint]]] = {}
+    for group in (hookspecs.ENTRY_POINT_GROUP, *hookspecs.LEGACY_ENTRY_POINT_GROUPS):
+        for ep in metadata.entry_points(group=group):
+            if distribution_identity(ep.dist)[0] == OWN_DISTRIBUTION or ep.value in DEFAULT_PLUGINS:
+                continue  # a built-in, already registered
+            same = [e for _, e in found.get(ep.name, []) if e.value == ep.value
+                    and distribution_identity(e.dist) == distribution_identity(ep.dist)]
+            if not same:
+                found.setdefault(ep.name, []).append((group, ep))
+    return found
+
+
 def _load_entry_points(pm: pluggy.PluginManager, allowed: set[str] | None) -> list[PluginFailure]:
     failures = []
-    found: dict[str, list[metadata.EntryPoint]] = {}
-    for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, []).append(ep)
-    for name, eps in sorted(found.items()):
+    found = _third_party_entry_points()
+    for name, entries in sorted(found.items()):
         if allowed is not None and name not in allowed:
             continue
+        eps = [ep for _, ep in entries]
         dists = sorted({" ".join(distribution_identity(ep.dist)) + f" ({ep.value})" for ep in eps})
         if len(eps) > 1:
             pm.set_blocked(name)  # neither loads: which one would win depends on sys.path order
@@ -132,10 +168,11 @@ def _load_entry_points(pm: pluggy.PluginManager, allowed: set[str] | None) -> li
                                           f"declared by {len(eps)} distributions: {'; '.join(dists)}; neither is "
                                           "loaded. Uninstall all but one, or rename one of the entry points"))
             continue
-        dist = " ".join(distribution_identity(eps[0].dist))
+        group, ep = entries[0]
+        dist = " ".join(distribution_identity(ep.dist))
         try:
             # pluggy's own loader, one entry point at a time so that one failure cannot hide the others.
-            pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP, name=name)
+            pm.load_setuptools_entrypoints(group, name=name)
             pm.check_pending()
         except Exception as exc:
             plugin = pm.get_plugin(name)

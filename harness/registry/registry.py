@@ -15,10 +15,10 @@ from typing import Any
 
 import pluggy
 
-from .contract import Backend, PluginInfo, ResolvedBackend
+from ..backends.contract import Backend, PluginInfo, ResolvedBackend
 from ..errors import ParamError, PluginError, SpecError, UserError
 from .manager import PluginFailure, _format_error, get_plugin_manager, plugin_distribution
-from .spec import parse_spec
+from ..backends.spec import parse_spec
 from ..tasks.contract import Task
 
 _BACKEND_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")

@@ -1,13 +1,13 @@
 """Compare two commits or runs: per benchmark, the change B/A or B − A with a confidence interval and a verdict.
 
-Rows are paired by the key of the row schema (:data:`harness.history.schema.KEY`): what is measured (source,
+Rows are paired by the key of the row schema (:data:`harness.store.schema.KEY`): what is measured (source,
 backend, task, metric) and every setting it was measured with (machine, model, data, limit, batching, threads,
 shape, …), never across machines. Rows that measure the same thing with different settings get the verdict
 ``settings differ``, naming the settings, and never a regression or improvement.
 
 Positive quantities (seconds, bytes, tokens/s, speed-ups) are
 compared by the ratio of medians B/A, every other metric (scores, agreement, fidelity: they can be zero or
-negative) by the difference B − A; :func:`harness.history.scales.scale_of` decides per unit. Where both
+negative) by the difference B − A; :func:`harness.analysis.scales.scale_of` decides per unit. Where both
 sides have repeated samples (timings), the change gets a bootstrap 95 % confidence interval
 (``scipy.stats.bootstrap``) and a two-sided Mann–Whitney U test; a change is *significant* when p < alpha
 and the interval excludes "no change". Values without samples (task metrics, which are deterministic for a
@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import schema
-from .asv_import import PARAM_COLUMNS
+from ..store import schema
+from ..store.asv_import import PARAM_COLUMNS
 from .scales import Scale, change, exceeds, format_change, is_worse, no_change, scale_of
 from ..errors import UserError
 from ..provenance import ROOT, git
@@ -167,7 +167,7 @@ def compare_samples(a: np.ndarray, b: np.ndarray, direction: str, *, threshold: 
 def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.05, alpha: float = 0.05,
             abs_threshold: float = 0.01) -> Comparison:
     """Pair the rows of A and B and compare every measurement both have, each on its unit's scale
-    (:func:`harness.history.scales.scale_of`): ``threshold`` is relative (ratio scale), ``abs_threshold``
+    (:func:`harness.analysis.scales.scale_of`): ``threshold`` is relative (ratio scale), ``abs_threshold``
     absolute (difference scale)."""
     rows = with_variant(rows)
     side_a, label_a = select(rows, ref_a)

@@ -4,7 +4,7 @@ Two sources:
 
 * the ``paired`` rows an eval cell stores (``delta_vs_reference:<metric>``: Δ against the run's reference,
   paired 95 % interval, unadjusted p) — :func:`with_holm` adds the Holm-adjusted p-value and a verdict;
-* the per-example predictions table (:mod:`harness.history.predictions`) — :func:`paired_from_predictions`
+* the per-example predictions table (:mod:`harness.store.predictions`) — :func:`paired_from_predictions`
   compares any baseline backend with any other backend of a run, or two runs on the same examples.
 
 The family of Holm's correction is every backend compared with one baseline on one task metric of one run
@@ -20,9 +20,8 @@ import pandas as pd
 
 from .. import stats
 
-#: metric names of the rows an eval cell stores: the paired change vs the reference, the majority baseline
-PAIRED_PREFIX = "delta_vs_reference:"
-BASELINE_PREFIX = "majority_baseline:"
+from ..store.schema import BASELINE_PREFIX, PAIRED_PREFIX  # noqa: F401  (re-exported: the analysis reads them here)
+
 ALPHA = 0.05
 HOLM_NOTE = ("p: two-sided, exact McNemar for accuracy, paired permutation otherwise; Holm-adjusted across the "
              "backends compared on each task metric")

@@ -2,7 +2,7 @@
 
 Layout: ``<store>/_predictions/machine=<id>/date=<YYYY-MM-DD>/part-<run id>-<random>.parquet``, one file
 per eval cell, written atomically like the rows (hidden temporary name, then a rename). The leading ``_``
-keeps the table out of :func:`~harness.history.store.read_results` (and out of any older attnbench's
+keeps the table out of :func:`~harness.store.parquet.read_results` (and out of any older attnbench's
 reader), so the tidy rows stay tidy: a sweep of 8 backends over the full GLUE validation sets is over half a
 million examples.
 
@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .store import _filesystem, _partition, _write_atomically
+from .parquet import _filesystem, _partition, _write_atomically
 
 TABLE = "_predictions"
 SCHEMA = pa.schema([
