@@ -14,5 +14,5 @@ TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli-m", "mnli-mm", "qnli", "rt
 #: Examples per task for the tracked metrics (the bundled sample holds up to 300).
 TRACK_LIMIT = 100
 #: The full grids of ``bench_speed`` and ``bench_kernels`` run only with ``ATTNBENCH_ASV_EXTENDED=1``; by default
-#: ``asv run`` is the per-commit suite (``bench_commit``, ``bench_tasks``). See README, "History with asv".
+#: ``asv run`` is the per-commit suite (``bench_commit``, ``bench_tasks``). See docs/reference/asv-suite.md.
 EXTENDED = __import__("os").environ.get("ATTNBENCH_ASV_EXTENDED", "") not in ("", "0")

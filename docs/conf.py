@@ -48,3 +48,4 @@ napoleon_numpy_docstring = False
 
 # Reference pages import the package; keep imports free of side effects.
 os.environ.setdefault("ATTNBENCH_PLUGINS", "")
+smartquotes = False

@@ -214,7 +214,7 @@ def quality_rows(run_id: str, commit: str, values: dict[str, float], when: datet
 
 
 def test_runs_with_different_settings_are_not_paired_as_comparable(tmp_path, capsys):
-    """Issue 11 item 2: same commit, run A --limit 32, run C --limit 16: `compare C A` gave a regression, exit 1."""
+    """Same commit, run A --limit 32, run C --limit 16: `compare C A` gave a regression, exit 1."""
     store = tmp_path / "store"
     commit = "d" * 40
     write_rows(store, quality_rows("run-a", commit, {"dense": 0.875, "dynamic-quant": 0.875}, T0), {})

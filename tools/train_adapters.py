@@ -25,7 +25,7 @@ length within chunks of 50 batches, batch order shuffled), max_length 128. Per-c
 and learning rates are in ``PLAN`` (and recorded in ``MANIFEST.json``). The first plan gave cola, sst2
 and mrpc lr 5e-4 / head 2e-3; they ended under-fitted (final train loss still high, scores a little under
 their goals), so every config now uses 1e-3 / 3e-3 (rte, which starts from the mnli adapter, 5e-4 / 1e-3),
-and the search that followed (README, "What the main job measures") settled on cola 6 epochs (8 did worse;
+and the search that followed (docs/lab/2026-11-30-dense-scores-and-adapters.md) settled on cola 6 epochs (8 did worse;
 a 10-epoch run was lost to the merge check), sst2 on 50k of its 67k train rows and mrpc 2 epochs.
 
 Training rows (never a row of the bundled sample's evaluation files, ``harness/tasks/glue_sample/*/validation*``):
