@@ -35,8 +35,10 @@ myst_heading_anchors = 3
 # Formulas are rendered to MathML at build time (attnbench_docs): the site loads nothing from a network.
 html_math_renderer = "mathml"
 html_theme = "alabaster"
-html_theme_options = {"description": "benchmark harness for attention backends on GLUE", "fixed_sidebar": True}
-html_static_path: list[str] = []
+html_theme_options = {"description": "benchmark harness for attention backends on GLUE", "fixed_sidebar": True,
+                      "page_width": "1280px", "body_max_width": "none"}
+html_static_path = ["_static"]
+html_css_files = ["attnbench.css"]
 html_title = f"attnbench {release}"
 html_show_sourcelink = False
 

@@ -48,7 +48,7 @@ def _cell(content: Any) -> nodes.entry:
 def make_table(headers: list[str], rows: Iterable[list[Any]], widths: list[int] | None = None) -> nodes.table:
     """A docutils table; a cell is text, ``("code", text)`` or a list of those (joined with commas)."""
     rows = list(rows)
-    table = nodes.table(classes=["attnbench-generated"])
+    table = nodes.table(classes=["attnbench-generated", "colwidths-given"])
     group = nodes.tgroup(cols=len(headers))
     table += group
     for width in widths or [1] * len(headers):
@@ -142,7 +142,8 @@ def asv_rows() -> list[list[Any]]:
             if params and names and not isinstance(params[0], (list, tuple)):
                 params = [params]
             param_text = "; ".join(f"{n} = {', '.join(map(str, v))}" for n, v in zip(names, params)) or "none"
-            doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+            doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ").replace("``", "")
+            doc = doc.split(". ")[0].rstrip(".") + "."
             for attr in dir(cls):
                 prefix = attr.split("_", 1)[0]
                 if prefix not in ("time", "timeraw", "track", "peakmem", "mem") or "_" not in attr:
@@ -165,7 +166,7 @@ class AsvSuiteDirective(Directive):
 
     def run(self) -> list[nodes.Node]:
         return [make_table(["benchmark", "parameters", "unit", "version", "selection", "what it measures"],
-                           asv_rows(), [24, 26, 7, 10, 7, 26])]
+                           asv_rows(), [24, 24, 9, 11, 8, 24])]
 
 
 # ---------------------------------------------------------------------------------------------- layout
