@@ -2,7 +2,8 @@
 
 - README.md stays a short front door whose relative links resolve;
 - ``attnbench --version`` and ``--help`` say what they must;
-- every ```python block of README.md and docs/ runs, against a store written by the real tool;
+- every ```python block of README.md and docs/ runs, against a store written by the real tool (a fragment
+  that cannot run on its own is fenced as ```py instead);
 - the short CLI examples of the tutorials run on the bundled sample, exactly as the pages print them.
 """
 
