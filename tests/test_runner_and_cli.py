@@ -38,7 +38,7 @@ def test_run_writes_every_kind_of_row_to_the_store(tmp_path, tiny_model_dir):
     assert row["source"] == "harness" and row["data_source"].startswith("sample@") and row["threads"] >= 1
     assert row["model"] == str(tiny_model_dir) and json.loads(row["versions"])["torch"].startswith("2.13")
     assert df["n_examples"].dropna().max() == 24
-    # the eval batch limit has its own column; batch_size is the latency batch only (layout issue)
+    # the eval batch limit has its own column; batch_size is the latency batch only
     evals = df[df["task"].notna()]
     assert (evals["eval_batch_size"] == 8).all() and evals["batch_size"].isna().all()
     assert (speed["batch_size"] == 2).all() and speed["eval_batch_size"].isna().all()
