@@ -6,7 +6,7 @@ asv starts a fresh interpreter per benchmark parameter; these classes measure ev
 instruction counts) and the ``track_*`` methods only read plain numbers (no torch import), so a commit costs
 two measuring processes instead of one per backend × shape × benchmark. The full grids (``BackendSpeed``,
 ``Gemm``, ``GemmSpeedup`` over every shape and thread count) are the extended selection:
-``ATTNBENCH_ASV_EXTENDED=1 asv run …`` (README, "History with asv").
+``ATTNBENCH_ASV_EXTENDED=1 asv run …`` (docs/reference/asv-suite.md).
 """
 
 from .common import BACKENDS, EXTENDED

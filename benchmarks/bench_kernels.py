@@ -9,7 +9,7 @@ class Gemm:
     params = (["int8-fbgemm", "fp32-matmul"], [12, 96], [128, 512], [32, 64], [1, 2])
     param_names = ["impl", "batch_heads", "seq", "head_dim", "threads"]
     #: asv keys stored results by this instead of a hash of the source: bump it only when what the benchmarks
-    #: of this class measure, or their parameter names or order, change (see README, "History with asv").
+    #: of this class measure, or their parameter names or order, change (see docs/reference/asv-suite.md).
     version = "1"
     number = 1
     repeat = (3, 20, 10.0)
@@ -27,7 +27,7 @@ class GemmSpeedup:
     params = ([12, 96], [128, 512], [32, 64], [1, 2])
     param_names = ["batch_heads", "seq", "head_dim", "threads"]
     #: asv keys stored results by this instead of a hash of the source: bump it only when what the benchmarks
-    #: of this class measure, or their parameter names or order, change (see README, "History with asv").
+    #: of this class measure, or their parameter names or order, change (see docs/reference/asv-suite.md).
     version = "1"
     timeout = 120
 

@@ -11,7 +11,7 @@ class BackendSpeed:
     params = (BACKENDS, [128, 512], [1, 2])
     param_names = ["backend", "seq_len", "threads"]
     #: asv keys stored results by this instead of a hash of the source: bump it only when what the benchmarks
-    #: of this class measure, or their parameter names or order, change (see README, "History with asv").
+    #: of this class measure, or their parameter names or order, change (see docs/reference/asv-suite.md).
     version = "1"
     number = 1
     repeat = (3, 7, 10.0)  # 3 to 7 samples, at most ~10 s per parameter combination

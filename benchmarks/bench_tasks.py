@@ -14,7 +14,7 @@ class TaskQuality:
     params = (BACKENDS, TASKS)
     param_names = ["backend", "task"]
     #: asv keys stored results by this instead of a hash of the source: bump it only when what the benchmarks
-    #: of this class measure, or their parameter names or order, change (see README, "History with asv").
+    #: of this class measure, or their parameter names or order, change (see docs/reference/asv-suite.md).
     version = "1"
     timeout = 3600  # setup_cache: one evaluation of every backend on every task
     processes = 1  # the values are deterministic; asv's default second round would only double the time

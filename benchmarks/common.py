@@ -23,7 +23,7 @@ def _flag(name: str) -> bool:
 
 #: ``asv run`` measures the per-commit suite by default (``bench_commit``: every backend's attention core and
 #: forward, timed and counted under callgrind, and one GEMM ratio; minutes per commit). Two selections are
-#: explicit, because they cost far more per commit:
+#: explicit, because they cost far more per commit (docs/reference/asv-suite.md):
 #: ``ATTNBENCH_ASV_TASKS=1`` adds ``bench_tasks.TaskQuality`` (every backend evaluated on every task), and
 #: ``ATTNBENCH_ASV_EXTENDED=1`` adds the full grids of ``bench_speed`` and ``bench_kernels`` and TaskQuality.
 EXTENDED = _flag("ATTNBENCH_ASV_EXTENDED")

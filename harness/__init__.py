@@ -1,9 +1,12 @@
 """attnbench: an asv-style benchmark harness for attention backends of BERT-family models on GLUE.
 
-Layers (each a subpackage): :mod:`harness.backends` (the plugin contract, plugin manager, registry,
-transformers wiring) → :mod:`harness.tasks` (tasks, metrics, data) → :mod:`harness.models` → 
-:mod:`harness.execution` (runner, cells, measurement) → :mod:`harness.history` (store, compare, regressions,
-report) → :mod:`harness.cli`.
+Layers, lowest first, each importing only the layers below it (import-linter holds them; the contract is in
+``pyproject.toml``): :mod:`harness.errors` and the other base modules → :mod:`harness.devices` →
+:mod:`harness.tasks` (tasks, metrics, data) → :mod:`harness.models` and :mod:`harness.backends` (the backend
+contract, spec strings, transformers wiring) → :mod:`harness.registry` (plugin manager, registry) and
+:mod:`harness.stats` → :mod:`harness.store` (schema, Parquet store, asv import) → :mod:`harness.execution`
+(runner, cells, measurement) → the asv entry points (:mod:`harness.speed`, :mod:`harness.tracking`,
+:mod:`harness.kernels_bench`) → :mod:`harness.analysis` (compare, change points, report) → :mod:`harness.cli`.
 
 The plugin API — everything a third-party backend or task plugin may import — is :data:`PLUGIN_API`;
 every other name is internal and may move between versions.

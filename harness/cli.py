@@ -1,4 +1,8 @@
-"""The ``attnbench`` command line. User errors print one line and exit with code 2."""
+"""The ``attnbench`` command line: one sub-command per task of the harness.
+
+A mistake in the command (an unknown backend or task, a bad parameter, missing data) prints one line and
+exits with code 2 before anything is measured.
+"""
 
 from __future__ import annotations
 
@@ -324,8 +328,34 @@ def _positive(text: str) -> int:
     return value
 
 
+_EPILOG = ("First run: attnbench run -b dense -b topk:k=16 --tasks mrpc,rte (the bundled sample, offline).\n"
+           "`attnbench COMMAND --help` describes a command; the documentation is in docs/ (make docs).")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Refuses a bad command line in one line (exit 2) instead of the usage block first."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+class _VersionAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 - argparse's signature
+        from .version import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnbench", description=__doc__.splitlines()[0].rstrip("."))
+    parser = _Parser(
+        prog="attnbench", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="attnbench: a benchmark harness for attention backends of BERT-family encoders on the "
+                    "nine GLUE tasks.\nDocumentation: docs/ in the source tree (`make docs` builds "
+                    "docs/_build/html/index.html).\nIt measures accuracy, agreement with dense attention, speed "
+                    "and memory of every backend and stores tidy rows in a Parquet store.")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="print attnbench's version, torch's, transformers' and the kernels' build, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("backends", help="list backends with plugin, version and parameters (availability with --check)")

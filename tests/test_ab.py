@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.history import ab
+from harness.analysis import ab
 
 
 def test_wilcoxon_matches_scipy():

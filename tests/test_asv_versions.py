@@ -1,4 +1,4 @@
-"""asv results are only named with today's benchmarks.json when their benchmark version matches (item 8)."""
+"""asv results are only named with today's benchmarks.json when their benchmark version matches."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def test_full_local_glue_loads_through_datasets(task):
     assert len(rows) > 70 and set(task.text_fields) <= set(rows.column_names)
 
 
-# -- issue 11.6: unlabelled rows (GLUE's test-split -1, null/NaN) and out-of-range labels are refused --------
+# -- unlabelled rows (GLUE's test-split -1, null/NaN) and out-of-range labels are refused --------
 TASKS = {t.name: t for t in GLUE_TASKS}
 
 

@@ -1,4 +1,4 @@
-"""Devices and dtypes (issue 16), all on the CPU: --device/--dtype parsing, availability per device and dtype,
+"""Devices and dtypes, all on the CPU: --device/--dtype parsing, availability per device and dtype,
 bfloat16 end to end, the dtype-cost reference rows, the CUDA-event clock's logic with a fake ``torch.cuda``,
 the schema columns. The tests that need a GPU are at the end and skip without one."""
 
@@ -19,7 +19,7 @@ from harness.devices import Placement, attention_flops, parse_placement, placeme
 from harness.errors import UserError
 from harness.analysis.summary import run_summary
 from harness.execution.sampling import CudaEventClock, WallClock, clock_for, time_interleaved
-from harness.history import schema
+from harness.store import schema
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
 
@@ -124,7 +124,7 @@ def test_bfloat16_run_on_the_cpu_end_to_end(tmp_path, tiny_model_dir):
     summary = run_summary(result.rows)
     assert "what bfloat16 alone costs: dense in bfloat16 vs dense in float32" in summary
     assert "(batch 2 x seq 16, " in summary and "cpu bfloat16" in summary
-    assert "(batch 1 x seq 16, " in summary  # every latency shape gets its own block (issue 13)
+    assert "(batch 1 x seq 16, " in summary  # every latency shape gets its own block
 
 
 def test_speed_shapes_per_device():

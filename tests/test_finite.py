@@ -1,4 +1,4 @@
-"""Issue 11.10: no backend turns non-finite attention inputs into finite outputs; evaluation enforces it
+"""No backend turns non-finite attention inputs into finite outputs; evaluation enforces it
 outside every timed call, and an eval cell that breaks it (or yields non-finite logits) fails with the reason."""
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def quality_rows(run_id: str, commit: str, values: dict[str, float], when: datet
 
 
 def test_runs_with_different_settings_are_not_paired_as_comparable(tmp_path, capsys):
-    """Issue 11 item 2: same commit, run A --limit 32, run C --limit 16: `compare C A` gave a regression, exit 1."""
+    """Same commit, run A --limit 32, run C --limit 16: `compare C A` gave a regression, exit 1."""
     store = tmp_path / "store"
     commit = "d" * 40
     write_rows(store, quality_rows("run-a", commit, {"dense": 0.875, "dynamic-quant": 0.875}, T0), {})
@@ -244,7 +244,8 @@ def test_every_setting_column_keeps_runs_apart(tmp_path, setting, a, b):
 
 def test_the_key_is_derived_from_the_schema_roles():
     """Every stored column is a setting (in the key) unless declared identity, descriptive or value."""
-    from harness.history import compare as compare_module, regressions, report, schema
+    from harness.analysis import compare as compare_module, regressions, report
+    from harness.store import schema
 
     assert compare_module.KEY is schema.KEY and regressions.KEY is schema.KEY and report.KEY is schema.KEY
     for name in ("limit", "max_tokens", "eval_batch_size", "fidelity_examples", "warmup", "executor", "machine",

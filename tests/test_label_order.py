@@ -1,4 +1,4 @@
-"""Issue 11.7: a checkpoint that names its labels is scored in the task's label order, or refused."""
+"""A checkpoint that names its labels is scored in the task's label order, or refused."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13 end to end on tiny models: per-example predictions in their own table, intervals in the rows,
+"""End to end on tiny models: per-example predictions in their own table, intervals in the rows,
 paired tests against dense (a broken backend flagged, an identical one Δ = 0 and p = 1), compare within and
 across runs, several latency shapes, and the small CLI fixes."""
 

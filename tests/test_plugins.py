@@ -207,7 +207,7 @@ def test_unavailable_backend_is_listed_with_its_reason(registry):
 
 
 def test_example_package_installs_and_is_listed(tmp_path):
-    """The README's example plugin, really installed (pip, into a target directory), shows up in `backends`."""
+    """The example plugin package, really installed (pip, into a target directory), shows up in `backends`."""
     target = tmp_path / "target"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(EXAMPLE_PLUGIN)], check=True, capture_output=True)
@@ -221,7 +221,7 @@ def test_example_package_installs_and_is_listed(tmp_path):
 
 @pytest.mark.parametrize("kind", ["no-version", "no-name", "no-metadata"])
 def test_plugin_with_missing_metadata_is_recorded_as_unknown(site, kind):
-    """Issue 11.4: a dist-info without Version (or Name, or METADATA) loads; the gaps read "unknown"."""
+    """A dist-info without Version (or Name, or METADATA) loads; the gaps read "unknown"."""
     make_distribution(site, "attnbench-fake", None if kind != "no-name" else "0.3", {"fake": "fake_good"},
                       {"fake_good": GOOD}, name_in_metadata=kind != "no-name", metadata_file=kind != "no-metadata")
     registry = load_registry()
@@ -254,7 +254,7 @@ PROBE = """
 
 
 def test_two_distributions_declaring_one_entry_point_name_is_a_reported_clash(site, capsys):
-    """Issue 11.5: neither loads, and the failure names both distributions."""
+    """Neither loads, and the failure names both distributions."""
     make_distribution(site, "attnbench-probe-one", "1.0", {"probe": "probe_one"},
                       {"probe_one": PROBE.format(name="probe-one")})
     make_distribution(site, "attnbench-probe-two", "2.0", {"probe": "probe_two"},
@@ -284,7 +284,7 @@ def _quick_run(store, model_dir, backends):
 
 
 def test_run_with_a_versionless_plugin_measures_it_and_records_unknown(site, tmp_path, tiny_model_dir):
-    """Issue 11.4: every cell of the plugin used to fail (eval) or crash the run (speed) on the None version."""
+    """Every cell of the plugin used to fail (eval) or crash the run (speed) on the None version."""
     from harness import read_results
 
     make_distribution(site, "attnbench-fake", None, {"fake": "fake_good"}, {"fake_good": GOOD})
@@ -297,7 +297,7 @@ def test_run_with_a_versionless_plugin_measures_it_and_records_unknown(site, tmp
 
 
 def test_a_failing_speed_cell_is_recorded_and_the_others_are_stored(tmp_path, tiny_model_dir):
-    """Issue 11.4: one backend that raises in its speed cell fails alone, with its reason, like an eval cell."""
+    """One backend that raises in its speed cell fails alone, with its reason, like an eval cell."""
     from harness import read_results
 
     class Broken(Backend):

@@ -77,7 +77,7 @@ def test_slowdown_is_more_real_work_with_the_same_output(tmp_path, extra_rows):
     assert torch.equal(base_out, slow_out)
     # extra_rows of 128 query rows again: that share more multiply-adds (Q·Kᵀ and P·V both scale with the
     # rows); with the second call's fixed costs (mask slicing, softmax, output allocation) one row is 4.2 %
-    # more instructions under callgrind at 1 x 128 (README, issue 14)
+    # more instructions under callgrind at 1 x 128 (lab report 2026-11-30-regression-proof)
     assert slow_flops / base_flops == pytest.approx(1 + extra_rows / 128, rel=1e-9)
     assert run(slowed, "sdpa")[1] == run(original, "sdpa")[1]  # only the eager backend is slowed
     with pytest.raises(RuntimeError, match="anchor|gone"):

@@ -38,7 +38,7 @@ def test_run_writes_every_kind_of_row_to_the_store(tmp_path, tiny_model_dir):
     assert row["source"] == "harness" and row["data_source"].startswith("sample@") and row["threads"] >= 1
     assert row["model"] == str(tiny_model_dir) and json.loads(row["versions"])["torch"].startswith("2.13")
     assert df["n_examples"].dropna().max() == 24
-    # the eval batch limit has its own column; batch_size is the latency batch only (layout issue)
+    # the eval batch limit has its own column; batch_size is the latency batch only
     evals = df[df["task"].notna()]
     assert (evals["eval_batch_size"] == 8).all() and evals["batch_size"].isna().all()
     assert (speed["batch_size"] == 2).all() and speed["eval_batch_size"].isna().all()
@@ -113,7 +113,7 @@ def test_run_command_prints_the_tables(tmp_path, tiny_model_dir, capsys):
 
 
 def test_compare_of_runs_with_different_limits_says_settings_differ(tmp_path, tiny_model_dir, capsys):
-    """Issue 11 item 2 end to end: same commit, --limit 16 then --limit 8; compare gives no verdict, exit 0."""
+    """End to end: same commit, --limit 16 then --limit 8; compare gives no verdict, exit 0."""
     store = tmp_path / "store"
     argv = ["run", "-b", "dense", "-b", "dynamic-quant", "--tasks", "sst2", "--no-speed", "--fidelity-examples", "0",
             "--model", str(tiny_model_dir), "--no-progress", "--store", str(store)]
@@ -133,7 +133,7 @@ def test_compare_of_runs_with_different_limits_says_settings_differ(tmp_path, ti
 ])
 def test_unlabelled_data_is_refused_before_measuring(tmp_path, tiny_model_dir, tiny_regression_dir, capsys,
                                                      task_name, labels, expected):
-    """Issue 11.6: SST-2 used to store accuracy 0.0; MRPC failed inside scikit-learn. Now: exit 2, one line,
+    """Unlabelled or out-of-range rows: exit 2, one line,
     and the store keeps what it had and gains nothing."""
     import re
 

@@ -1,4 +1,4 @@
-"""Metrics that can be zero or negative are judged by B − A, positive quantities by B/A (issue 11, item 1)."""
+"""Metrics that can be zero or negative are judged by B − A, positive quantities by B/A."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def test_a_crash_mid_write_leaves_the_store_readable(tmp_path):
     crash = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from harness.history import store
+        from harness.store import parquet as store
         from test_store import make_rows
 
         def die(*args, **kwargs):

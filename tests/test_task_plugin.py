@@ -1,4 +1,4 @@
-"""A task plugin written from the README alone runs on the embedded default model with ``--data DIR``."""
+"""A task plugin written from the how-to guide "Add a task" alone runs on the embedded default model with ``--data DIR``."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 from harness import DataError, RunSpec, load_registry, run
 from harness.tasks.data import SAMPLE_DIR
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "add-a-task.md"
 
 
 def readme_task_plugin() -> types.ModuleType:
-    """The code block of the README's "Writing a task" section, as a module."""
-    section = README.read_text().split("### Writing a task", 1)[1]
+    """The code block of the guide "Add a task", as a module."""
+    section = GUIDE.read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     module = types.ModuleType("attnbench_reviews")
-    exec(compile(code, "README.md (Writing a task)", "exec"), module.__dict__)
+    exec(compile(code, "docs/how-to/add-a-task.md", "exec"), module.__dict__)
     return module
 
 

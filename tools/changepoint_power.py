@@ -15,7 +15,7 @@ Three searches, each at level ``--alpha``:
 * ``welch-commits``: Welch's t-test of the per-commit medians, Bonferroni-corrected the same way.
 
 A step counts as found when a change point is reported at exactly ``k``; a flat series (no step) counts
-as a false alarm when anything is reported. Usage (the README's table)::
+as a false alarm when anything is reported. Usage (the table of docs/lab/2026-11-30-changepoint-power.md)::
 
     python tools/changepoint_power.py --commits 6 10 20 --drift 0 0.071 --seeds 100
 """

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# The GPU check of issue 16, for a session that has the lent H200 machine (nothing here has been run on a GPU yet).
+# The GPU check: probes a machine with a CUDA GPU, installs attnbench there without network access, runs the
+# CUDA tests and small GPU runs, and writes everything it measured to $OUT.
 #
-# That machine: Python 3.12, torch 2.11 + CUDA, transformers, pluggy; no `datasets`, no asv, not the packaged
-# MiniLM; at most 64 MiB carried per call; a cython_kernels extension built here does not load against its torch
-# (the int8 backends then report themselves unavailable, which this check expects). Three steps:
+# It expects a remote machine with Python 3.12, torch + CUDA, transformers and pluggy, but no `datasets`, no asv
+# and not the packaged MiniLM, reached with at most 64 MiB of files per call; a cython_kernels extension built
+# elsewhere does not load against that machine's torch (the int8 backends then report themselves unavailable,
+# which this check expects). Three steps:
 #
 #   1. there:  bash tools/gpu_check.sh probe                 → $OUT/probe.txt, $OUT/missing.txt (pip names)
 #   2. here:   tools/gpu_check.sh bundle [missing.txt]       → gpu_bundle/: the packaged tokenizer's files and
 #              cp312 manylinux wheels of the missing packages (pip download --no-deps; checks the 64 MiB limit)
-#   3. there:  bash tools/gpu_check.sh all                   (run tool: carry ["gpu_bundle"], timeout_s 560;
-#              budgeted: install + models <= 1 min, tests <= 2 min, four runs <= 100 s each, CPU run <= 60 s)
+#   3. there:  bash tools/gpu_check.sh all                   (with gpu_bundle/ copied beside the checkout;
+#              about 10 minutes: install + models <= 1 min, tests <= 2 min, four runs <= 100 s each, CPU run <= 60 s)
 #              installs the wheels into .gpu_site/ and the project without dependencies, saves random-weight
 #              BERT models (tiny, MiniLM-L6 shape, BERT-base), runs the CUDA tests and small GPU runs, and writes
 #              logs, junit XML and the result rows (a Parquet store, plus CSV) to $OUT.
 #
-# Put what it measured in the README's GPU section with the date and the machine (GPU name, driver, CUDA).
+# What it measures belongs in a dated lab report, docs/lab/YYYY-MM-DD-<topic>.md, with the machine (GPU name,
+# driver, CUDA), the commit and the command.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -11,7 +11,7 @@ commit) over every commit into a store; ``check`` runs ``attnbench regressions``
 backend and no other commit; ``all`` does the three. ``synthetic`` draws 20-commit histories from the
 per-commit noise of the measured instruction series (and a clean 5 % step) and counts hits and false flags.
 
-Example (the README's numbers)::
+Example (docs/lab/2026-11-30-regression-proof.md)::
 
     python tools/regression_proof.py all /tmp/proof --commits 20 --seed 1
     python tools/regression_proof.py synthetic --store /tmp/proof/store --trials 20
@@ -68,7 +68,7 @@ def slow_down(tree: Path, extra_rows: int = 1) -> None:
     ``extra_rows``: query rows per 128 (at least one) whose attention is computed a second time and discarded,
     in a second call of the same attention function. One row adds 4.2 % instructions at 1 × 128 (the
     per-commit instruction shape); the second call's fixed cost makes the wall-time step larger than the
-    row share, so the A/B trials pick ``extra_rows`` for the wall time they need (README, "A/B")."""
+    row share, so the A/B trials pick ``extra_rows`` for the wall time they need (docs/explanation/timing.md)."""
     if extra_rows < 1:
         raise ValueError("extra_rows must be >= 1")
     path = tree / SLOW_FILE

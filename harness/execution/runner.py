@@ -363,7 +363,7 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
     cells = [c for c in cells if c.backend in cases]
     if not cells:
         return [], failures
-    rounds = (spec.warmup + spec.repeats) * 2
+    rounds = (spec.warmup + spec.repeats) + (spec.warmup + spec.repeats * 3)  # forward, then attention core
     try:
         with tqdm(total=rounds, desc=f"timing {batch_size}x{seq_len}", unit="round", leave=False,
                   disable=not spec.progress) as bar:
@@ -373,7 +373,7 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
             bar.update(spec.warmup)
             core_calls = {name: case.attention_core for name, case in cases.items()}
             core = time_interleaved(core_calls, clock=clock, number=_calls_per_sample(core_calls, clock, placement),
-                                    repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1 / 3))
+                                    repeats=spec.repeats * 3, warmup=spec.warmup, on_round=lambda: bar.update(1))
             bar.update(spec.warmup)
     except Exception as exc:  # passed its trial call, failed later: the interleaved samples are unusable
         for cell in cells:

@@ -141,6 +141,6 @@ class Registry:
 
 def load_registry(*, entry_points: bool = True, extra_plugins: tuple[object, ...] = (),
                   env: dict[str, str] | None = None) -> Registry:
-    """Build a fresh plugin manager and registry (see :func:`harness.backends.manager.get_plugin_manager`)."""
+    """Build a fresh plugin manager and registry (see :func:`harness.registry.manager.get_plugin_manager`)."""
     pm, failures = get_plugin_manager(entry_points=entry_points, extra_plugins=extra_plugins, env=env)
     return Registry.from_plugin_manager(pm, failures)

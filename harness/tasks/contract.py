@@ -1,7 +1,7 @@
 """The task contract: what to evaluate (data columns and splits) and how to score it.
 
-A task plugin registers :class:`Task` instances through the ``register_tasks`` hook; the README's "Writing a
-task" section has a complete plugin. Data for a task comes from a data source (``--data``): a directory
+A task plugin registers :class:`Task` instances through the ``register_tasks`` hook; the guide "Add a task"
+(docs/how-to/add-a-task.md) has a complete plugin. Data for a task comes from a data source (``--data``): a directory
 laid out as ``<config>/<split>.parquet``, the Hugging Face hub (``dataset``/``config``), or the bundled GLUE
 sample.
 """
@@ -48,7 +48,7 @@ class Task:
     :param label_field: the label column (default ``"label"``). An optional ``idx`` column identifies rows
         (row numbers are used without it).
     :param train_split: the split that a model without a head for this task fits one on (the embedded
-        default, see the README), or ``None`` if the task has none.
+        default, see docs/how-to/models.md), or ``None`` if the task has none.
     :param label_range: for regression, the inclusive ``(low, high)`` range of valid labels (STS-B: 0–5);
         ``None``: any finite number.
     """

@@ -39,7 +39,7 @@ class DataSource:
         path = Path(text).expanduser().resolve()
         if not path.is_dir():
             raise DataError(f"--data {text!r}: no such directory; give 'sample', 'hub' or a directory laid out as "
-                            "<task>/<split>.parquet (see the README, Data and models)")
+                            "<task>/<split>.parquet (see docs/how-to/full-glue.md)")
         return cls("dir", path)
 
     @cached_property
