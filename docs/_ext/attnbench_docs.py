@@ -6,6 +6,8 @@ Directives:
   where it lives (stored, hive partition, derived on reading) and its meaning;
 * ``attnbench-asv-suite``: every asv benchmark of ``benchmarks/`` with its parameters, unit, version and whether
   it is in the default (per-commit) or the extended selection;
+* ``attnbench-layers``: the layers of ``harness/`` as the import-linter contract in ``pyproject.toml`` states
+  them (the same list the test suite enforces);
 * ``attnbench-modules``: every module of the source tree with the first line of its docstring (read with
   :mod:`ast`, nothing imported).
 
@@ -105,9 +107,14 @@ class SchemaDirective(Directive):
 DEFAULT_UNITS = {"time": "seconds", "peakmem": "bytes", "mem": "bytes", "timeraw": "seconds"}
 
 
-def _benchmark_modules(extended: bool) -> dict[str, Any]:
-    saved = os.environ.get("ATTNBENCH_ASV_EXTENDED")
-    os.environ["ATTNBENCH_ASV_EXTENDED"] = "1" if extended else "0"
+SELECTION_FLAGS = ("ATTNBENCH_ASV_EXTENDED", "ATTNBENCH_ASV_TASKS")
+
+
+def _benchmark_modules(flag: str | None) -> dict[str, Any]:
+    """The benchmark modules as asv sees them with one selection flag set (``None``: the default suite)."""
+    saved = {name: os.environ.get(name) for name in SELECTION_FLAGS}
+    for name in SELECTION_FLAGS:
+        os.environ[name] = "1" if name == flag else "0"
     try:
         for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
             del sys.modules[name]
@@ -118,10 +125,11 @@ def _benchmark_modules(extended: bool) -> dict[str, Any]:
             modules[path.stem] = importlib.import_module(f"benchmarks.{path.stem}")
         return modules
     finally:
-        if saved is None:
-            os.environ.pop("ATTNBENCH_ASV_EXTENDED", None)
-        else:
-            os.environ["ATTNBENCH_ASV_EXTENDED"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
             del sys.modules[name]
 
@@ -132,10 +140,12 @@ def _classes(module: Any) -> dict[str, type]:
 
 
 def asv_rows() -> list[list[Any]]:
-    """One row per asv benchmark method: name, parameters, unit, version, selection, what it measures."""
-    default = {(m, c) for m, mod in _benchmark_modules(False).items() for c in _classes(mod)}
+    """One row per asv benchmark method: name, parameters, unit, category and direction, version, selection,
+    what it measures."""
+    default = {(m, c) for m, mod in _benchmark_modules(None).items() for c in _classes(mod)}
+    tasks = {(m, c) for m, mod in _benchmark_modules("ATTNBENCH_ASV_TASKS").items() for c in _classes(mod)}
     rows = []
-    for mod_name, module in _benchmark_modules(True).items():
+    for mod_name, module in _benchmark_modules("ATTNBENCH_ASV_EXTENDED").items():
         for cls_name, cls in _classes(module).items():
             names = list(getattr(cls, "param_names", []))
             params = list(getattr(cls, "params", []))
@@ -153,9 +163,13 @@ def asv_rows() -> list[list[Any]]:
                     continue
                 unit = getattr(method, "unit", None) or DEFAULT_UNITS.get(prefix, "unit")
                 version = getattr(method, "version", None) or getattr(cls, "version", None) or "source hash"
-                selection = "default" if (mod_name, cls_name) in default else "extended"
-                rows.append([("code", f"{mod_name}.{cls_name}.{attr}"), param_text, unit, ("code", str(version)),
-                             selection, doc])
+                selection = ("default" if (mod_name, cls_name) in default
+                             else "ATTNBENCH_ASV_TASKS=1" if (mod_name, cls_name) in tasks else "extended")
+                judged = {"time": ("speed", "lower"), "timeraw": ("speed", "lower"), "peakmem": ("memory", "lower"),
+                          "mem": ("memory", "lower")}.get(prefix) or (getattr(method, "category", None),
+                                                                        getattr(method, "direction", None))
+                rows.append([("code", f"{mod_name}.{cls_name}.{attr}"), param_text, unit,
+                             f"{judged[0]}, {judged[1]} is better", ("code", str(version)), selection, doc])
     return rows
 
 
@@ -165,8 +179,38 @@ class AsvSuiteDirective(Directive):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        return [make_table(["benchmark", "parameters", "unit", "version", "selection", "what it measures"],
-                           asv_rows(), [24, 24, 9, 11, 8, 24])]
+        return [make_table(["benchmark", "parameters", "unit", "category", "version", "selection",
+                            "what it measures"], asv_rows(), [22, 20, 8, 12, 9, 9, 20])]
+
+
+# ---------------------------------------------------------------------------------------------- layers
+def layer_rows() -> list[list[Any]]:
+    """The layers of ``harness/`` as import-linter holds them (``pyproject.toml``), highest first, each with
+    the first line of its modules' docstrings."""
+    import tomllib
+
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contract = next(c for c in settings["contracts"] if c["type"] == "layers")
+    rows = []
+    for layer in contract["layers"]:
+        names = [n.strip() for n in layer.replace(":", "|").split("|")]
+        described = []
+        for name in names:
+            path = ROOT / "harness" / name
+            source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+            doc = ast.get_docstring(ast.parse(source.read_text())) or ""
+            described.append(f"{name}: {doc.strip().splitlines()[0] if doc else '—'}")
+        rows.append([[("code", f"harness.{n}") for n in names], " / ".join(described)])
+    return rows
+
+
+class LayersDirective(Directive):
+    """``attnbench-layers``: the layers of ``harness/``, read from the import-linter contract."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        return [make_table(["layer (highest first)", "what it holds"], layer_rows(), [30, 70])]
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -230,5 +274,6 @@ def setup(app: Any) -> dict[str, Any]:
     app.add_directive("attnbench-schema", SchemaDirective)
     app.add_directive("attnbench-asv-suite", AsvSuiteDirective)
     app.add_directive("attnbench-modules", ModulesDirective)
+    app.add_directive("attnbench-layers", LayersDirective)
     app.add_html_math_renderer("mathml", (_visit_inline, None), (_visit_block, None))
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
