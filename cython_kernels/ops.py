@@ -304,15 +304,50 @@ def _attention_call(q, k, v, key_valid, scaling, profile, phases):
     return q_np, k_np, v_np, valid, n_keys, scale, out, out_np
 
 
+def _row_mask(mask: Array, batch: int, seq: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A general attention mask as ``(key_valid, row_mask)``: ``key_valid`` uint8 (batch, seq), 1 for keys
+    some query may attend to, and ``row_mask`` a uint8 (batch, seq, seq) view (no copy for a bool or uint8
+    input with a contiguous last axis), or None when every query row allows the same keys (a key-padding
+    mask, which the kernels take through ``key_valid`` alone)."""
+    if arr.is_tensor(mask):
+        if mask.dtype not in (arr._torch().bool, arr._torch().uint8):
+            raise ValueError(f"mask must be bool or uint8, got {mask.dtype}")
+        m = mask.detach().cpu().numpy()
+    elif isinstance(mask, np.ndarray):
+        m = mask
+    else:
+        raise TypeError(f"mask must be a numpy.ndarray or a torch.Tensor, got {type(mask).__name__}")
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.dtype not in (np.bool_, np.uint8) or m.shape != (batch, seq, seq):
+        raise ValueError(f"mask must be bool or uint8 of shape {(batch, 1, seq, seq)} or {(batch, seq, seq)} "
+                         f"(True = attend), got {m.dtype.name} {m.shape}")
+    if m.dtype == np.uint8 and m.size and m.max() > 1:
+        m = m != 0
+    if seq and m.strides[-1] != m.itemsize or any(st < 0 for st in m.strides):
+        m = np.ascontiguousarray(m)
+    m = m.view(np.uint8)
+    valid = m.any(axis=1).astype(np.uint8)
+    if m.strides[1] == 0 or not seq or bool((m == m[:, :1, :]).all()):
+        return np.ascontiguousarray(m[:, 0] if seq else valid), None
+    return valid, m
+
+
+KERNELS: tuple[str, ...] = ("online", "materialize")
+Kernel = Literal["online", "materialize"]
+
+
 def attention_u8s8(
     q: Array,
     k: Array,
     v: Array,
     key_valid: Array | None = None,
     *,
+    mask: Array | None = None,
     scaling: float | None = None,
     pv: PV = "int8",
     smooth_k: bool = False,
+    kernel: Kernel = "online",
     threads: int | None = None,
     profile: np.ndarray | None = None,
 ) -> Array:
@@ -342,10 +377,21 @@ def attention_u8s8(
     _require()
     if pv not in ("int8", "float"):
         raise ValueError(f"pv must be 'int8' or 'float', got {pv!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'online' or 'materialize', got {kernel!r}")
+    if mask is not None and key_valid is not None:
+        raise ValueError("give key_valid (a key-padding mask) or mask (any mask), not both")
+    row_mask = None
+    if mask is not None:
+        shape = tuple(q.shape)
+        if len(shape) != 4:
+            raise ValueError(f"q must be 4-D (batch, heads, seq, head_dim), got shape {shape}")
+        key_valid, row_mask = _row_mask(mask, shape[0], shape[2])
     q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
                                                                           ATTENTION_PHASES)
     bad = _attention.attention_u8s8(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale,
-                                    pv == "int8", bool(smooth_k), arr.threads_arg(threads), profile)
+                                    pv == "int8", bool(smooth_k), arr.threads_arg(threads), profile,
+                                    row_mask, kernel == "online")
     if bad:
         raise ValueError(f"q, k or v contains NaN or infinity ({bad} row(s) affected)")
     return out
