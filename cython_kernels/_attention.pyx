@@ -23,8 +23,19 @@ sums to <= 258, so with |V codes| <= 127 the int16 pair sums of AVX2's
 K indices (2t, 2t+1): its packing interleaves 4 rows from index 0.
 P.V in float: MKL's sgemm on E and V as given (no copy of V).
 
-Keys at or beyond ``n_keys[b]`` are skipped (trailing padding costs nothing);
-masked keys before it get weight 0.  A row with no valid key gives 0.
+Two kernels share these steps.  The materialising one (``online=False``) computes a block's whole
+score rows (64 x keys) before its softmax.  The online one (``online=True``, the default of
+``ops.attention_u8s8``) walks the keys in blocks of ``key_block()`` keys with FlashAttention's online
+softmax: per block, int32 Q K^T of 64 rows x the block, the block maximum m_b of each row's base-2
+scores, m' = max(m, m_b), alpha = 2**(m - m'), weights 2**(S' - m') (with pv_int8: times V's token
+scales, coded as u8 with the pair rule above, one scale per row and block), sum = sum * alpha + the
+block's sum, o = o * alpha + the block's P.V; out = o / sum, written once.  No buffer is wider than a
+key block, whatever the sequence length.
+
+Masks: ``key_valid`` (batch, seq) masks keys for every query; the optional ``row_mask``
+(batch, seq, seq) masks per query row (sliding windows, causal masks).  A masked key never gets
+weight: its score is -1e30 and its weight exactly 0.  Keys at or beyond ``n_keys[b]`` are skipped
+(trailing padding costs nothing).  A row with no allowed key gives 0, as dense SDPA does.
 Score rows are padded to a multiple of 32 keys with weight-0 entries.
 The row quantizers give the codes of ``_quant`` (``_rows.pxd``; AVX2 versions
 for head_dim % 8 == 0), with the same flags (finite math: masks use -1e30,
@@ -34,7 +45,7 @@ never infinity; NaN and infinity in q, k or v are detected from their bits).
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
-from posix.time cimport CLOCK_MONOTONIC, clockid_t
+from posix.time cimport CLOCK_THREAD_CPUTIME_ID, clockid_t
 
 from cython_kernels._avx cimport *
 from cython_kernels._blas cimport sgemm_
@@ -61,11 +72,12 @@ cdef float MASKED = -1e30  # score of a masked key: finite, far below any real s
 cdef float LOG2E = 1.4426950408889634  # scores are kept in base 2: exp(s) = 2**(s * log2(e))
 
 
-cdef clockid_t CLOCK = CLOCK_MONOTONIC  # of the per-phase timings (wall time per thread)
+cdef clockid_t CLOCK = CLOCK_THREAD_CPUTIME_ID  # of the per-phase timings (CPU time of each thread: robust to load)
 
 # Keys per block of the online kernel (a multiple of 32): Q.K^T, softmax and P.V of 64 query rows x
-# this many keys stay in L1/L2 (64 x 128 int32 scores: 32 KiB).
-cdef int _key_block = 128
+# this many keys stay in L2 (64 x 512 int32 scores and float weights: 256 KiB). Each further block costs
+# about 4 us per 64 query rows in FBGEMM calls and row bookkeeping (measured): at BERT lengths one block.
+cdef int _key_block = 512
 
 
 def key_block() -> int:
@@ -442,6 +454,31 @@ cdef int _block(const Head* h, Work* w, PackB* kp, PackB* vp, int start, int row
     return bad
 
 
+cdef void _online_row(Work* w, int i, int j0, int kb32, const uint8_t* mask, int mask_avail,
+                      bint pv_int8) noexcept nogil:
+    """One query row i of the online softmax over keys [j0, j0 + kb32): weights into w.e's row i (base-2
+    scores minus the new running maximum, exponentiated; times V's token scales and with their code scale
+    in w.pair_scale[i] for pv_int8, else pair_scale 1), the rescaling factor of the previous blocks in
+    w.alpha[i], and the running maximum and sum updated.  A block without an allowed key: weights 0,
+    alpha 1, pair_scale 0."""
+    cdef int ld = _key_block, d
+    cdef float* e = w.e + i * ld
+    cdef float bmax = _scores_row(w.acc + i * ld, w.ksum + j0, w.kscale + j0, w.bias + j0, kb32, w.qzp[i],
+                                  w.qscale[i], mask, mask_avail, e)
+    cdef float m_old = w.run_max[i], m_new, total
+    if bmax <= MASKED * <float>0.5:
+        for d in range(kb32):
+            e[d] = 0
+        w.alpha[i] = 1
+        w.pair_scale[i] = 0
+        return
+    m_new = bmax if bmax > m_old else m_old
+    w.alpha[i] = exp2f(m_old - m_new) if m_old > MASKED * <float>0.5 else 0
+    w.run_max[i] = m_new
+    total = _exp_row(e, kb32, m_new, w.vscale + j0 if pv_int8 else NULL, &w.pair_scale[i])
+    w.run_sum[i] = w.run_sum[i] * w.alpha[i] + total
+
+
 cdef inline int _gemm_s32_a(PackAMatrix[uint8_t, int32_t]* pa, PackB* pb, int32_t* c, int ldc) except -1 nogil:
     # c = A . B for an A packed once (the Q codes of a row block, reused for every key block).
     cdef DoNothingI32 done
@@ -463,8 +500,7 @@ cdef int _online_block(const Head* h, Work* w, int start, int rows, double* prof
     o = o * alpha + P.V of the block.  At the end out = o / sum (0 for a row without an allowed key).
     """
     cdef int i, d, blk, j0, kb, kb32, bad = 0, ld = _key_block, dim = h.io.dim
-    cdef float bmax, m_new, total
-    cdef float* o
+    cdef float total
     cdef float* orow
     cdef const int32_t* pv
     cdef float* out = h.io.out + start * h.io.out_rs
@@ -491,19 +527,7 @@ cdef int _online_block(const Head* h, Work* w, int start, int rows, double* prof
             t = _lap(prof, GEMM_QK, t, CLOCK)
             for i in range(rows):
                 mrow = h.rmask + (start + i) * h.rmask_rs + j0 if h.rmask != NULL else NULL
-                bmax = _scores_row(w.acc + i * ld, w.ksum + j0, w.kscale + j0, w.bias + j0, kb32, w.qzp[i],
-                                   w.qscale[i], mrow, h.io.keys - j0, w.e + i * ld)
-                if bmax <= MASKED * <float>0.5:  # no allowed key in this block: weights 0, nothing changes
-                    for d in range(kb32):
-                        w.e[i * ld + d] = 0
-                    w.alpha[i] = 1
-                    w.pair_scale[i] = 0
-                    continue
-                m_new = bmax if bmax > w.run_max[i] else w.run_max[i]
-                w.alpha[i] = exp2f(w.run_max[i] - m_new) if w.run_max[i] > MASKED * <float>0.5 else 0
-                w.run_max[i] = m_new
-                total = _exp_row(w.e + i * ld, kb32, m_new, w.vscale + j0 if h.pv_int8 else NULL, &w.pair_scale[i])
-                w.run_sum[i] = w.run_sum[i] * w.alpha[i] + total
+                _online_row(w, i, j0, kb32, mrow, h.io.keys - j0, h.pv_int8)
             t = _lap(prof, SOFTMAX, t, CLOCK)
             if h.pv_int8:
                 for i in range(rows):
