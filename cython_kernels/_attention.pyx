@@ -53,7 +53,8 @@ from libc.math cimport exp2f
 from libc.string cimport memcpy
 
 from cython_kernels._fbgemm cimport DoNothingI32, MemCopyI32, PackAMatrix, fbgemmInstructionSet, fbgemmPacked, matrix_op_t
-from cython_kernels._fused cimport HeadView, Views, _gemm_s32, _head_view, _key_mean, _lap, _now, _views
+from cython_kernels._fused cimport (Arena, HeadView, Views, _arena_alloc, _gemm_s32, _head_view, _key_mean, _lap,
+                                    _now, _take, _views)
 from cython_kernels._packing cimport *
 from cython_kernels._simd cimport *
 
@@ -194,6 +195,7 @@ cdef struct Work:
     float* run_sum      # (ROWS,)
     float* alpha        # (ROWS,)
     float* o            # (ROWS, dim)
+    char* arena         # the one allocation that holds every buffer above
     bint own_packing
     double prof[<int>N_PHASES]
 
@@ -207,48 +209,54 @@ cdef void _free(Work* w) noexcept nogil:
     if w.kb != NULL:
         for b in range(w.n_blocks):
             _free_packed(&w.kb[b])
-    if w.vb != NULL:
-        for b in range(w.n_blocks):
             _free_packed(&w.vb[b])
-    free(w.kb); free(w.vb); free(w.run_max); free(w.run_sum); free(w.alpha); free(w.o)
-    free(w.bias); free(w.kq); free(w.ksum); free(w.kscale); free(w.vq); free(w.vscale); free(w.tmp)
-    free(w.kmean); free(w.qq); free(w.qscale); free(w.qzp); free(w.acc); free(w.e); free(w.pq)
-    free(w.rowscale); free(w.pair_scale); free(w.pv)
+    free(w.arena)
     free(w)
+
+
+cdef void _layout(Work* w, Arena* a, Py_ssize_t keys, Py_ssize_t wide, Py_ssize_t dim) noexcept nogil:
+    # Every buffer of a Work, as slices of one arena (sizes in the struct's comments).
+    w.bias = <float*>_take(a, keys * sizeof(float))
+    w.kq = <int8_t*>_take(a, keys * dim)
+    w.ksum = <int32_t*>_take(a, keys * sizeof(int32_t))
+    w.kscale = <float*>_take(a, keys * sizeof(float))
+    w.vq = <int8_t*>_take(a, keys * dim)
+    w.vscale = <float*>_take(a, keys * sizeof(float))
+    w.tmp = <float*>_take(a, dim * sizeof(float))
+    w.kmean = <float*>_take(a, dim * sizeof(float))
+    w.qq = <uint8_t*>_take(a, ROWS * dim)
+    w.qscale = <float*>_take(a, ROWS * sizeof(float))
+    w.qzp = <int32_t*>_take(a, ROWS * sizeof(int32_t))
+    w.acc = <int32_t*>_take(a, ROWS * wide * sizeof(int32_t))
+    w.e = <float*>_take(a, ROWS * wide * sizeof(float))
+    w.pq = <uint8_t*>_take(a, ROWS * wide)
+    w.rowscale = <float*>_take(a, ROWS * sizeof(float))
+    w.pair_scale = <float*>_take(a, ROWS * sizeof(float))
+    w.pv = <int32_t*>_take(a, ROWS * dim * sizeof(int32_t))
+    w.kb = <Packed*>_take(a, w.n_blocks * sizeof(Packed))
+    w.vb = <Packed*>_take(a, w.n_blocks * sizeof(Packed))
+    w.run_max = <float*>_take(a, ROWS * sizeof(float))
+    w.run_sum = <float*>_take(a, ROWS * sizeof(float))
+    w.alpha = <float*>_take(a, ROWS * sizeof(float))
+    w.o = <float*>_take(a, ROWS * dim * sizeof(float))
 
 
 cdef Work* _new_work(Py_ssize_t keys, Py_ssize_t dim) except NULL nogil:
     # keys: a multiple of 32; score buffers hold ROWS rows of max(keys, key block) entries.
     cdef Work* w = <Work*>calloc(1, sizeof(Work))
     cdef Py_ssize_t wide = keys if keys > _key_block else _key_block
+    cdef Arena a
+    a.base = NULL
+    a.used = 0
     if w != NULL:
-        w.bias = <float*>malloc(keys * sizeof(float))
-        w.kq = <int8_t*>malloc(keys * dim)
-        w.ksum = <int32_t*>malloc(keys * sizeof(int32_t))
-        w.kscale = <float*>malloc(keys * sizeof(float))
-        w.vq = <int8_t*>malloc(keys * dim)
-        w.vscale = <float*>malloc(keys * sizeof(float))
-        w.tmp = <float*>malloc(dim * sizeof(float))
-        w.kmean = <float*>malloc(dim * sizeof(float))
-        w.qq = <uint8_t*>malloc(ROWS * dim)
-        w.qscale = <float*>malloc(ROWS * sizeof(float))
-        w.qzp = <int32_t*>malloc(ROWS * sizeof(int32_t))
-        w.acc = <int32_t*>malloc(ROWS * wide * sizeof(int32_t))
-        w.e = <float*>malloc(ROWS * wide * sizeof(float))
-        w.pq = <uint8_t*>malloc(ROWS * wide)
-        w.rowscale = <float*>malloc(ROWS * sizeof(float))
-        w.pair_scale = <float*>malloc(ROWS * sizeof(float))
-        w.pv = <int32_t*>malloc(ROWS * dim * sizeof(int32_t))
         w.n_blocks = <int>((keys + _key_block - 1) // _key_block)
-        w.kb = <Packed*>calloc(w.n_blocks + 1, sizeof(Packed))
-        w.vb = <Packed*>calloc(w.n_blocks + 1, sizeof(Packed))
-        w.run_max = <float*>malloc(ROWS * sizeof(float))
-        w.run_sum = <float*>malloc(ROWS * sizeof(float))
-        w.alpha = <float*>malloc(ROWS * sizeof(float))
-        w.o = <float*>malloc(ROWS * dim * sizeof(float))
-    if not (w and w.bias and w.kq and w.ksum and w.kscale and w.vq and w.vscale and w.tmp and w.kmean and w.qq
-            and w.qscale and w.qzp and w.acc and w.e and w.pq and w.rowscale and w.pair_scale and w.pv
-            and w.kb and w.vb and w.run_max and w.run_sum and w.alpha and w.o):
+        _layout(w, &a, keys, wide, dim)
+        if _arena_alloc(&a):
+            _layout(w, &a, keys, wide, dim)
+            w.arena = a.base
+        else:
+            w.kb = NULL
+    if w == NULL or w.arena == NULL:
         _free(w)
         with gil:
             raise MemoryError("attention buffers")

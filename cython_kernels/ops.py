@@ -415,17 +415,11 @@ def _require_topk() -> None:
 
 def _sequence_scales(q: np.ndarray, k: np.ndarray, valid: np.ndarray, smooth_k: bool) -> np.ndarray:
     """float32 (batch, 3): per sequence the 1/scale of K and the 1/scale and zero point of Q, one scale shared by
-    all heads (``granularity="tensor"``), over the sequence's valid tokens and with the float32 arithmetic of
-    ``quantize_s8_sym`` / ``quantize_u7_asym`` (``per="matrix"``). Non-finite elements count as 0 (as the
+    all heads (``granularity="tensor"``), over the sequence's valid tokens, with the scale rules of
+    ``quantize_s8_sym`` / ``quantize_u7_asym`` (``_rows.pxd``'s, through ``_quant``). Non-finite elements count as 0 (as the
     unfused scorer's inputs), so a poisoned head does not spoil the other heads' grid."""
     batch = q.shape[0]
     result = np.empty((batch, 3), np.float32)
-    one, top, huge = np.float32(1), np.float32(127), np.float32(3.0e38)
-
-    def inverse(scale: np.float32) -> np.float32:
-        inv = one / scale if scale > 0 else np.float32(0)
-        return one if not scale > 0 or inv > huge else np.float32(inv)
-
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for b in range(batch):
             tokens = np.flatnonzero(valid[b])
@@ -438,9 +432,8 @@ def _sequence_scales(q: np.ndarray, k: np.ndarray, valid: np.ndarray, smooth_k: 
             qb = np.where(np.isfinite(qb), qb, np.float32(0))
             lo = min(np.float32(0), np.float32(qb.min())) if qb.size else np.float32(0)
             hi = max(np.float32(0), np.float32(qb.max())) if qb.size else np.float32(0)
-            q_inv = inverse(np.float32((hi - lo) / top))
-            zero_point = np.clip(np.rint(np.float32(-lo * q_inv)), 0, 127)
-            result[b] = (inverse(np.float32(amax / top)), q_inv, zero_point)
+            _, q_inv, zero_point = _quant.u7_scale(lo, hi)  # the kernels' own rules (_rows.pxd)
+            result[b] = (_quant.s8_scale(amax)[1], q_inv, zero_point)
     return result
 
 
