@@ -355,8 +355,16 @@ def attention_u8s8(
 
     ``q``, ``k``, ``v``: float32 (batch, heads, seq, head_dim), any strides with a contiguous last
     axis (the transposed views attention layers hold are read in place).  ``key_valid``: bool or
-    uint8 (batch, seq), True = attend (a key-padding mask), or None for all keys.
+    uint8 (batch, seq), True = attend (a key-padding mask), or None for all keys.  ``mask`` instead:
+    any bool or uint8 mask of shape (batch, 1, seq, seq) or (batch, seq, seq), True = attend (sliding
+    windows, causal masks; broadcast views are read without a copy); a query row with no allowed key
+    gives 0, as dense SDPA does.
     Returns float32 (batch, seq, heads, head_dim), C-contiguous (a torch tensor if ``q`` is one).
+
+    ``kernel="online"`` (default) walks the keys in blocks of ``_attention.key_block()`` keys with an
+    online softmax (running maximum and sum per row, FlashAttention's recurrence) and writes each output
+    row once; ``kernel="materialize"`` computes whole score rows per block of 64 queries first.  At up to
+    512 keys both do the same work; they differ only in how P's codes are scaled (per row and key block).
 
     Per (batch, head) and block of 64 query rows, on FBGEMM (``_attention.pyx`` has the details):
     Q as 7-bit u8 per token (asymmetric), K as s8 per token (symmetric; ``smooth_k`` subtracts K's
@@ -370,9 +378,11 @@ def attention_u8s8(
     * ``pv="float"``: MKL sgemm on the float weights and V.
 
     Every scale comes from one (batch, head) and its valid keys only, so a sequence's result does not
-    depend on the other sequences of the batch or on trailing padding.  A row with no valid key
-    gives 0.  NaN or infinity in q, k or v raise ValueError.  ``profile``: optional float64 array of
-    ``len(ATTENTION_PHASES)`` to which the time of each phase is added.
+    depend on the other sequences of the batch or on trailing padding.  NaN or infinity in a row of
+    q, k or v that the kernel reads raise ValueError (keys after a sequence's last allowed key are never
+    read).  ``profile``: optional float64 array of ``len(ATTENTION_PHASES)`` to which each phase's CPU
+    time (seconds, summed over threads) is added.  Raises ValueError for a bad ``pv``, ``kernel``, mask
+    or shape, or both ``key_valid`` and ``mask``; TypeError for non-float32 inputs.
     """
     _require()
     if pv not in ("int8", "float"):

@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n### Peak micro-benchmark (median of the same interleaved rounds, {args.clock} clock)\n")
         print(peak_table(results))
     for pv in () if args.no_int8_profile or args.head_dim else ("int8", "float"):
-        print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (per call, summed over threads)\n")
+        print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (CPU time per call, summed over threads)\n")
         print(breakdown_table(results, pv))
     for label in args.topk_profile if ck.TOPK_AVAILABLE else ():
         topk, k_factor = topk_profile_values(label)
