@@ -10,6 +10,8 @@ import numpy.typing as npt
 PHASES: tuple[str, ...]
 
 def own_packing() -> bool: ...
+def key_block() -> int: ...  # keys per block of the online kernel
+def set_key_block(keys: int) -> None: ...  # a multiple of 32 in 32..4096; ValueError otherwise
 def use_fbgemm_packing(enabled: bool) -> None: ...
 def attention_u8s8(
     q: npt.NDArray[np.float32],  # (batch, heads, seq, dim), last axis contiguous
@@ -22,5 +24,7 @@ def attention_u8s8(
     pv_int8: bool,
     smooth_k: bool,
     threads: int,
-    profile: npt.NDArray[np.float64] | None = None,  # (len(PHASES),), seconds added per phase
+    profile: npt.NDArray[np.float64] | None = None,  # (len(PHASES),), CPU seconds added per phase
+    row_mask: npt.NDArray[np.uint8] | None = None,  # (batch, seq, seq) 0/1, last axis contiguous, strides >= 0
+    online: bool = False,  # the online-softmax kernel (key blocks) instead of the materialising one
 ) -> int: ...  # rows of q/k/v holding NaN or infinity

@@ -9,7 +9,7 @@ order), eight lanes at a time, for rows whose length is a multiple of 8.
 
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 
-from cython_kernels._rows cimport _exponent_carry, _rint, _s8_row, _u7_row
+from cython_kernels._rows cimport _exponent_carry, _rint, _s8_row, _s8_scale, _u7_row, _u7_scale
 from cython_kernels._simd cimport *
 
 
@@ -174,11 +174,7 @@ cdef inline bint _s8_row_avx(const float* x, const float* sub, int8_t* q, int n,
     if _mm256_movemask_ps(_mm256_castsi256_ps(special)):
         scale_out[0] = 0
         return True
-    scale = _hmax(amax) / <float>127.0
-    inv = <float>1.0 / scale if scale > 0 else <float>0.0
-    if not (scale > 0) or inv > <float>3.0e38:
-        scale = 1
-        inv = 1
+    scale = _s8_scale(_hmax(amax), &inv)
     _s8_codes(x, sub, q, n, inv)
     scale_out[0] = scale
     return False
@@ -199,16 +195,7 @@ cdef inline bint _u7_row_avx(const float* x, uint8_t* q, int n, float* scale_out
         scale_out[0] = 0
         zp_out[0] = 0
         return True
-    lo = _hmin(vmin)
-    hi = _hmax(vmax)
-    scale = (hi - lo) / <float>127.0
-    inv = <float>1.0 / scale if scale > 0 else <float>0.0
-    if not (scale > 0) or inv > <float>3.0e38:
-        scale = 1
-        inv = 1
-    zpf = _rint(-lo * inv)
-    zpf = zpf if zpf > 0 else <float>0.0
-    zpf = zpf if zpf < 127 else <float>127.0
+    scale = _u7_scale(_hmin(vmin), _hmax(vmax), &inv, &zpf)
     _u7_codes(x, q, n, inv, zpf)
     scale_out[0] = scale
     zp_out[0] = <int32_t>zpf

@@ -7,10 +7,13 @@
   the raw pointers and element strides the ``nogil`` loops use (``_head_view`` for one (batch, head));
 * ``_key_mean``: K's mean over the valid keys (``smooth_k``);
 * ``_gemm_s32``: one exact int32 Q.K^T block on FBGEMM into a strided buffer;
-* ``_now`` / ``_lap``: the optional per-phase timings, on a given clock.
+* ``_now`` / ``_lap``: the optional per-phase timings, on a given clock;
+* ``Arena`` / ``_take`` / ``_arena_alloc``: a thread's buffers as 64-byte aligned slices of one zeroed
+  allocation (a kernel lists its buffers once, in a layout function run twice: to size, then to place).
 """
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t
+from libc.stdlib cimport calloc
 from posix.time cimport clock_gettime, clockid_t, timespec
 
 from cython_kernels._fbgemm cimport DoNothingI32, MemCopyI32, PackAMatrix, PackBMatrix, fbgemmPacked, matrix_op_t
@@ -144,3 +147,23 @@ cdef inline double _lap(double* prof, int phase, double start, clockid_t clock) 
     now = _now(clock)
     prof[phase] += now - start
     return now
+
+
+cdef struct Arena:
+    char* base    # NULL while sizing
+    size_t used   # bytes laid out so far
+
+
+cdef inline void* _take(Arena* a, size_t nbytes) noexcept nogil:
+    """The next 64-byte aligned slice of ``nbytes`` bytes (NULL while sizing, when ``a.base`` is NULL)."""
+    cdef size_t start = (a.used + 63) & ~(<size_t>63)
+    a.used = start + nbytes
+    return a.base + start if a.base != NULL else NULL
+
+
+cdef inline int _arena_alloc(Arena* a) noexcept nogil:
+    """After a sizing pass: one zeroed allocation for ``a.used`` bytes, ready for the placing pass.
+    Returns 0 when out of memory (``a.base`` stays NULL)."""
+    a.base = <char*>calloc(1, a.used + 64)
+    a.used = 0
+    return a.base != NULL

@@ -26,3 +26,5 @@ def dequantize_s32(
     out: npt.NDArray[np.float32],  # (batch, M, N)
     threads: int,
 ) -> None: ...
+def s8_scale(amax: float) -> tuple[float, float]: ...  # (scale, 1 / scale), float32 values
+def u7_scale(lo: float, hi: float) -> tuple[float, float, float]: ...  # (scale, 1 / scale, zero point)

@@ -25,7 +25,21 @@ from cython.parallel cimport prange, threadid
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 from libcpp.vector cimport vector
 
-from cython_kernels._rows cimport _s8_row, _u7_row
+from cython_kernels._rows cimport _s8_row, _s8_scale, _u7_row, _u7_scale
+
+
+def s8_scale(float amax) -> tuple[float, float]:
+    """(scale, 1 / scale) of the s8 rule for a group with maximum magnitude amax (float32 arithmetic)."""
+    cdef float inv
+    cdef float scale = _s8_scale(amax, &inv)
+    return scale, inv
+
+
+def u7_scale(float lo, float hi) -> tuple[float, float, float]:
+    """(scale, 1 / scale, zero point) of the 7-bit rule for a group with range [lo, hi] (lo <= 0 <= hi)."""
+    cdef float inv, zpf
+    cdef float scale = _u7_scale(lo, hi, &inv, &zpf)
+    return scale, inv, zpf
 
 
 def quantize_u7_rows(const float[:, ::1] x, uint8_t[:, ::1] q,

@@ -26,6 +26,37 @@ cdef inline uint32_t _exponent_carry(uint32_t bits) noexcept nogil:
     return (bits & 0x7F800000u) + 0x00800000u
 
 
+cdef inline float _s8_scale(float amax, float* inv_out) noexcept nogil:
+    """The s8 rule: scale = amax / 127 and inv = 1 / scale (float32); scale and inv 1 for an all-zero
+    group or one whose inverse would overflow.  Every s8 quantizer of the package (this file, ``_avx.pxd``,
+    ``_topk``, and NumPy through ``_quant.s8_scale``) takes its scale from here."""
+    cdef float scale = amax / <float>127.0
+    cdef float inv = <float>1.0 / scale if scale > 0 else <float>0.0
+    if not (scale > 0) or inv > <float>3.0e38:
+        scale = 1
+        inv = 1
+    inv_out[0] = inv
+    return scale
+
+
+cdef inline float _u7_scale(float lo, float hi, float* inv_out, float* zpf_out) noexcept nogil:
+    """The 7-bit rule for a group whose range [lo, hi] includes 0: scale = (hi - lo) / 127, inv = 1 / scale,
+    zero point clip(rint(-lo * inv), 0, 127) (float32, half to even); scale and inv 1 for an all-zero group
+    or one whose inverse would overflow.  Every u7 quantizer of the package takes its parameters from here."""
+    cdef float scale = (hi - lo) / <float>127.0
+    cdef float inv = <float>1.0 / scale if scale > 0 else <float>0.0
+    cdef float zpf
+    if not (scale > 0) or inv > <float>3.0e38:
+        scale = 1
+        inv = 1
+    zpf = _rint(-lo * inv)
+    zpf = zpf if zpf > 0 else <float>0.0
+    zpf = zpf if zpf < 127 else <float>127.0
+    inv_out[0] = inv
+    zpf_out[0] = zpf
+    return scale
+
+
 cdef inline bint _u7_row(const float* x, uint8_t* q, Py_ssize_t n,
                          float* scale_out, int32_t* zp_out) noexcept nogil:
     cdef const uint32_t* bits = <const uint32_t*>x
@@ -41,14 +72,7 @@ cdef inline bint _u7_row(const float* x, uint8_t* q, Py_ssize_t n,
         scale_out[0] = 0
         zp_out[0] = 0
         return True
-    scale = (hi - lo) / <float>127.0
-    inv = <float>1.0 / scale if scale > 0 else <float>0.0
-    if not (scale > 0) or inv > <float>3.0e38:
-        scale = 1
-        inv = 1
-    zpf = _rint(-lo * inv)
-    zpf = zpf if zpf > 0 else <float>0.0
-    zpf = zpf if zpf < 127 else <float>127.0
+    scale = _u7_scale(lo, hi, &inv, &zpf)
     for j in range(n):
         t = _rint(x[j] * inv) + zpf
         t = t if t > 0 else <float>0.0
@@ -72,11 +96,7 @@ cdef inline bint _s8_row(const float* x, int8_t* q, Py_ssize_t n,
     if special & 0x80000000u:
         scale_out[0] = 0
         return True
-    scale = amax / <float>127.0
-    inv = <float>1.0 / scale if scale > 0 else <float>0.0
-    if not (scale > 0) or inv > <float>3.0e38:
-        scale = 1
-        inv = 1
+    scale = _s8_scale(amax, &inv)
     for j in range(n):
         t = _rint(x[j] * inv)
         t = t if t > -127 else <float>-127.0

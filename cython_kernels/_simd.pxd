@@ -82,6 +82,9 @@ cdef extern from "immintrin.h" nogil:
     __m128i _mm_unpackhi_epi8(__m128i a, __m128i b)
     __m128i _mm_unpacklo_epi16(__m128i a, __m128i b)
     __m128i _mm_unpackhi_epi16(__m128i a, __m128i b)
+    __m128i _mm_loadl_epi64(const __m128i* p)               # 8 bytes into the low half, high half 0
+    __m256i _mm256_cvtepu8_epi32(__m128i a)                  # the low 8 bytes, zero-extended
+    __m256 _mm256_blendv_ps(__m256 a, __m256 b, __m256 mask)  # b where mask's top bit is set, else a
 
 
 cdef extern from *:

@@ -55,9 +55,10 @@ from posix.time cimport CLOCK_THREAD_CPUTIME_ID, clockid_t
 
 from cython_kernels._avx cimport *
 from cython_kernels._fbgemm cimport matrix_op_t
-from cython_kernels._fused cimport HeadView, Views, _gemm_s32, _head_view, _key_mean, _lap, _now, _views
+from cython_kernels._fused cimport (Arena, HeadView, Views, _arena_alloc, _gemm_s32, _head_view, _key_mean, _lap,
+                                    _now, _take, _views)
 from cython_kernels._packing cimport *
-from cython_kernels._rows cimport _rint
+from cython_kernels._rows cimport _rint, _s8_scale, _u7_scale
 from cython_kernels._simd cimport *
 
 
@@ -498,6 +499,7 @@ cdef struct Work:
     float* s            # (ROWS, kk + 8) exact scores, then weights
     float* rowscale     # (ROWS,)
     Packed kp
+    char* arena         # the one allocation that holds every buffer above
     bint own_packing
     double prof[<int>N_PHASES]
 
@@ -506,37 +508,45 @@ cdef void _free(Work* w) noexcept nogil:
     if w == NULL:
         return
     _free_packed(&w.kp)
-    free(w.kq); free(w.ksum); free(w.ksumf); free(w.zk); free(w.kscale); free(w.keymask); free(w.valid_idx); free(w.kmean); free(w.tmp)
-    free(w.qq); free(w.qzp); free(w.qbad); free(w.acc); free(w.cand); free(w.sel_tmp); free(w.sel); free(w.nsel)
-    free(w.best); free(w.s); free(w.rowscale)
+    free(w.arena)
     free(w)
+
+
+cdef void _layout(Work* w, Arena* a, Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) noexcept nogil:
+    # Every buffer of a Work, as slices of one arena (sizes in the struct's comments).
+    w.kq = <int8_t*>_take(a, keys32 * dim + 32)
+    w.ksum = <int32_t*>_take(a, keys32 * sizeof(int32_t))
+    w.ksumf = <float*>_take(a, keys32 * sizeof(float))
+    w.zk = <int32_t*>_take(a, keys32 * sizeof(int32_t))
+    w.kscale = <float*>_take(a, keys32 * sizeof(float))
+    w.keymask = <int32_t*>_take(a, keys32 * sizeof(int32_t))
+    w.valid_idx = <int32_t*>_take(a, keys32 * sizeof(int32_t))
+    w.kmean = <float*>_take(a, (dim + 8) * sizeof(float))
+    w.tmp = <float*>_take(a, (dim + 8) * sizeof(float))
+    w.qq = <uint8_t*>_take(a, ROWS * dim + 32)
+    w.qzp = <int32_t*>_take(a, ROWS * sizeof(int32_t))
+    w.qbad = <uint8_t*>_take(a, ROWS)
+    w.acc = <int32_t*>_take(a, ROWS * keys32 * sizeof(int32_t))
+    w.cand = <int32_t*>_take(a, (keys32 + 8) * sizeof(int32_t))
+    w.sel_tmp = <int32_t*>_take(a, (keys32 + 8) * sizeof(int32_t))
+    w.sel = <int32_t*>_take(a, (ROWS * kk + 8) * sizeof(int32_t))
+    w.nsel = <int32_t*>_take(a, ROWS * sizeof(int32_t))
+    w.best = <int32_t*>_take(a, (kk + 8) * sizeof(int32_t))
+    w.s = <float*>_take(a, ROWS * (kk + 8) * sizeof(float))
+    w.rowscale = <float*>_take(a, ROWS * sizeof(float))
 
 
 cdef Work* _new_work(Py_ssize_t keys32, Py_ssize_t dim, Py_ssize_t kk) except NULL nogil:
     cdef Work* w = <Work*>calloc(1, sizeof(Work))
+    cdef Arena a
+    a.base = NULL
+    a.used = 0
     if w != NULL:
-        w.kq = <int8_t*>malloc(keys32 * dim + 32)
-        w.ksum = <int32_t*>malloc(keys32 * sizeof(int32_t))
-        w.ksumf = <float*>malloc(keys32 * sizeof(float))
-        w.zk = <int32_t*>malloc(keys32 * sizeof(int32_t))
-        w.kscale = <float*>malloc(keys32 * sizeof(float))
-        w.keymask = <int32_t*>malloc(keys32 * sizeof(int32_t))
-        w.valid_idx = <int32_t*>malloc(keys32 * sizeof(int32_t))
-        w.kmean = <float*>malloc((dim + 8) * sizeof(float))
-        w.tmp = <float*>malloc((dim + 8) * sizeof(float))
-        w.qq = <uint8_t*>malloc(ROWS * dim + 32)
-        w.qzp = <int32_t*>malloc(ROWS * sizeof(int32_t))
-        w.qbad = <uint8_t*>malloc(ROWS)
-        w.acc = <int32_t*>malloc(ROWS * keys32 * sizeof(int32_t))
-        w.cand = <int32_t*>malloc((keys32 + 8) * sizeof(int32_t))
-        w.sel_tmp = <int32_t*>malloc((keys32 + 8) * sizeof(int32_t))
-        w.sel = <int32_t*>malloc((ROWS * kk + 8) * sizeof(int32_t))
-        w.nsel = <int32_t*>malloc(ROWS * sizeof(int32_t))
-        w.best = <int32_t*>malloc((kk + 8) * sizeof(int32_t))
-        w.s = <float*>malloc(ROWS * (kk + 8) * sizeof(float))
-        w.rowscale = <float*>malloc(ROWS * sizeof(float))
-    if not (w and w.kq and w.ksum and w.ksumf and w.zk and w.kscale and w.keymask and w.valid_idx and w.kmean and w.tmp and w.qq
-            and w.qzp and w.qbad and w.acc and w.cand and w.sel_tmp and w.sel and w.nsel and w.best and w.s and w.rowscale):
+        _layout(w, &a, keys32, dim, kk)
+        if _arena_alloc(&a):
+            _layout(w, &a, keys32, dim, kk)
+            w.arena = a.base
+    if w == NULL or w.arena == NULL:
         _free(w)
         with gil:
             raise MemoryError("topk attention buffers")
@@ -624,10 +634,7 @@ cdef void _quantize_keys(Head* h, Work* w, int nvalid) noexcept nogil:
                     amax = a if a > amax else amax
             a = _hmax(amax_v)
             amax = a if a > amax else amax
-            scale = amax / <float>127.0
-            inv = <float>1.0 / scale if scale > 0 else <float>0.0
-            if not (scale > 0) or inv > <float>3.0e38:
-                inv = 1
+            _s8_scale(amax, &inv)
             h.k_inv = inv
             lo = 0
             hi = 0
@@ -657,13 +664,7 @@ cdef void _quantize_keys(Head* h, Work* w, int nvalid) noexcept nogil:
             lo = a if a < lo else lo
             a = _hmax(hi_v)
             hi = a if a > hi else hi
-            scale = (hi - lo) / <float>127.0
-            inv = <float>1.0 / scale if scale > 0 else <float>0.0
-            if not (scale > 0) or inv > <float>3.0e38:
-                inv = 1
-            zpf = _rint(-lo * inv)
-            zpf = zpf if zpf > 0 else <float>0.0
-            zpf = zpf if zpf < 127 else <float>127.0
+            _u7_scale(lo, hi, &inv, &zpf)
             h.q_inv = inv
             h.q_zp = zpf
         for j in range(h.io.keys):

@@ -304,15 +304,50 @@ def _attention_call(q, k, v, key_valid, scaling, profile, phases):
     return q_np, k_np, v_np, valid, n_keys, scale, out, out_np
 
 
+def _row_mask(mask: Array, batch: int, seq: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A general attention mask as ``(key_valid, row_mask)``: ``key_valid`` uint8 (batch, seq), 1 for keys
+    some query may attend to, and ``row_mask`` a uint8 (batch, seq, seq) view (no copy for a bool or uint8
+    input with a contiguous last axis), or None when every query row allows the same keys (a key-padding
+    mask, which the kernels take through ``key_valid`` alone)."""
+    if arr.is_tensor(mask):
+        if mask.dtype not in (arr._torch().bool, arr._torch().uint8):
+            raise ValueError(f"mask must be bool or uint8, got {mask.dtype}")
+        m = mask.detach().cpu().numpy()
+    elif isinstance(mask, np.ndarray):
+        m = mask
+    else:
+        raise TypeError(f"mask must be a numpy.ndarray or a torch.Tensor, got {type(mask).__name__}")
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.dtype not in (np.bool_, np.uint8) or m.shape != (batch, seq, seq):
+        raise ValueError(f"mask must be bool or uint8 of shape {(batch, 1, seq, seq)} or {(batch, seq, seq)} "
+                         f"(True = attend), got {m.dtype.name} {m.shape}")
+    if m.dtype == np.uint8 and m.size and m.max() > 1:
+        m = m != 0
+    if seq and m.strides[-1] != m.itemsize or any(st < 0 for st in m.strides):
+        m = np.ascontiguousarray(m)
+    m = m.view(np.uint8)
+    valid = m.any(axis=1).astype(np.uint8)
+    if m.strides[1] == 0 or not seq or bool((m == m[:, :1, :]).all()):
+        return np.ascontiguousarray(m[:, 0] if seq else valid), None
+    return valid, m
+
+
+KERNELS: tuple[str, ...] = ("online", "materialize")
+Kernel = Literal["online", "materialize"]
+
+
 def attention_u8s8(
     q: Array,
     k: Array,
     v: Array,
     key_valid: Array | None = None,
     *,
+    mask: Array | None = None,
     scaling: float | None = None,
     pv: PV = "int8",
     smooth_k: bool = False,
+    kernel: Kernel = "online",
     threads: int | None = None,
     profile: np.ndarray | None = None,
 ) -> Array:
@@ -320,8 +355,16 @@ def attention_u8s8(
 
     ``q``, ``k``, ``v``: float32 (batch, heads, seq, head_dim), any strides with a contiguous last
     axis (the transposed views attention layers hold are read in place).  ``key_valid``: bool or
-    uint8 (batch, seq), True = attend (a key-padding mask), or None for all keys.
+    uint8 (batch, seq), True = attend (a key-padding mask), or None for all keys.  ``mask`` instead:
+    any bool or uint8 mask of shape (batch, 1, seq, seq) or (batch, seq, seq), True = attend (sliding
+    windows, causal masks; broadcast views are read without a copy); a query row with no allowed key
+    gives 0, as dense SDPA does.
     Returns float32 (batch, seq, heads, head_dim), C-contiguous (a torch tensor if ``q`` is one).
+
+    ``kernel="online"`` (default) walks the keys in blocks of ``_attention.key_block()`` keys with an
+    online softmax (running maximum and sum per row, FlashAttention's recurrence) and writes each output
+    row once; ``kernel="materialize"`` computes whole score rows per block of 64 queries first.  At up to
+    512 keys both do the same work; they differ only in how P's codes are scaled (per row and key block).
 
     Per (batch, head) and block of 64 query rows, on FBGEMM (``_attention.pyx`` has the details):
     Q as 7-bit u8 per token (asymmetric), K as s8 per token (symmetric; ``smooth_k`` subtracts K's
@@ -335,17 +378,30 @@ def attention_u8s8(
     * ``pv="float"``: MKL sgemm on the float weights and V.
 
     Every scale comes from one (batch, head) and its valid keys only, so a sequence's result does not
-    depend on the other sequences of the batch or on trailing padding.  A row with no valid key
-    gives 0.  NaN or infinity in q, k or v raise ValueError.  ``profile``: optional float64 array of
-    ``len(ATTENTION_PHASES)`` to which the time of each phase is added.
+    depend on the other sequences of the batch or on trailing padding.  NaN or infinity in a row of
+    q, k or v that the kernel reads raise ValueError (keys after a sequence's last allowed key are never
+    read).  ``profile``: optional float64 array of ``len(ATTENTION_PHASES)`` to which each phase's CPU
+    time (seconds, summed over threads) is added.  Raises ValueError for a bad ``pv``, ``kernel``, mask
+    or shape, or both ``key_valid`` and ``mask``; TypeError for non-float32 inputs.
     """
     _require()
     if pv not in ("int8", "float"):
         raise ValueError(f"pv must be 'int8' or 'float', got {pv!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'online' or 'materialize', got {kernel!r}")
+    if mask is not None and key_valid is not None:
+        raise ValueError("give key_valid (a key-padding mask) or mask (any mask), not both")
+    row_mask = None
+    if mask is not None:
+        shape = tuple(q.shape)
+        if len(shape) != 4:
+            raise ValueError(f"q must be 4-D (batch, heads, seq, head_dim), got shape {shape}")
+        key_valid, row_mask = _row_mask(mask, shape[0], shape[2])
     q_np, k_np, v_np, valid, n_keys, scale, out, out_np = _attention_call(q, k, v, key_valid, scaling, profile,
                                                                           ATTENTION_PHASES)
     bad = _attention.attention_u8s8(q_np, k_np, v_np, valid, n_keys, out_np.transpose(0, 2, 1, 3), scale,
-                                    pv == "int8", bool(smooth_k), arr.threads_arg(threads), profile)
+                                    pv == "int8", bool(smooth_k), arr.threads_arg(threads), profile,
+                                    row_mask, kernel == "online")
     if bad:
         raise ValueError(f"q, k or v contains NaN or infinity ({bad} row(s) affected)")
     return out
@@ -369,17 +425,11 @@ def _require_topk() -> None:
 
 def _sequence_scales(q: np.ndarray, k: np.ndarray, valid: np.ndarray, smooth_k: bool) -> np.ndarray:
     """float32 (batch, 3): per sequence the 1/scale of K and the 1/scale and zero point of Q, one scale shared by
-    all heads (``granularity="tensor"``), over the sequence's valid tokens and with the float32 arithmetic of
-    ``quantize_s8_sym`` / ``quantize_u7_asym`` (``per="matrix"``). Non-finite elements count as 0 (as the
+    all heads (``granularity="tensor"``), over the sequence's valid tokens, with the scale rules of
+    ``quantize_s8_sym`` / ``quantize_u7_asym`` (``_rows.pxd``'s, through ``_quant``). Non-finite elements count as 0 (as the
     unfused scorer's inputs), so a poisoned head does not spoil the other heads' grid."""
     batch = q.shape[0]
     result = np.empty((batch, 3), np.float32)
-    one, top, huge = np.float32(1), np.float32(127), np.float32(3.0e38)
-
-    def inverse(scale: np.float32) -> np.float32:
-        inv = one / scale if scale > 0 else np.float32(0)
-        return one if not scale > 0 or inv > huge else np.float32(inv)
-
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for b in range(batch):
             tokens = np.flatnonzero(valid[b])
@@ -392,9 +442,8 @@ def _sequence_scales(q: np.ndarray, k: np.ndarray, valid: np.ndarray, smooth_k: 
             qb = np.where(np.isfinite(qb), qb, np.float32(0))
             lo = min(np.float32(0), np.float32(qb.min())) if qb.size else np.float32(0)
             hi = max(np.float32(0), np.float32(qb.max())) if qb.size else np.float32(0)
-            q_inv = inverse(np.float32((hi - lo) / top))
-            zero_point = np.clip(np.rint(np.float32(-lo * q_inv)), 0, 127)
-            result[b] = (inverse(np.float32(amax / top)), q_inv, zero_point)
+            _, q_inv, zero_point = _quant.u7_scale(lo, hi)  # the kernels' own rules (_rows.pxd)
+            result[b] = (_quant.s8_scale(amax)[1], q_inv, zero_point)
     return result
 
 

@@ -16,7 +16,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 import cython_kernels as ck
 from harness import RunSpec, run
 from harness.execution.runner import prepare_model
-from plugins.fbgemm_int8 import FbgemmInt8, key_padding
+from plugins.fbgemm_int8 import FbgemmInt8, bool_mask
 
 from conftest import tiny_classifier
 
@@ -77,15 +77,38 @@ def test_in_a_model_logits_stay_close_to_dense(registry):
             assert not torch.equal(out, ref)  # it really ran in int8
 
 
-def test_key_padding_accepts_only_key_padding_masks():
+def test_bool_mask_passes_any_bool_mask_and_refuses_additive_ones():
     _, _, _, mask = padded_inputs(2, 1, 4, 2, [4, 3])
-    assert key_padding(None) is None
-    assert key_padding(mask).tolist() == [[True] * 4, [True, True, True, False]]
     causal = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()
-    with pytest.raises(ValueError, match="key-padding masks only"):
-        key_padding(causal)
+    assert bool_mask(None) is None
+    assert bool_mask(mask) is mask and bool_mask(causal) is causal
     with pytest.raises(TypeError, match="bool"):
-        key_padding(torch.zeros(1, 1, 4, 4))
+        bool_mask(torch.zeros(1, 1, 4, 4))
+
+
+def window_mask(lengths: list[int], seq: int, window: int) -> torch.Tensor:
+    """ModernBERT's local-layer mask: key padding and |i - j| <= window // 2, (batch, 1, seq, seq) bool."""
+    i = torch.arange(seq)
+    near = (i[:, None] - i[None, :]).abs() <= window // 2
+    valid = i[None, :] < torch.tensor(lengths)[:, None]
+    return (near[None] & valid[:, None, :])[:, None]
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernel", ["online", "materialize"])
+@pytest.mark.parametrize("pv", ["int8", "float"])
+@pytest.mark.parametrize("which", ["window", "causal"])
+def test_masks_that_differ_between_query_rows_match_dense(kernel, pv, which):
+    q, k, v, _ = padded_inputs(3, 2, 70, 32, [70, 50, 9], seed=3)
+    mask = window_mask([70, 50, 9], 70, 16) if which == "window" else (
+        torch.ones(70, 70, dtype=torch.bool).tril()[None, None].expand(3, 1, 70, 70))
+    k[:, :, 40:] *= 3.0  # far keys whose scores would dominate if attended to
+    out, _ = FbgemmInt8(pv=pv, kernel=kernel).attention(_Module(), q, k, v, mask, scaling=32 ** -0.5)
+    ref = sdpa_attention_forward(_Module(), q, k, v, mask, scaling=32 ** -0.5)[0]
+    rows = mask[:, 0].any(-1)  # query rows with an allowed key
+    o, r = out[rows].flatten(1), ref[rows].flatten(1)
+    assert float((o - r).norm() / r.norm()) < TOLERANCE[pv][0]
+    assert float(torch.nn.functional.cosine_similarity(o, r, dim=-1).mean()) > TOLERANCE[pv][1]
 
 
 @needs_kernels

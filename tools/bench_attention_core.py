@@ -23,6 +23,13 @@ machine runs them: it restarts the tool with ``ATEN_CPU_CAPABILITY=avx2`` (torch
 ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (MKL's GEMMs), ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN) and
 ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` (FBGEMM) set before torch loads; attnbench's own kernels are AVX2 code
 everywhere.
+
+Peaks: in the same interleaved rounds as the backends (so under the same load), a small peak
+micro-benchmark times an fp32 GEMM (``torch.mm``, 1024³, all threads) and an int8 GEMM (FBGEMM
+``gemm_u8s8_s32``, one 1024³ GEMM per thread, packing included). Beside each latency the table gives the
+achieved rate, ``4 · batch · heads · seq² · head_dim`` operations (Q·Kᵀ and P·V, a multiply-add counted as
+two; the dense work, whatever the backend skips) per median second, and its share of the measured fp32 and
+int8 peaks (median rates, same clock). ``--no-peak`` leaves them out.
 """
 
 from __future__ import annotations
@@ -108,10 +115,40 @@ def time_forwards(specs: list[str], seq: int, batch: int, threads: int, repeats:
     return timings, next(iter(timings.values())).foreign_load, {}
 
 
+PEAK_FP32, PEAK_INT8 = "peak: fp32 GEMM", "peak: int8 GEMM"
+PEAK_SIZE = 1024  # M = N = K of the peak GEMMs
+
+
+def peak_calls(threads: int, size: int = PEAK_SIZE) -> dict[str, tuple[object, float]]:
+    """The peak micro-benchmark: name → (call, operations per call) for an fp32 GEMM (``torch.mm`` of
+    size³ on all threads) and int8 GEMMs (FBGEMM ``gemm_u8s8_s32``, ``threads`` GEMMs of size³ split over
+    the threads, packing included; 7-bit A so that AVX2's pair sums stay exact)."""
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.standard_normal((size, size), dtype=np.float32))
+    b = torch.from_numpy(rng.standard_normal((size, size), dtype=np.float32))
+    c = torch.empty(size, size)
+    a8 = rng.integers(0, 128, (threads, size, size), dtype=np.uint8)
+    b8 = rng.integers(-127, 128, (threads, size, size), dtype=np.int8)
+    c8 = np.empty((threads, size, size), np.int32)
+    ops = 2.0 * size ** 3
+    return {PEAK_FP32: (lambda: torch.mm(a, b, out=c), ops),
+            PEAK_INT8: (lambda: ck.gemm_u8s8_s32(a8, b8, out=c8, threads=threads), threads * ops)}
+
+
+def attention_ops(batch: int, heads: int, seq: int, head_dim: int) -> float:
+    """Operations of one dense attention core: Q·Kᵀ and P·V, 2 · batch · heads · seq² · head_dim each."""
+    return 4.0 * batch * heads * seq * seq * head_dim
+
+
 def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: int, warmup: int,
                head_dim: int | None = None, topk_profiles: tuple[str, ...] = ("16",), clock=WALL_CLOCK,
-               int8_profiles: bool = True) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
-    """Median-ready timings of every backend's attention core, the foreign load, and int8 phase profiles."""
+               int8_profiles: bool = True, peaks: bool = False, peak_size: int = PEAK_SIZE
+               ) -> tuple[dict[str, Timing], float | None, dict[str, np.ndarray]]:
+    """Median-ready timings of every backend's attention core, the foreign load, and int8 phase profiles.
+
+    With ``peaks``, the timings also hold the peak GEMMs (``PEAK_FP32``, ``PEAK_INT8``, sampled in the same
+    rounds) and the profiles hold ``"ops"``: float64 [attention operations per call, fp32 peak operations
+    per call, int8 peak operations per call]."""
     torch.set_num_threads(threads)
     registry = load_registry()
     task = registry.task(SPEED_TASK)
@@ -126,9 +163,14 @@ def time_cores(specs: list[str], seq: int, batch: int, threads: int, repeats: in
     for spec in specs:
         backend = registry.resolve(spec)
         calls[spec] = _core_call(backend, prepare_model(base, backend), qkv, head_dim)
+    profiles = {}
+    if peaks:
+        peak = peak_calls(threads, peak_size)
+        calls.update({name: call for name, (call, _) in peak.items()})
+        b, h, s, d = qkv[0].shape
+        profiles["ops"] = np.array([attention_ops(b, h, s, d), peak[PEAK_FP32][1], peak[PEAK_INT8][1]])
     timings = time_interleaved(calls, repeats=repeats, warmup=warmup, clock=clock)
     load = next(iter(timings.values())).foreign_load
-    profiles = {}
     q, k, v = qkv
     for pv in ("int8", "float") if int8_profiles else ():
         profile = np.zeros(len(ck.ATTENTION_PHASES))
@@ -162,18 +204,55 @@ def topk_profile_arg(label: str) -> str:
 
 
 def latency_table(results: dict[tuple[int, int], tuple[dict[str, Timing], float | None, dict]], specs: list[str]) -> str:
+    """Median latency ± IQR and speed-up over dense per backend and (seq, threads); where the run measured
+    peaks, each configuration also gets the achieved GFLOP/s (GOP/s for int8 backends: the same count) and
+    its share of the fp32 and int8 peaks."""
     configs = sorted(results)
-    head = "| backend | " + " | ".join(f"seq {s}, {t} thread{'s' if t > 1 else ''}" for s, t in configs) + " |"
-    lines = [head, "|---|" + "---:|" * len(configs)]
+    with_peaks = {c: "ops" in results[c][2] for c in configs}
+    head, rule = ["| backend |"], ["|---|"]
+    for s, t in configs:
+        head.append(f" seq {s}, {t} thread{'s' if t > 1 else ''} |")
+        rule.append("---:|")
+        if with_peaks[s, t]:
+            head.append(" GFLOP/s | % fp32 peak | % int8 peak |")
+            rule.append("---:|---:|---:|")
+    lines = ["".join(head), "".join(rule)]
     for spec in specs:
         cells = []
         for config in configs:
             timing = results[config][0][spec]
             ratio = results[config][0][REFERENCE].median / timing.median
             cells.append(f"{timing.median * 1e3:.2f} ms ±{timing.iqr * 1e3:.2f} ({ratio:.2f}×)")
+            if with_peaks[config]:
+                rate, fp32, int8 = peak_rates(results[config], spec)
+                cells += [f"{rate / 1e9:.1f}", f"{100 * rate / fp32:.0f} %", f"{100 * rate / int8:.0f} %"]
         lines.append(f"| `{spec}` | " + " | ".join(cells) + " |")
-    loads = [results[c][1] for c in configs]
-    lines.append("| other load (cores) | " + " | ".join("n/a" if x is None else f"{x:.2f}" for x in loads) + " |")
+    loads = []
+    for c in configs:
+        loads.append("n/a" if results[c][1] is None else f"{results[c][1]:.2f}")
+        loads += [""] * (3 if with_peaks[c] else 0)
+    lines.append("| other load (cores) | " + " | ".join(loads) + " |")
+    return "\n".join(lines)
+
+
+def peak_rates(result: tuple[dict[str, Timing], float | None, dict], spec: str) -> tuple[float, float, float]:
+    """(achieved operations per second of ``spec``, fp32 peak, int8 peak), from median samples."""
+    timings, _, profiles = result
+    ops, fp32_ops, int8_ops = profiles["ops"]
+    return (ops / timings[spec].median, fp32_ops / timings[PEAK_FP32].median,
+            int8_ops / timings[PEAK_INT8].median)
+
+
+def peak_table(results: dict) -> str:
+    """The peak micro-benchmark's rates per (seq, threads) configuration."""
+    lines = ["| configuration | fp32 GEMM GFLOP/s | int8 GEMM GOP/s | int8 / fp32 | other load (cores) |",
+             "|---|---:|---:|---:|---:|"]
+    for (s, t), result in sorted(results.items()):
+        if "ops" not in result[2]:
+            continue
+        _, fp32, int8 = peak_rates(result, REFERENCE)
+        load = "n/a" if result[1] is None else f"{result[1]:.2f}"
+        lines.append(f"| seq {s}, {t}t | {fp32 / 1e9:.1f} | {int8 / 1e9:.1f} | {int8 / fp32:.2f} | {load} |")
     return "\n".join(lines)
 
 
@@ -216,9 +295,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="wall seconds (default) or process CPU seconds per call")
     parser.add_argument("--forward", action="store_true", help="time the whole model forward, not the core")
     parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM GOP/s table")
+    parser.add_argument("--no-peak", action="store_true",
+                        help="skip the peak micro-benchmark (GFLOP/s and peak-share columns)")
+    parser.add_argument("--peak-size", type=int, default=PEAK_SIZE, help="M = N = K of the peak GEMMs")
     parser.add_argument("--isa", choices=sorted(ISA_ENV),
                         help="cap torch, MKL, oneDNN and FBGEMM at this instruction set (an AVX2-only machine)")
     args = parser.parse_args(argv)
+    if args.peak_size < 16:
+        parser.error(f"--peak-size must be >= 16, got {args.peak_size}")
     if args.isa and any(os.environ.get(k) != v for k, v in ISA_ENV[args.isa].items()):
         parser.error(f"--isa {args.isa}: run the tool as a script (its variables must be set before torch loads)")
     if not ck.AVAILABLE:
@@ -240,14 +324,18 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 results[seq, threads] = time_cores(specs, seq, args.batch, threads, args.repeats, args.warmup,
                                                    args.head_dim, tuple(args.topk_profile), clock,
-                                                   not (args.no_int8_profile or args.head_dim))
+                                                   not (args.no_int8_profile or args.head_dim), not args.no_peak,
+                                                   args.peak_size)
     what = "Whole forward" if args.forward else "Attention core"
     print(f"### {what} latency ({args.clock} clock; median ± IQR, speed-up over dense SDPA)\n")
     print(latency_table(results, specs))
     if args.forward:
         return
+    if not args.no_peak:
+        print(f"\n### Peak micro-benchmark (median of the same interleaved rounds, {args.clock} clock)\n")
+        print(peak_table(results))
     for pv in () if args.no_int8_profile or args.head_dim else ("int8", "float"):
-        print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (per call, summed over threads)\n")
+        print(f"\n### Where `fbgemm-int8:pv={pv}` spends its time (CPU time per call, summed over threads)\n")
         print(breakdown_table(results, pv))
     for label in args.topk_profile if ck.TOPK_AVAILABLE else ():
         topk, k_factor = topk_profile_values(label)
