@@ -270,18 +270,21 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
                      outcome.stored_rows, outcome.tracebacks)
 
 
-def position_limit(config: Any, tokenizer: Any = None) -> int | None:
-    """Tokens a model takes in one sequence: its ``max_position_embeddings``, or less when its tokenizer says
-    so (RoBERTa-style models reserve the first positions for padding); ``None`` when neither states one."""
-    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    limits = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
-    return min(limits) if limits else None
+def position_limit(model: torch.nn.Module) -> int | None:
+    """Tokens a model takes in one sequence: the rows of its learned position-embedding table, less the rows
+    RoBERTa-style models reserve below their padding index (positions start at ``padding_idx + 1``).
+    ``None`` for a model without such a table (rotary positions: no fixed limit)."""
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return module.num_embeddings - offset
+    return None
 
 
 def _check_positions(spec: RunSpec, session: EvalSession, placement: Placement) -> None:
     """Refuse a latency shape longer than the timed model's positions, before anything is measured."""
     task = session.tasks[0]
-    limit = position_limit(session.models.model(task).config, session.models.tokenizer(task))
+    limit = position_limit(session.models.model(task))
     longest = max(seq for _, seq in spec.speed_shapes(placement))
     if limit is not None and longest > limit:
         raise UserError(f"--seq-len {longest} is longer than the model's {limit} positions "
