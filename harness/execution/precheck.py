@@ -51,7 +51,8 @@ def check_cell_budget(cells: int, n_backends: int, n_tasks: int, n_shapes: int, 
 
 
 def names_listing() -> dict:
-    """``{"backends": {name: [parameter names]}, "tasks": [names and dataset configs]}`` of this environment,
+    """``{"backends": {name: {parameter: its summary}}, "tasks": [names and dataset configs], "task_names":
+    [names]}`` of this environment,
     cached per environment (:func:`harness.listing_cache.cached_listing`); building it loads the plugins."""
     from ..listing_cache import cached_listing
 
@@ -60,7 +61,7 @@ def names_listing() -> dict:
 
         registry = load_registry()
         tasks = sorted({*registry.tasks, *(e.task.config for e in registry.tasks.values())})
-        text = json.dumps({"backends": {name: [p.name for p in e.cls.params]
+        text = json.dumps({"backends": {name: {p.name: p.describe() for p in e.cls.params}
                                         for name, e in sorted(registry.backends.items())},
                            "tasks": tasks, "task_names": list(registry.tasks)})
         return text + "\n", not registry.failures
@@ -81,7 +82,7 @@ def check_names(backends: Iterable[str], tasks: Iterable[str] | None, listing: d
                 raise SpecError(f"unknown backend {part.name!r}; valid backends: {', '.join(sorted(known))}")
             for key, _ in part.params:
                 if key not in known[part.name]:
-                    takes = ", ".join(known[part.name]) or "no parameters"
+                    takes = ", ".join(known[part.name].values()) or "no parameters"
                     raise SpecError(f"{part.name}: unknown parameter {key!r}; {part.name} takes {takes}")
     for name in tasks or ():
         if name not in listing["tasks"]:
