@@ -6,8 +6,9 @@ existing Dask scheduler; start one with ``dask scheduler`` and ``dask worker tcp
 machine). Dask rather than Ray: cells are coarse Python functions, Dask's distributed scheduler is a
 small pure-Python dependency that runs on loopback in tests, and its futures API is ``concurrent.futures``.
 
-Workers must have attnbench (and any third-party backend) installed and must reach the store (a shared
-directory or an fsspec URL). Timing cells never run here: they stay on the machine that runs the CLI.
+Workers must have attnbench (and any third-party backend) installed. They never write to the store: each
+returns its cell's rows, and the process that runs the CLI stores every cell once, whatever retries a
+worker's death causes. Timing cells never run here: they stay on the machine that runs the CLI.
 """
 
 from __future__ import annotations

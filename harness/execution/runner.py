@@ -10,8 +10,12 @@
 4. Eval cells run on the executor (this process by default): task metrics with 95 % intervals, paired
    changes against the dense reference on the same examples (:mod:`harness.stats`; per-example predictions
    go to the store's predictions table), agreement with the dense
-   reference on the same inputs, attention fidelity, throughput. Each cell's rows are written in one atomic
-   file, so an interrupted run loses at most the cells in flight and never records a partial cell.
+   reference on the same inputs, attention fidelity, throughput. This process writes each cell's rows in
+   one atomic file when the cell's result arrives (workers never write), so an interrupted run loses at
+   most the cells in flight, never records a partial cell, and never records a cell twice.
+
+Before any of it, what can be refused is: names, the number of cells (:mod:`.precheck`), a store that
+cannot be written, a latency shape longer than the model's positions.
 """
 
 from __future__ import annotations
