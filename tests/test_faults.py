@@ -387,3 +387,16 @@ def test_compare_of_two_runs_of_one_command_gives_unrepeated_timings_no_verdict(
             assert verdicts[("eval_tokens_per_s", params)] == "unrepeated (no verdict)"
             assert verdicts[("accuracy", params)] == "no change"  # deterministic values are still compared
     assert "regression" not in {v for v in verdicts.values()}
+
+
+def test_a_terminal_that_cannot_encode_the_message_still_gets_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(ROOT),
+           "ATTNBENCH_CACHE": str(tmp_path / "cache")}
+    env.pop(PLUGINS_ENV, None)
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "-b", "topk:k=[1,2,3,4,5,6]", "--tasks", "sst2",
+                           "--max-cells", "4", "--no-store"], env=env, cwd=tmp_path, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.decode("ascii").strip().splitlines() == [
+        "attnbench: error: this run has 12 cells (6 backend(s) \\xd7 (1 task(s) + 1 speed shape(s))), more than 4; "
+        "nothing was started. Narrow the backend grid or the tasks, or pass --yes to run them all"]
