@@ -125,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .execution.outcome import closing_lines
 
     out, err = closing_lines(result, spec.store, traceback=args.traceback)
-    print(out)
+    if out:
+        print(out)
     if err:
         print(err, file=sys.stderr)
     if result.failures:
