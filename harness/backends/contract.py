@@ -280,7 +280,11 @@ class ResolvedBackend:
                 from ..devices import placement_reason
 
                 reason = placement_reason(part, placement)
-            reason = reason or ask_unavailable_reason(type(part), part.values)
+            if reason is None:
+                from .torch_state import kept_torch_state
+
+                with kept_torch_state(self.spec, "unavailable_reason"):
+                    reason = ask_unavailable_reason(type(part), part.values)
             if reason:
                 return f"{part.name}: {reason}"
         return None
