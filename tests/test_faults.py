@@ -17,7 +17,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
