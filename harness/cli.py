@@ -14,6 +14,7 @@ from .errors import UserError
 from .paths import DEFAULT_STORE
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3  # 1 is kept for "regression" and "a cell failed"
 
 
 def _registry():
@@ -102,9 +103,6 @@ def _tasks_text() -> tuple[str, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .execution.runner import RunSpec, run
-    from .analysis.summary import run_summary
-
     if args.instructions_only:
         return _run_instructions(args, run_id=None)
 
@@ -114,6 +112,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     shapes = list(dict.fromkeys(args.shape or []))  # --shape: the first is the main latency shape
     if shapes:
         args.batch_size, args.seq_len = shapes[0]
+    from .execution.precheck import precheck_run
+
+    precheck_run(args.backend or ["dense"], tasks, n_shapes=max(1, len(shapes)), speed=not args.no_speed,
+                 max_cells=args.max_cells, confirmed=args.yes)  # before torch is imported
+    _quiet_libraries()
+    from .execution.runner import RunSpec, run
+    from .analysis.summary import run_summary
+
     spec = RunSpec(backends=args.backend or ["dense"], tasks=tasks, extra_shapes=shapes[1:] if shapes else None,
                    model=args.model, data=args.data,
                    limit=args.limit, max_tokens=args.max_tokens or None, eval_batch_size=args.eval_batch_size,
@@ -121,17 +127,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                    warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
                    executor=args.executor, resume=args.resume, store=None if args.no_store else args.store,
                    progress=not args.no_progress, device=args.device, dtype=args.dtype,
-                   l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch)
+                   l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch,
+                   max_cells=args.max_cells, confirmed=args.yes)
     result = run(spec)
     print(run_summary(result.rows))
-    if spec.store is not None:
-        print(f"\nrun {result.run_id}: {len(result.rows)} rows from {result.cells - result.cells_done_before} "
-              f"cell(s) written to {spec.store}"
-              + (f" ({result.cells_done_before} cell(s) were already there)" if result.cells_done_before else "")
-              + f"; read them with harness.read_results({str(spec.store)!r})")
+    from .execution.outcome import closing_lines
+
+    out, err = closing_lines(result, spec.store, traceback=args.traceback)
+    if out:
+        print(out)
+    if err:
+        print(err, file=sys.stderr)
     if result.failures:
-        print(f"{len(result.failures)} cell(s) failed: {', '.join(result.failures)}; rerun with --resume",
-              file=sys.stderr)
         return 1
     if args.instructions:
         return _run_instructions(args, run_id=result.run_id)
@@ -412,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"results store, a directory or an fsspec URL (default {DEFAULT_STORE})")
     p.add_argument("--no-store", action="store_true", help="do not write results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--traceback", action="store_true",
+                   help="print the full traceback of every failed cell (a failure is otherwise one line)")
+    p.add_argument("--yes", action="store_true", help="run even when the run has more than --max-cells cells")
+    p.add_argument("--max-cells", type=_positive, default=500, metavar="N",
+                   help="refuse a run of more than N cells unless --yes (default 500)")
     p.add_argument("--instructions", action="store_true",
                    help="also count instructions of each backend under valgrind's callgrind (batch 1 x 128, one thread)")
     p.add_argument("--instructions-only", action="store_true",
@@ -508,9 +520,10 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show "×" or "÷" must not fail the command
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        _quiet_libraries()
     try:
         return args.func(args)
     except UserError as exc:
@@ -520,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
         print("attnbench: interrupted; finished cells are in the store: rerun the same command with --resume",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a mistake, a regression or a failed cell: its own exit code
+        from .execution.outcome import internal_error
+
+        print(internal_error(exc, traceback=getattr(args, "traceback", False)), file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

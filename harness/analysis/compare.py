@@ -11,7 +11,9 @@ negative) by the difference B − A; :func:`harness.analysis.scales.scale_of` de
 sides have repeated samples (timings), the change gets a bootstrap 95 % confidence interval
 (``scipy.stats.bootstrap``) and a two-sided Mann–Whitney U test; a change is *significant* when p < alpha
 and the interval excludes "no change". Values without samples (task metrics, which are deterministic for a
-given code and data) are compared exactly. A *regression* is a significant (or exact) change in the bad
+given code and data) are compared exactly; a single timing with neither samples nor an interval (an eval
+pass's ``eval_wall_time`` or ``eval_tokens_per_s``, say) gets no verdict at all (``unrepeated``), since
+one reading cannot tell a change from the machine's noise. A *regression* is a significant (or exact) change in the bad
 direction (the sign of B − A) larger than the threshold: relative (``threshold``) on the ratio scale,
 absolute (``abs_threshold``) on the difference scale.
 """
@@ -36,6 +38,8 @@ from ..provenance import ROOT, git
 
 KEY = schema.KEY  # identity and settings columns of the row schema: the one definition of what pairs rows
 SETTINGS_DIFFER = "settings differ"
+#: The verdict of a single unrepeated timing on either side (see :func:`_unrepeated`): none.
+UNREPEATED = "unrepeated (no verdict)"
 
 
 @dataclass(frozen=True)
@@ -184,16 +188,34 @@ def compare(rows: pd.DataFrame, ref_a: str, ref_b: str, *, threshold: float = 0.
         direction, unit = group_b["direction"].iloc[0], group_b["unit"].iloc[0]
         result = compare_samples(_pool(group_a), _pool(group_b), direction, threshold=threshold, alpha=alpha,
                                  scale=scale_of(unit), abs_threshold=abs_threshold)
+        if result["kind"] == "exact" and (_unrepeated(group_a) or _unrepeated(group_b)):
+            result = {**result, "kind": UNREPEATED, "verdict": UNREPEATED}
         out.append({**dict(zip(KEY, key)), "unit": unit, "direction": direction, **result})
     if not out:
         raise UserError(f"{label_a} and {label_b} have no measurement in common (same source, backend, task "
                         "and metric)")
     table = pd.DataFrame(out)
     order = {"regression": 0, "improvement": 1, SETTINGS_DIFFER: 2, "within threshold": 3, "not significant": 4,
-             "no change": 5, "n/a": 6}
+             UNREPEATED: 5, "no change": 6, "n/a": 7}
     table = table.sort_values(["verdict", "metric", "backend", "task"], key=lambda s: s.map(order) if s.name ==
                               "verdict" else s, kind="stable").reset_index(drop=True)
     return Comparison(table, label_a, label_b)
+
+
+#: Categories whose values are read off a clock: one reading of them is a sample of a noisy quantity.
+TIMED_CATEGORIES = ("speed", "throughput")
+
+
+def _unrepeated(group: pd.DataFrame) -> bool:
+    """True when one side of a timed measurement is a single reading: one row of a clock-measured category
+    (:data:`TIMED_CATEGORIES`) with no raw samples and no interval. Such a value says nothing about noise,
+    so it carries no verdict (two runs of one command differ by the machine's noise alone); deterministic
+    values (task metrics, agreement, sizes) are still compared exactly."""
+    if len(group) != 1 or group["category"].iloc[0] not in TIMED_CATEGORIES:
+        return False
+    samples = group["samples"].iloc[0]
+    has_interval = "ci_low" in group and pd.notna(group["ci_low"].iloc[0]) and pd.notna(group["ci_high"].iloc[0])
+    return (samples is None or len(samples) < 2) and not has_interval
 
 
 def _settings_differ(groups_a: dict[tuple, pd.DataFrame], key_b: tuple, group_b: pd.DataFrame) -> dict | None:

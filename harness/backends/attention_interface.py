@@ -27,6 +27,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 
 from ..devices import torch_dtypes
 from .contract import ResolvedBackend
+from .torch_state import kept_threads
 
 REFERENCE_IMPLEMENTATION = "sdpa"
 _MASK_BUILDERS = {"bool": sdpa_mask, "additive": eager_mask}
@@ -47,12 +48,14 @@ def attention_function(backend: ResolvedBackend) -> AttentionFn:
     """The callable that computes attention for this backend (transformers' SDPA if it has none).
 
     It refuses q/k/v of a dtype outside the backend's declared ``dtypes`` with a ``TypeError`` that names them,
-    before the backend sees them (one tuple lookup per call).
+    before the backend sees them (one tuple lookup per call), and restores torch's thread count if the call
+    changed it (:func:`harness.backends.torch_state.kept_threads`).
     """
     part = backend.attention_part
     if part is None:
         return sdpa_attention_forward
     inner, dtypes, spec = part.attention, torch_dtypes(part.dtypes), part.spec
+    backend_spec = backend.spec
 
     def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -60,7 +63,8 @@ def attention_function(backend: ResolvedBackend) -> AttentionFn:
             raise TypeError(f"backend {spec!r} takes query, key and value of one dtype among "
                             f"{', '.join(str(d).removeprefix('torch.') for d in dtypes)}; got "
                             f"{', '.join(str(t.dtype).removeprefix('torch.') for t in (query, key, value))}")
-        return inner(module, query, key, value, attention_mask, *args, **kwargs)
+        with kept_threads(backend_spec, "attention"):
+            return inner(module, query, key, value, attention_mask, *args, **kwargs)
 
     return attention
 

@@ -280,7 +280,11 @@ class ResolvedBackend:
                 from ..devices import placement_reason
 
                 reason = placement_reason(part, placement)
-            reason = reason or ask_unavailable_reason(type(part), part.values)
+            if reason is None:
+                from .torch_state import kept_torch_state
+
+                with kept_torch_state(self.spec, "unavailable_reason"):
+                    reason = ask_unavailable_reason(type(part), part.values)
             if reason:
                 return f"{part.name}: {reason}"
         return None
@@ -296,14 +300,26 @@ class ResolvedBackend:
         return common
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Each part's transform in turn; torch settings a part changes are restored after it
+        (:func:`harness.backends.torch_state.kept_torch_state`)."""
+        from .torch_state import kept_torch_state
+
         for part in self.parts:
-            model = part.prepare(model)
+            with kept_torch_state(self.spec, "prepare"):
+                model = part.prepare(model)
         return model
 
     def run_facts(self) -> dict[str, str]:
+        """The parts' :meth:`Backend.run_facts`, plus ``torch_state_restored`` when a call into this backend
+        changed a process-wide torch setting that the harness then restored."""
+        from .torch_state import restorations
+
         facts: dict[str, str] = {}
         for part in self.parts:
             facts.update(part.run_facts())
+        restored = restorations(self.spec)
+        if restored:
+            facts["torch_state_restored"] = "; ".join(f"{k}: {v}" for k, v in sorted(restored.items()))
         return facts
 
     @property

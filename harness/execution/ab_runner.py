@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,9 +133,27 @@ def prepare_checkout(rev: str, label: str, parent: Path, log: Callable[[str], No
             shutil.copy2(so, target / "cython_kernels" / so.name)
     else:
         log(f"building the kernels of {label} ({rev}) in place")
-        subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=target, check=True,
-                       capture_output=True)
+        build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=target,
+                               capture_output=True, text=True, errors="replace")
+        if build.returncode != 0:
+            raise UserError(f"the kernels of {label} (revision {rev}, {sha[:10]}) do not compile: "
+                            f"{compiler_message(build.stdout + build.stderr)}; nothing was measured. Fix them "
+                            "there, or compare another revision")
     return Checkout(label, rev, sha, target, sources)
+
+
+_COMPILER_ERROR = re.compile(r"^\S+\.(?:pyx|pxd|pxi|c|cc|cpp|cxx|h|hpp):\d+:\d+: (?:(?:fatal )?error: )?.+$")
+
+
+def compiler_message(output: str) -> str:
+    """The compiler's first error of a failed ``setup.py build_ext`` output, on one line: Cython's
+    ``file.pyx:LINE:COL: message`` or a C/C++ compiler's ``file.cpp:LINE:COL: error: message``; else the
+    output's last non-empty line (with the exit status, what is left to say)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if _COMPILER_ERROR.match(line) and "warning:" not in line]
+    if errors:
+        return errors[0]
+    return lines[-1] if lines else "setup.py build_ext failed without output"
 
 
 def sample_process(checkout: Checkout, settings: dict, timeout: float = 600) -> dict:
@@ -160,6 +179,10 @@ def run_ab(rev_a: str, rev_b: str, *, backends: list[str], parts: tuple[str, ...
     log = log or (lambda message: print(message, file=sys.stderr))
     if pairs < 2:
         raise UserError("--pairs must be >= 2")
+    if store is not None:
+        from ..store.parquet import check_writable
+
+        check_writable(store)  # before anything is built or measured
     now = datetime.now(timezone.utc)
     session = f"ab-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     settings = {"backends": backends, "parts": list(parts), "repeats": repeats, "warmup": warmup,

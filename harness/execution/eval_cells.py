@@ -3,8 +3,9 @@
 An :class:`EvalContext` is the picklable description a worker needs (model, data, batching, store, run
 identity). An :class:`EvalSession` holds what a process builds once and reuses across cells: registry,
 models, tokenized splits, prepared backend models, and per task the reference logits and attention
-outputs. :func:`run_eval_cell` is the function executors call; it writes the cell's rows to the store in
-one atomic file, so a cell is in the store completely or not at all.
+outputs. :func:`measure_eval_cell` is the function executors call; it returns the cell's rows, and the
+process that runs the CLI writes them in one atomic file (:func:`store_eval_cell`), so a cell is in the
+store completely or not at all, and once.
 """
 
 from __future__ import annotations
@@ -335,13 +336,35 @@ def session_for(context: EvalContext) -> EvalSession:
     return session if session is not None else adopt_session(EvalSession(context))
 
 
-def run_eval_cell(context: EvalContext, cell: EvalCell) -> list[dict[str, Any]]:
-    """Executor entry point: run one cell with this process's session and write its rows to the store."""
+#: What an eval cell hands back to the process that stores it: its rows and, where kept, the arguments of
+#: :func:`~harness.store.predictions.write_predictions` for its per-example predictions.
+EvalOutcome = tuple[list[dict[str, Any]], tuple | None]
+
+
+def measure_eval_cell(context: EvalContext, cell: EvalCell) -> EvalOutcome:
+    """Executor entry point: run one cell with this process's session and return ``(rows, predictions)``.
+
+    Nothing is written here: the process that runs the CLI stores each finished cell exactly once
+    (:func:`store_eval_cell`), whichever worker computed it and however often a scheduler recomputed it
+    after a worker died, and a store that lives in memory (``memory://``) is the CLI's, not a worker's.
+    """
     session = session_for(context)
     rows = session.run(cell)
+    return rows, session.predictions.pop(cell.id, None)
+
+
+def store_eval_cell(store: str, cell: EvalCell, outcome: EvalOutcome, run_meta: dict) -> None:
+    """Write one measured cell: its predictions first (a cell whose rows are stored has its predictions too),
+    then its rows in one atomic file. Raises what the store raises."""
+    rows, kept = outcome
+    if kept is not None:
+        write_predictions(store, *kept)
+    write_rows(store, rows, {**run_meta, "cell_id": cell.id})
+
+
+def run_eval_cell(context: EvalContext, cell: EvalCell) -> list[dict[str, Any]]:
+    """Run one cell in this process and write it to ``context.store`` (unless ``None``); return its rows."""
+    outcome = measure_eval_cell(context, cell)
     if context.store is not None:
-        kept = session.predictions.pop(cell.id, None)
-        if kept is not None:  # predictions first: a cell whose rows are stored has its predictions too
-            write_predictions(context.store, *kept)
-        write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
-    return rows
+        store_eval_cell(context.store, cell, outcome, context.run_meta)
+    return outcome[0]

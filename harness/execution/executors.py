@@ -6,8 +6,9 @@ existing Dask scheduler; start one with ``dask scheduler`` and ``dask worker tcp
 machine). Dask rather than Ray: cells are coarse Python functions, Dask's distributed scheduler is a
 small pure-Python dependency that runs on loopback in tests, and its futures API is ``concurrent.futures``.
 
-Workers must have attnbench (and any third-party backend) installed and must reach the store (a shared
-directory or an fsspec URL). Timing cells never run here: they stay on the machine that runs the CLI.
+Workers must have attnbench (and any third-party backend) installed. They never write to the store: each
+returns its cell's rows, and the process that runs the CLI stores every cell once, whatever retries a
+worker's death causes. Timing cells never run here: they stay on the machine that runs the CLI.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class DaskExecutor:
     def map_unordered(self, fn: Callable, context: Any, items: Iterable,
                       group: Callable[[Any], str] | None = None) -> Iterator[CellResult]:
         """Submit every item; items of one ``group`` prefer the same worker (a worker that already holds a
-        task's reference logits should evaluate that task's other backends), but may be stolen when idle."""
+        task's reference logits should evaluate that task's other backends), but may be stolen when idle.
+
+        Each item is yielded once, when its result first arrives; ``fn`` must not write anything that
+        should happen once (a worker that dies makes the scheduler run its items again)."""
         from distributed import as_completed
 
         context_future = self.client.scatter(context, broadcast=True)
@@ -74,12 +78,16 @@ class DaskExecutor:
                 options = {"workers": [home], "allow_other_workers": True}
             futures[self.client.submit(fn, context_future, item, pure=False, **options)] = item
         try:
-            for future in as_completed(futures):
-                item = futures[future]
+            for future in as_completed(list(futures)):
+                item = futures.pop(future)
                 try:
-                    yield item, future.result(), None
+                    result, error = future.result(), None
                 except Exception as exc:
-                    yield item, None, exc
+                    result, error = None, exc
+                # Released as soon as it is collected: a finished result the cluster no longer needs is not
+                # recomputed when the worker holding it dies.
+                future.release()
+                yield item, result, error
         finally:
             for future in futures:
                 future.cancel()

@@ -10,14 +10,20 @@
 4. Eval cells run on the executor (this process by default): task metrics with 95 % intervals, paired
    changes against the dense reference on the same examples (:mod:`harness.stats`; per-example predictions
    go to the store's predictions table), agreement with the dense
-   reference on the same inputs, attention fidelity, throughput. Each cell's rows are written in one atomic
-   file, so an interrupted run loses at most the cells in flight and never records a partial cell.
+   reference on the same inputs, attention fidelity, throughput. This process writes each cell's rows in
+   one atomic file when the cell's result arrives (workers never write), so an interrupted run loses at
+   most the cells in flight, never records a partial cell, and never records a cell twice.
+
+Before any of it, what can be refused is: names, the number of cells (:mod:`.precheck`), a store that
+cannot be written, a latency shape longer than the model's positions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sys
+import traceback
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -34,8 +40,9 @@ from ..devices import Placement, attention_flops, parse_placement
 from .cells import EvalCell, SpeedCell, completed_cells, plan_id
 from ..tasks.data import DataSource
 from ..errors import UserError
-from .eval_cells import EvalContext, EvalSession, adopt_session, prepare_model, run_eval_cell
+from .eval_cells import EvalContext, EvalSession, adopt_session, measure_eval_cell, prepare_model, store_eval_cell
 from .executors import make_executor
+from .precheck import DEFAULT_MAX_CELLS, check_cell_budget, count_cells
 from .sampling import Clock, Timing, clock_for, cpu_count, peak_memory_bytes, time_interleaved
 from ..models.loading import parse_model_args
 from ..paths import DEFAULT_STORE
@@ -44,7 +51,7 @@ from ..registry.registry import Registry, load_registry
 from .rows import process_fields, row
 from ..backends.spec import expand_grid
 from .speed_cases import build_speed_case
-from ..store.parquet import parse_store, read_results, write_rows
+from ..store.parquet import check_writable, parse_store, read_results, write_rows
 from ..tasks.contract import Task
 
 REFERENCE = "dense"
@@ -78,6 +85,8 @@ class RunSpec:
     resume: bool = False                    # skip cells of the same plan already in the store
     store: Path | str | None = DEFAULT_STORE  # None: do not write
     progress: bool = True
+    max_cells: int | None = DEFAULT_MAX_CELLS  # refuse a larger run unless ``confirmed`` (None: no limit)
+    confirmed: bool = False                    # ``--yes``: run however many cells
 
     def validate(self) -> None:
         if self.tasks is not None and not self.tasks:
@@ -119,6 +128,11 @@ class RunResult:
     cells: int
     cells_done_before: int
     failures: dict[str, str] = field(default_factory=dict)
+    #: ids of the cells this invocation wrote to the store, and how many rows they hold
+    stored_cells: list[str] = field(default_factory=list)
+    stored_rows: int = 0
+    #: cell id → formatted traceback of each failed cell (``attnbench run --traceback`` prints them)
+    tracebacks: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_backends(registry: Registry, specs: list[str]) -> list[ResolvedBackend]:
@@ -192,9 +206,16 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     spec.validate()
     placement = spec.placement()
     store = None if spec.store is None else parse_store(spec.store)  # a bad store fails before any work
+    if store is not None:
+        check_writable(store)  # a store that cannot take the rows is refused before anything is measured
     registry = registry or load_registry()
     for failure in registry.failures:
         log(f"warning: {failure}")
+    n_tasks = len(dict.fromkeys(spec.tasks)) if spec.tasks else len(registry.tasks)
+    n_shapes = len(spec.speed_shapes(placement))
+    cells, n_backends = count_cells(spec.backends, n_tasks, n_shapes, spec.speed)
+    check_cell_budget(cells, n_backends, n_tasks, n_shapes if spec.speed else 0, max_cells=spec.max_cells,
+                      confirmed=spec.confirmed)  # before a large grid is even resolved
     backends = resolve_backends(registry, spec.backends)
     skipped = {b.spec: reason for b in backends if (reason := b.unavailable_reason(placement=placement))}
     for name, reason in skipped.items():
@@ -242,13 +263,57 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
     for note in getattr(session.models, "notes", []) if session else []:
         log(note)
-    failures: dict[str, str] = {}
     if speed_todo:
-        speed_rows, failures = _run_speed_cells(spec, session, speed_todo, context, log)
-        measured += speed_rows
-    failures.update(_run_eval_cells(spec, context, eval_todo, session, measured, log, store))
+        _check_positions(spec, session, placement)
+    outcome = _Outcome(store)
+    if speed_todo:
+        measured += _run_speed_cells(spec, session, speed_todo, context, log, outcome)
+    _run_eval_cells(spec, context, eval_todo, session, measured, log, outcome)
     return RunResult(run_id, plan, pd.DataFrame(measured), skipped, total,
-                     total - len(speed_todo) - len(eval_todo), failures)
+                     total - len(speed_todo) - len(eval_todo), outcome.failures, outcome.stored_cells,
+                     outcome.stored_rows, outcome.tracebacks)
+
+
+def position_limit(model: torch.nn.Module) -> int | None:
+    """Tokens a model takes in one sequence: the rows of its learned position-embedding table, less the rows
+    RoBERTa-style models reserve below their padding index (positions start at ``padding_idx + 1``).
+    ``None`` for a model without such a table (rotary positions: no fixed limit)."""
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return module.num_embeddings - offset
+    return None
+
+
+def _check_positions(spec: RunSpec, session: EvalSession, placement: Placement) -> None:
+    """Refuse a latency shape longer than the timed model's positions, before anything is measured."""
+    task = session.tasks[0]
+    limit = position_limit(session.models.model(task))
+    longest = max(seq for _, seq in spec.speed_shapes(placement))
+    if limit is not None and longest > limit:
+        raise UserError(f"--seq-len {longest} is longer than the model's {limit} positions "
+                        f"({session.models.name(task)}); nothing was measured. Use --seq-len {limit} or less, "
+                        "or a model with more positions")
+
+
+class _Outcome:
+    """What became of the cells of one invocation: stored once each (by this process), or failed with a reason."""
+
+    def __init__(self, store: str | None) -> None:
+        self.store = store
+        self.stored_cells: list[str] = []
+        self.stored_rows = 0
+        self.failures: dict[str, str] = {}
+        self.tracebacks: dict[str, str] = {}
+
+    def fail(self, cell_id: str, exc: BaseException, log: Callable[[str], None], what: str = "failed") -> None:
+        self.failures[cell_id] = _cell_error(exc) if what == "failed" else f"{what}: {_cell_error(exc)}"
+        self.tracebacks[cell_id] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log(f"cell {cell_id} {what}: {_cell_error(exc)}")
+
+    def stored(self, cell_id: str, rows: list[dict[str, Any]]) -> None:
+        self.stored_cells.append(cell_id)
+        self.stored_rows += len(rows)
 
 
 def _estimate(eval_todo: list[EvalCell], session: EvalSession | None, store: str | None,
@@ -282,54 +347,80 @@ def _estimate(eval_todo: list[EvalCell], session: EvalSession | None, store: str
 
 
 def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], session: EvalSession | None,
-                    measured: list[dict[str, Any]], log: Callable[[str], None], store: str | None) -> dict[str, str]:
+                    measured: list[dict[str, Any]], log: Callable[[str], None], outcome: _Outcome) -> None:
+    """Run the eval cells on the executor; this process stores each finished cell, once.
+
+    Workers return rows and never write: a cell that a scheduler computes again (after a worker died, its
+    finished results are lost with it) or that arrives twice is stored the first time only, and a store in
+    this process's memory is the one written. A cell whose rows cannot be written is a failure ("not stored").
+    """
     if not cells:
-        return {}
+        return
+    worker_context = dataclasses.replace(context, store=None)  # workers measure; this process writes
     executor = make_executor(spec.executor, threads_per_worker=context.threads or 1)
-    failures: dict[str, str] = {}
+    failed_before = len(outcome.failures)
+    seen: set[str] = set()
     try:
-        estimate = _estimate(cells, session, store, measured)
+        estimate = _estimate(cells, session, outcome.store, measured)
         log(f"{len(cells)} eval cell(s) on {executor.name} ({executor.workers} worker(s)){estimate}")
         with tqdm(total=len(cells), desc="cells", unit="cell", disable=not spec.progress) as bar:
-            for cell, rows, error in executor.map_unordered(run_eval_cell, context, cells,
-                                                            group=lambda c: c.task):
-                if error is not None:
-                    failures[cell.id] = f"{type(error).__name__}: {error}"
-                    log(f"cell {cell.id} failed: {failures[cell.id]}")
-                else:
-                    measured.extend(rows)
+            for cell, result, error in executor.map_unordered(measure_eval_cell, worker_context, cells,
+                                                              group=lambda c: c.task):
+                if cell.id in seen:  # computed twice: the first result is the one kept
+                    continue
+                seen.add(cell.id)
                 bar.update(1)
+                if error is not None:
+                    outcome.fail(cell.id, error, log)
+                    continue
+                rows = result[0]
+                if outcome.store is not None:
+                    try:
+                        store_eval_cell(outcome.store, cell, result, context.run_meta)
+                    except (KeyboardInterrupt, UserError):
+                        raise
+                    except Exception as exc:
+                        outcome.fail(cell.id, exc, log, "measured but not stored")
+                        continue
+                    outcome.stored(cell.id, rows)
+                measured.extend(rows)
     finally:
         executor.close()
-    if failures:
-        log(f"{len(failures)} cell(s) failed; rerun the same command with --resume to retry only those")
-    return failures
+    failed = len(outcome.failures) - failed_before
+    if failed:
+        log(f"{failed} cell(s) failed; rerun the same command with --resume to retry only those")
 
 
 def _cell_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
-                     log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Latency (interleaved across backends) and memory at every speed shape; one stored file per cell.
+#: Backends timed together (interleaved) at one shape: each holds its prepared model while it is timed, so a
+#: large grid is timed group after group and memory stays bounded by the group, not by the grid.
+SPEED_GROUP = 8
 
-    Returns the rows and ``{cell id: reason}`` of the cells that failed (see :func:`_run_speed_shape`)."""
+
+def _run_speed_cells(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
+                     log: Callable[[str], None], outcome: _Outcome) -> list[dict[str, Any]]:
+    """Latency (interleaved across the backends of a group of :data:`SPEED_GROUP`) and memory at every speed
+    shape; one stored file per cell.
+
+    Returns the rows; the cells stored and the cells that failed go to ``outcome`` (see
+    :func:`_run_speed_shape`)."""
     by_shape: dict[tuple[int, int], list[SpeedCell]] = {}
     for cell in cells:
         by_shape.setdefault((cell.batch_size, cell.seq_len), []).append(cell)
     out: list[dict[str, Any]] = []
-    failures: dict[str, str] = {}
     for (batch_size, seq_len), group in by_shape.items():
-        rows, failed = _run_speed_shape(spec, session, group, context, log, batch_size, seq_len)
-        out += rows
-        failures.update(failed)
-    return out, failures
+        for start in range(0, len(group), SPEED_GROUP):
+            out += _run_speed_shape(spec, session, group[start:start + SPEED_GROUP], context, log, batch_size,
+                                    seq_len, outcome)
+    return out
 
 
 def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell], context: EvalContext,
-                     log: Callable[[str], None], batch_size: int, seq_len: int
-                     ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+                     log: Callable[[str], None], batch_size: int, seq_len: int, outcome: _Outcome
+                     ) -> list[dict[str, Any]]:
     """The speed cells of one shape, timed with the clock of the session's device.
 
     A cell fails alone, like an eval cell: building its case, one untimed trial call of each timed callable
@@ -339,13 +430,11 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
     task = session.tasks[0]
     placement = session.placement
     clock = clock_for(placement.device, flush_l2=spec.l2_flush)
-    failures: dict[str, str] = {}
 
-    def fail(cell: SpeedCell, exc: BaseException) -> None:
+    def fail(cell: SpeedCell, exc: BaseException, what: str = "failed") -> None:
         if isinstance(exc, UserError):
             raise exc
-        failures[cell.id] = _cell_error(exc)
-        log(f"cell {cell.id} failed: {failures[cell.id]}")
+        outcome.fail(cell.id, exc, log, what)
 
     backends: dict[str, ResolvedBackend] = {}
     cases: dict[str, Any] = {}
@@ -362,7 +451,7 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
         backends[cell.backend], cases[cell.backend] = backend, case
     cells = [c for c in cells if c.backend in cases]
     if not cells:
-        return [], failures
+        return []
     rounds = (spec.warmup + spec.repeats) + (spec.warmup + spec.repeats * 3)  # forward, then attention core
     try:
         with tqdm(total=rounds, desc=f"timing {batch_size}x{seq_len}", unit="round", leave=False,
@@ -378,7 +467,7 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
     except Exception as exc:  # passed its trial call, failed later: the interleaved samples are unusable
         for cell in cells:
             fail(cell, exc)
-        return [], failures
+        return []
     log(f"timing {batch_size}x{seq_len} took {time.perf_counter() - started:.1f}s")
     config = session.models.model(task).config
     heads = config.num_attention_heads
@@ -388,7 +477,7 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
         backend, case = backends[cell.backend], cases[cell.backend]
         try:
             common = {"run_id": context.run_id, "timestamp": context.timestamp, "plan_id": context.plan_id,
-                      "cell_id": cell.id, **process_fields(cell.threads), **placement.row_fields(),
+                      "cell_id": cell.id, **process_fields(torch.get_num_threads()), **placement.row_fields(),
                       "model": session.models.name(task), "task": None, "split": None,
                       "n_examples": cell.batch_size, "batch_size": cell.batch_size, "seq_len": cell.seq_len,
                       "data_source": session.source.label}
@@ -412,13 +501,18 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
                          row({**timed, "clock": forward[cell.backend].clock}, backend, "speed",
                              "forward_tokens_per_s", cell.batch_size * cell.seq_len / forward[cell.backend].median,
                              "tokens/s", "higher", facts=facts)]
-            if context.store is not None:
-                write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
         except Exception as exc:
             fail(cell, exc)
             continue
+        if context.store is not None:
+            try:
+                write_rows(context.store, rows, {**context.run_meta, "cell_id": cell.id})
+            except Exception as exc:
+                fail(cell, exc, "measured but not stored")
+                continue
+            outcome.stored(cell.id, rows)
         out += rows
-    return out, failures
+    return out
 
 
 #: Minimum device time per attention-core sample on CUDA: short kernels (tens of µs) would otherwise measure

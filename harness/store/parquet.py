@@ -165,6 +165,26 @@ def store_lock(store: Path | str, timeout: float = 600.0) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def check_writable(store: Path | str) -> None:
+    """Refuse a store that cannot take rows, before anything is measured: create its root if needed, write a
+    hidden probe file there (readers ignore ``.``-prefixed names) and remove it.
+
+    :raises StoreError: naming the store and the filesystem's own reason (read-only directory, a path through
+        a file, no permission, …).
+    """
+    fs, root = _filesystem(store)
+    probe = f"{root}/.attnbench-write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(probe, "wb") as handle:
+            handle.write(b"attnbench")
+        fs.rm(probe)
+    except Exception as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise StoreError(f"store {os.fspath(store)!r} cannot be written ({reason}); nothing was measured. Give a "
+                         "writable directory or URL with --store, or --no-store") from None
+
+
 def _write_atomically(fs: Any, table: pa.Table, directory: str, name: str, *, replace: bool = True) -> str:
     """Write under a hidden temporary name (ignored by readers), then rename: readers never see a partial file.
 

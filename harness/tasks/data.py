@@ -15,6 +15,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import DataError
 from .contract import Task
@@ -79,10 +81,25 @@ class DataSource:
         if not file.is_file():
             raise DataError(f"task {task.name!r}: {file} not found; the data directory must hold "
                             f"<task>/<split>.parquet files, e.g. {task.config}/{split}.parquet")
-        try:
-            return datasets.Dataset.from_parquet(str(file))
-        except Exception as exc:
-            raise DataError(f"task {task.name!r}: cannot read {file}: {type(exc).__name__}: {exc}") from None
+        return read_parquet_rows(file, task.name)
+
+
+def read_parquet_rows(file: Path, task_name: str = "") -> datasets.Dataset:
+    """The rows of one Parquet file as an in-memory ``datasets.Dataset`` whose fingerprint is the sha256 of
+    the file's bytes.
+
+    ``datasets.Dataset.from_parquet`` caches by path and modification time, so a file replaced by one with
+    other rows but the same time would be read as the old rows (and its tokenization, keyed on that
+    fingerprint, reused): here what is read and every cache keyed on it follow the content.
+
+    :raises DataError: the file cannot be read as Parquet.
+    """
+    try:
+        content = file.read_bytes()
+        table = pq.read_table(pa.BufferReader(content))
+    except Exception as exc:
+        raise DataError(f"task {task_name!r}: cannot read {file}: {type(exc).__name__}: {exc}") from None
+    return datasets.Dataset(table, fingerprint=hashlib.sha256(content).hexdigest()[:16])
 
 
 def check_labels(task: Task, rows: datasets.Dataset, split: str, where: str = "") -> None:

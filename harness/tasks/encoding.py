@@ -1,8 +1,8 @@
 """Tokenized task splits and length-sorted, dynamically padded batches.
 
-Tokenization goes through ``datasets.Dataset.map``, so it is cached on disk (Arrow files in the Hugging
-Face datasets cache) per split, tokenizer and maximum length: a task is tokenized once, not per backend
-and not per run. The token ids are kept flat with row offsets, as Arrow stores them, and batches are
+Tokenization goes through ``datasets.Dataset.map``, so it is cached on disk (Arrow files) per split
+content, tokenizer and maximum length: a task is tokenized once, not per backend and not per run, and a
+split whose rows change is tokenized again (the key is the rows' content hash, never a path or a time). The token ids are kept flat with row offsets, as Arrow stores them, and batches are
 padded with vectorised NumPy indexing.
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..paths import cache_dir
 from .contract import Task
 
 
@@ -112,8 +113,13 @@ def tokenize(task: Task, rows: datasets.Dataset, tokenizer, max_length: int) -> 
     fingerprint = hashlib.sha256("\0".join([rows._fingerprint, _tokenizer_fingerprint(tokenizer), str(max_length),
                                             *fields]).encode()).hexdigest()[:16]
     drop = [c for c in rows.column_names if c in fields or c == "attention_mask"]
+    cache_file = None
+    if not rows.cache_files:  # rows read into memory (harness.tasks.data.read_parquet_rows): cache here
+        directory = cache_dir() / "tokenized"
+        directory.mkdir(parents=True, exist_ok=True)
+        cache_file = str(directory / f"{fingerprint}.arrow")
     return rows.map(tokenize_batch, batched=True, batch_size=2000, remove_columns=drop, new_fingerprint=fingerprint,
-                    desc=f"tokenize {task.name}")
+                    cache_file_name=cache_file, desc=f"tokenize {task.name}")
 
 
 def _flat(column) -> tuple[np.ndarray, np.ndarray]:
