@@ -24,11 +24,17 @@ FIXTURE = Path(__file__).parent / "fixtures" / "asv_commit_suite"
 HOUR_MS = 3_600_000
 
 
-def real_result(results_dir: Path = FIXTURE) -> tuple[Path, dict]:
-    """``(machine directory, parsed result file)`` of the one real result file under ``results_dir``."""
+def real_result_path(results_dir: Path = FIXTURE) -> Path:
+    """The one real result file under ``results_dir`` (``<machine>/<commit>-<environment hash>.json``)."""
     (machine_dir,) = [p.parent for p in results_dir.glob("*/machine.json")]
     (path,) = [p for p in machine_dir.glob("*.json") if p.name != "machine.json"]
-    return machine_dir, json.loads(path.read_text())
+    return path
+
+
+def real_result(results_dir: Path = FIXTURE) -> tuple[Path, dict]:
+    """``(machine directory, parsed result file)`` of the one real result file under ``results_dir``."""
+    path = real_result_path(results_dir)
+    return path.parent, json.loads(path.read_text())
 
 
 def _scaled(entry: list, columns: list[str], index: int, factor: float) -> None:
@@ -46,6 +52,7 @@ def derive_history(out_dir: Path, *, commits: int, step_at: int, backend: str, f
     """Write ``commits`` asv result files into ``out_dir`` (with ``benchmarks.json`` and ``machine.json``);
     return the commit ids, oldest first. The step is at ``commits[step_at]``."""
     machine_dir, source = real_result(results_dir)
+    environment = real_result_path(results_dir).name.split("-", 1)[1]  # as asv names it: a hash of the env
     benchmarks = json.loads((results_dir / "benchmarks.json").read_text())
     target = out_dir / machine_dir.name
     target.mkdir(parents=True, exist_ok=True)
@@ -86,6 +93,6 @@ def derive_history(out_dir: Path, *, commits: int, step_at: int, backend: str, f
                 key, dense = (params["backend"], params["part"]), ("dense", params["part"])
                 if entry[0][j] is not None and key in seconds and dense in seconds:
                     _scaled(entry, columns, j, (seconds[key] / seconds[dense]) / entry[0][j])
-        (target / f"{sha[:8]}-{data['env_name']}.json").write_text(json.dumps(data))
+        (target / f"{sha[:8]}-{environment}").write_text(json.dumps(data))
         ids.append(sha)
     return ids

@@ -284,10 +284,16 @@ def format_points(points: pd.DataFrame, *, include_improvements: bool = False) -
     lines = ["| kind | suspected commit | previous | series | before | after | step | p (permutation) |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for r in points.itertuples():
-        series = ", ".join(f"{k}={format_param(getattr(r, k))}" for k in
-                           ("metric", "backend", "task", "variant", "threads", "seq_len", "machine")
-                           if k in points and pd.notna(getattr(r, k)))
-        relative = f" (÷ {r.relative_to} of the same run)" if r.relative_to else ""
-        lines.append(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {series}{relative} | {r.before:.4g} | "
-                     f"{r.after:.4g} | {format_change(r.change, r.scale)} | {r.p_value:.3g} |")
+        parts = []
+        for k in ("metric", "backend", "task", "variant", "threads", "seq_len", "machine"):
+            value = getattr(r, k, None)
+            if k not in points or value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
+                continue
+            if k == "variant":  # asv parameters without a column of their own, as canonical JSON
+                parts += [f"{name}={format_param(v)}" for name, v in json.loads(value).items()]
+            else:
+                parts.append(f"{k}={format_param(value)}")
+        relative = f" (÷ {r.relative_to} of the same run)" if isinstance(r.relative_to, str) else ""
+        lines.append(f"| {r.kind} | {r.commit[:10]} | {r.previous[:10]} | {', '.join(parts)}{relative} | "
+                     f"{r.before:.4g} | {r.after:.4g} | {format_change(r.change, r.scale)} | {r.p_value:.3g} |")
     return "\n".join(lines)
