@@ -43,7 +43,7 @@ from ..provenance import cpu_facts, git_commit, library_versions, machine_id
 from ..backends.registry import Registry, load_registry
 from .rows import process_fields, row
 from ..backends.spec import expand_grid
-from .speed_cases import build_speed_case
+from .speed_cases import build_speed_case, first_attention_call
 from ..history.store import parse_store, read_results, write_rows
 from ..tasks.contract import Task
 
@@ -380,9 +380,8 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
             fail(cell, exc)
         return [], failures
     log(f"timing {batch_size}x{seq_len} took {time.perf_counter() - started:.1f}s")
-    config = session.models.model(task).config
-    heads = config.num_attention_heads
-    flops = attention_flops(batch_size, heads, seq_len, config.hidden_size // heads)
+    shape = first_attention_call(session.models.model(task))
+    flops = attention_flops(batch_size, shape.heads, seq_len, shape.head_dim)
     out = []
     for cell in cells:
         backend, case = backends[cell.backend], cases[cell.backend]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from .architecture import require_swappable
 from .adapters import load_adapter, manifest_digest, merge_adapter
 from .embedded import EMBEDDED_PACKAGE, PooledClassifier, embedded_model_dir, linear_from_head, load_or_fit_head
 from ..tasks.contract import Task
@@ -213,8 +214,14 @@ class HuggingFaceModels(TaskModels):
             source = self.source(task)
             if source not in self._models:
                 self._tokenizers[source] = _load_pretrained(AutoTokenizer, source)
-                self._models[source] = _load_pretrained(AutoModelForSequenceClassification, source,
-                                                        attn_implementation="sdpa").eval()
+                # Loaded with the checkpoint's own attention implementation: transformers refuses "sdpa" for
+                # an architecture that bypasses its attention interface, in words about SDPA; the probe says
+                # why in attnbench's words, before anything is measured.
+                model = _load_pretrained(AutoModelForSequenceClassification, source).eval()
+                with _quiet_transformers():
+                    require_swappable(model, source)
+                model.set_attn_implementation("sdpa")
+                self._models[source] = model
             labels = self._models[source].config.num_labels
             if labels != task.num_labels:
                 raise ModelError(f"model {source!r} has {labels} output label(s) but task {task.name!r} needs "
