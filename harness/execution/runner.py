@@ -222,9 +222,6 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     total = len(speed_cells) + len(eval_cells)
     resumed = f", resuming: {total - len(speed_todo) - len(eval_todo)} already in the store" if previous_run else ""
     where = "" if placement.is_default else f"; {placement.label()} {placement.dtype}"
-    log(f"run {run_id} (plan {plan}): {len(backends)} backend(s) × {len(tasks)} task(s) = {total} cells "
-        f"({len(speed_cells)} speed, {len(eval_cells)} eval){resumed}; {threads} thread(s), data {source.label}"
-        f"{where}")
 
     meta = {"run_id": run_id, "plan_id": plan, "timestamp": now.isoformat(), "machine": machine_id(),
             "cpu": cpu_facts(), "commit": git_commit().sha, "threads": threads, "versions": library_versions(),
@@ -240,6 +237,10 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     measured: list[dict[str, Any]] = []
     # The speed cells (and, with the local executor, the eval cells) share this process's session.
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
+    # after loading the models: a model attnbench cannot use is refused in one line, before this header
+    log(f"run {run_id} (plan {plan}): {len(backends)} backend(s) × {len(tasks)} task(s) = {total} cells "
+        f"({len(speed_cells)} speed, {len(eval_cells)} eval){resumed}; {threads} thread(s), data {source.label}"
+        f"{where}")
     for note in getattr(session.models, "notes", []) if session else []:
         log(note)
     failures: dict[str, str] = {}
