@@ -180,3 +180,23 @@ def test_models_reports_a_bert_checkpoint(checkpoints, capsys):
     assert "BertForSequenceClassification" in out
     assert "2 attention call(s) per forward" in out and "2 call(s) key-padding" in out
     assert "fbgemm-int8:pv=float (replaces attention): applies" in out
+
+
+@pytest.mark.parametrize("model_type, attention, ffn", [
+    ("modernbert", {"attn.Wqkv", "attn.Wo"}, {"mlp.Wi", "mlp.Wo"}),
+    ("eurobert", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"},
+     {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}),
+    ("distilbert", {"attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"},
+     {"ffn.lin1", "ffn.lin2"}),
+    ("albert", {"attention.query", "attention.key", "attention.value", "attention.dense"}, {"ffn", "ffn_output"}),
+])
+def test_dynamic_quant_finds_the_linear_layers_of_each_architecture(checkpoints, model_type, attention, ffn):
+    from plugins.dynamic_quant import linear_layers
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoints(model_type)).eval()
+    layers = 1 if model_type == "albert" else 2  # ALBERT shares one layer's weights
+    for modules, suffixes in (("attention", attention), ("ffn", ffn)):
+        names = linear_layers(model, modules)
+        assert {s for s in suffixes if any(n.endswith("." + s) for n in names)} == suffixes
+        assert len(names) == len(suffixes) * layers
+    assert linear_layers(model, "all") == linear_layers(model, "attention") | linear_layers(model, "ffn")
