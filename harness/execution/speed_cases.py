@@ -7,6 +7,7 @@ q/k/v with no mask. The runner times many cases interleaved; asv times one per p
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,12 +59,19 @@ def forward_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor], forwar
     return call
 
 
+_FIRST_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, AttentionCall]" = weakref.WeakKeyDictionary()
+
+
 def first_attention_call(model: torch.nn.Module) -> AttentionCall:
-    """The first attention call of ``model`` (a dense model: see :func:`probe_attention`).
+    """The first attention call of ``model`` (a dense model, never modified: see :func:`probe_attention`),
+    probed once per model object.
 
     :raises ModelError: when the model makes no call through transformers' attention interface.
     """
-    return probe_attention(model).first
+    call = _FIRST_CALLS.get(model)
+    if call is None:
+        call = _FIRST_CALLS[model] = probe_attention(model).first
+    return call
 
 
 def attention_core_call(backend: ResolvedBackend, model: torch.nn.Module, qkv: tuple[torch.Tensor, ...],
