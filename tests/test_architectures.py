@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from harness import read_results
 from harness.cli import main
-from harness.history.store import read_results
 
 COMMON = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
               max_position_embeddings=512, num_labels=2)

@@ -10,13 +10,15 @@ small padded batch. A backend applies when all three succeed; otherwise the firs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..backends.contract import Backend, ResolvedBackend
-from ..backends.registry import Registry
 from ..models.architecture import AttentionProfile, probe_attention, probe_inputs, supported_message
+
+if TYPE_CHECKING:
+    from .. import Registry
 
 #: Probe length: long enough that a sliding window of a base-size ModernBERT (128 tokens) shows in the masks.
 PROBE_SEQ_LEN = 256
