@@ -131,8 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               + (f" ({result.cells_done_before} cell(s) were already there)" if result.cells_done_before else "")
               + f"; read them with harness.read_results({str(spec.store)!r})")
     if result.failures:
-        print(f"{len(result.failures)} cell(s) failed: {', '.join(result.failures)}; rerun with --resume",
-              file=sys.stderr)
+        print(f"{len(result.failures)} cell(s) failed: {', '.join(result.failures)}; fix the cause, then rerun "
+              "with --resume", file=sys.stderr)
         return 1
     if args.instructions:
         return _run_instructions(args, run_id=result.run_id)

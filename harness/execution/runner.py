@@ -303,7 +303,8 @@ def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], 
     finally:
         executor.close()
     if failures:
-        log(f"{len(failures)} cell(s) failed; rerun the same command with --resume to retry only those")
+        log(f"{len(failures)} cell(s) failed (reasons above); once the cause is fixed, rerun the same command "
+            "with --resume to retry only those")
     return failures
 
 
