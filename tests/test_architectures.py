@@ -200,3 +200,18 @@ def test_dynamic_quant_finds_the_linear_layers_of_each_architecture(checkpoints,
         assert {s for s in suffixes if any(n.endswith("." + s) for n in names)} == suffixes
         assert len(names) == len(suffixes) * layers
     assert linear_layers(model, "all") == linear_layers(model, "attention") | linear_layers(model, "ffn")
+
+
+def test_probing_leaves_the_model_and_the_attention_registry_as_they_were():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from conftest import tiny_classifier
+    from harness.models.architecture import probe_attention
+
+    model = tiny_classifier()
+    before = (set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping))
+    profile = probe_attention(model)
+    assert [c.module_type for c in profile.calls] == ["BertSelfAttention"] * 2
+    assert (set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping)) == before
+    assert model.config._attn_implementation == "sdpa"

@@ -78,6 +78,9 @@ def attention_calls(model: torch.nn.Module, record: Recorder) -> Iterator[None]:
         yield
     finally:
         model.set_attn_implementation(current)
+        # the recording function holds what it recorded: unregister it, or every recording stays alive
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 @dataclass(frozen=True)
