@@ -25,7 +25,7 @@ DEPRECATION_NOTE = "torch.ao.quantization.quantize_dynamic is deprecated in torc
 
 def linear_layers(model: torch.nn.Module, modules: str) -> set[str]:
     """Qualified names of the encoder Linear layers that ``modules`` selects, found from the model's attention
-    calls (:func:`harness.models.architecture.probe_attention`), whatever the architecture names them.
+    calls (:func:`harness.backends.architecture.probe_attention`), whatever the architecture names them.
 
     Each module that calls the attention function lies in an encoder layer: its nearest enclosing module that
     is an item of a ``ModuleList`` (the layer stack every transformers encoder keeps). ``attention`` selects
@@ -38,7 +38,7 @@ def linear_layers(model: torch.nn.Module, modules: str) -> set[str]:
     """
     import torch
 
-    from harness.models.architecture import probe_attention
+    from harness.backends.architecture import probe_attention
 
     if not hasattr(model, "config"):
         return set()

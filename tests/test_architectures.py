@@ -207,7 +207,7 @@ def test_probing_leaves_the_model_and_the_attention_registry_as_they_were():
     from transformers.masking_utils import AttentionMaskInterface
 
     from conftest import tiny_classifier
-    from harness.models.architecture import probe_attention
+    from harness.backends.architecture import probe_attention
 
     model = tiny_classifier()
     before = (set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping))

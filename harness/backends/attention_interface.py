@@ -201,7 +201,7 @@ def expand_kv_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules of a transformers model that call the attention interface, in call order (found by one small
-    forward pass, :func:`harness.models.architecture.probe_attention`; empty for a model that bypasses it)."""
-    from ..models.architecture import probe_attention
+    forward pass, :func:`harness.backends.architecture.probe_attention`; empty for a model that bypasses it)."""
+    from .architecture import probe_attention
 
     return probe_attention(model).modules

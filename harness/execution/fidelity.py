@@ -1,7 +1,7 @@
 """Attention fidelity: how far each layer's attention output drifts from the dense reference on real inputs.
 
 Both models run on the same batches; every call of the model's attention function is recorded
-(:func:`~harness.models.architecture.attention_calls`) and its output kept (``(batch, seq, heads · head_dim)``,
+(:func:`~harness.backends.architecture.attention_calls`) and its output kept (``(batch, seq, heads · head_dim)``,
 before the output projection). Errors are computed over real (non-padding)
 tokens, per layer, then summarised as the mean over layers and the worst layer. The backend's model runs
 end to end, so the figures include errors that earlier layers (or quantized projections) pass on.
@@ -21,7 +21,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from ..backends.attention_interface import attention_function, expand_kv_heads, implementation_name
-from ..models.architecture import attention_calls
+from ..backends.architecture import attention_calls
 from ..backends.contract import Backend, ResolvedBackend
 from ..tasks.encoding import EncodedSplit
 

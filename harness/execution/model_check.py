@@ -1,7 +1,7 @@
 """``attnbench models``: can attnbench swap a checkpoint's attention, and which backends apply to it?
 
 For each checkpoint, :func:`check_model` loads it (nothing is measured or stored), watches one forward pass
-through transformers' attention interface (:func:`~harness.models.architecture.probe_attention`: the
+through transformers' attention interface (:func:`~harness.backends.architecture.probe_attention`: the
 attention calls, heads, head dimension and masks), then tries every backend spec on it: the backend's
 availability here, its ``prepare`` on a copy of the model, and a forward pass with its attention on the same
 small padded batch. A backend applies when all three succeed; otherwise the first failure is its reason.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..backends.contract import Backend, ResolvedBackend
-from ..models.architecture import AttentionProfile, probe_attention, probe_inputs, supported_message
+from ..backends.architecture import AttentionProfile, probe_attention, probe_inputs, supported_message
 
 if TYPE_CHECKING:
     from .. import Registry

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..backends.attention_interface import attention_function
-from ..models.architecture import AttentionCall, probe_attention
+from ..backends.architecture import AttentionCall, probe_attention
 from ..backends.contract import ResolvedBackend
 from ..devices import Placement, move_batch
 from ..tasks.data import DataSource
@@ -34,7 +34,7 @@ def random_qkv(config, batch_size: int, seq_len: int, seed: int = 0,
     ``(batch, kv_heads, seq_len, head_dim)`` (drawn on the CPU in float32, so every device and dtype sees the
     same values, then moved and cast to ``placement``).
 
-    ``call``: the model's first attention call as :func:`~harness.models.architecture.probe_attention` saw
+    ``call``: the model's first attention call as :func:`~harness.backends.architecture.probe_attention` saw
     it, which gives the heads, key/value heads and head dimension; without it they come from ``config``
     (``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` or ``hidden_size // heads``).
     """

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
-from .architecture import require_swappable
 from .adapters import load_adapter, manifest_digest, merge_adapter
 from .embedded import EMBEDDED_PACKAGE, PooledClassifier, embedded_model_dir, linear_from_head, load_or_fit_head
 from ..tasks.contract import Task
@@ -215,12 +214,11 @@ class HuggingFaceModels(TaskModels):
             if source not in self._models:
                 self._tokenizers[source] = _load_pretrained(AutoTokenizer, source)
                 # Loaded with the checkpoint's own attention implementation: transformers refuses "sdpa" for
-                # an architecture that bypasses its attention interface, in words about SDPA; the probe says
-                # why in attnbench's words, before anything is measured.
+                # an architecture that bypasses its attention interface, in words about SDPA. The run refuses
+                # such a model in its own words (harness.backends.architecture.require_swappable).
                 model = _load_pretrained(AutoModelForSequenceClassification, source).eval()
-                with _quiet_transformers():
-                    require_swappable(model, source)
-                model.set_attn_implementation("sdpa")
+                with _quiet_transformers():  # a model that cannot switch logs a notice; the probe says why
+                    model.set_attn_implementation("sdpa")
                 self._models[source] = model
             labels = self._models[source].config.num_labels
             if labels != task.num_labels:
