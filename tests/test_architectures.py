@@ -153,7 +153,8 @@ def test_models_reports_masks_heads_and_backends(checkpoints, capsys):
     assert code == 0
     assert modern["architecture"] == "ModernBertForSequenceClassification" and modern["swappable"]
     assert modern["attention_calls"] == 2 and modern["head_dim"] == [16]
-    # layer 0 global (key padding), layer 1 local: a window of local_attention // 2 + 1 tokens on each side
+    # layer 0 global (key padding), layer 1 local: keys within local_attention // 2 = 4 positions; transformers
+    # passes sliding_window = local_attention // 2 + 1
     assert modern["masks"] == {"key-padding": 1, "per-query": 1} and modern["sliding_windows"] == {"5": [1]}
     assert euro["heads"] == [4] and euro["kv_heads"] == [2]
     for report in (modern, euro):
