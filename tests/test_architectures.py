@@ -216,3 +216,9 @@ def test_probing_leaves_the_model_and_the_attention_registry_as_they_were():
     assert [c.module_type for c in profile.calls] == ["BertSelfAttention"] * 2
     assert (set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping)) == before
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_models_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    code = main(["models", str(tmp_path / "missing")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot load model" in err
