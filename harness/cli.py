@@ -83,6 +83,16 @@ def _backends_text(args: argparse.Namespace) -> tuple[str, bool]:
     return "\n".join(lines) + "\n", not failures
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .execution.model_check import check_model, format_check
+
+    _quiet_libraries()
+    checks = [check_model(source, _registry(), args.backend, args.seq_len) for source in args.model]
+    print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else
+          "\n".join(format_check(c) for c in checks), end="\n" if args.json else "")
+    return 0 if all(c.swappable for c in checks) else 1
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .listing_cache import cached_listing
 
@@ -374,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="availability in this dtype "
                    "(default float32; implies --check)")
     p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("models", help="check checkpoints: can attnbench swap their attention, which backends "
+                       "apply (exit 1 if one cannot be used)")
+    p.add_argument("model", nargs="+", metavar="ID|DIR", help="checkpoint directory, hub id, or 'embedded'")
+    p.add_argument("-b", "--backend", action="append", metavar="SPEC",
+                   help="backend spec to try, repeatable (default: every registered backend)")
+    p.add_argument("--seq-len", type=int, default=256, metavar="N", help="tokens of the probe batch (default 256)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("tasks", help="list tasks with data source and metrics")
     p.add_argument("--refresh", action="store_true", help="rebuild the listing cached for this environment")

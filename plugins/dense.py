@@ -36,6 +36,11 @@ class Dense(Backend):
     def attention(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                   **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        groups = getattr(module, "num_key_value_groups", 1)
+        if self.values["impl"] == "sdpa" and isinstance(groups, int) and groups > 1 and key.shape[1] == query.shape[1]:
+            # The harness hands every backend key/value heads repeated to the query's (grouped-query attention);
+            # transformers' SDPA repeats them itself by the module's num_key_value_groups: give it the originals.
+            key, value = key[:, ::groups], value[:, ::groups]
         return self._forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 

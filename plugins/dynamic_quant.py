@@ -1,4 +1,4 @@
-"""``dynamic-quant``: PyTorch dynamic int8 quantization of BERT's ``nn.Linear`` layers; attention stays SDPA.
+"""``dynamic-quant``: PyTorch dynamic int8 quantization of an encoder's ``nn.Linear`` layers; attention stays SDPA.
 
 Weights are quantized once when the model copy is prepared (PyTorch's default dynamic qconfig: int8,
 per-tensor); activations are quantized per batch at run time. ``modules`` picks which Linear layers: ``attention`` (Q/K/V and the attention
@@ -16,9 +16,6 @@ from harness import Backend, Param, hookimpl
 if TYPE_CHECKING:  # torch is imported on use: listing plugins stays torch-free
     import torch
 
-_ATTENTION = re.compile(r"(^|\.)attention\.(self\.(query|key|value)|output\.dense)$")
-_FFN = re.compile(r"(^|\.)layer\.\d+\.(intermediate\.dense|output\.dense)$")
-
 # torch 2.13 deprecates torch.ao.quantization (in favour of torchao) and quantized tensor creation. The API
 # still works and is what this backend measures, so exactly these two warnings are expected and recorded in
 # run_facts(); any other warning is passed on.
@@ -27,12 +24,53 @@ DEPRECATION_NOTE = "torch.ao.quantization.quantize_dynamic is deprecated in torc
 
 
 def linear_layers(model: torch.nn.Module, modules: str) -> set[str]:
-    """Qualified names of the encoder Linear layers that ``modules`` selects."""
+    """Qualified names of the encoder Linear layers that ``modules`` selects, found from the model's attention
+    calls (:func:`harness.backends.architecture.probe_attention`), whatever the architecture names them.
+
+    Each module that calls the attention function lies in an encoder layer: its nearest enclosing module that
+    is an item of a ``ModuleList`` (the layer stack every transformers encoder keeps). ``attention`` selects
+    the Linear layers of the layer's branch that holds the attention module (BERT's
+    ``attention.self.query/key/value`` and ``attention.output.dense``, ModernBERT's ``attn.Wqkv`` and
+    ``attn.Wo``, EuroBERT's ``self_attn.*_proj``); ``ffn`` every other Linear layer of the encoder layer
+    (BERT's ``intermediate.dense`` and ``output.dense``, ModernBERT's ``mlp.Wi`` and ``mlp.Wo``); ``all``
+    both. Empty for a model whose attention calls cannot be observed (no ``config``, or attention outside
+    transformers' attention interface).
+    """
     import torch
 
-    wanted = {"attention": (_ATTENTION,), "ffn": (_FFN,), "all": (_ATTENTION, _FFN)}[modules]
-    return {name for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and any(p.search(name) for p in wanted)}
+    from harness.backends.architecture import probe_attention
+
+    if not hasattr(model, "config"):
+        return set()
+    try:
+        profile = probe_attention(model)
+    except Exception:  # not a transformers model: nothing this backend recognises
+        return set()
+    modules_by_name = dict(model.named_modules())
+    names = {id(m): name for name, m in modules_by_name.items()}
+    linears = {name for name, m in modules_by_name.items() if isinstance(m, torch.nn.Linear)}
+    selected: set[str] = set()
+    for module in profile.modules:
+        path = names.get(id(module))
+        if not path:
+            continue
+        parts = path.split(".")
+        # the encoder layer: the deepest prefix whose parent is a ModuleList; the branch: one level below it
+        cut = next((i for i in range(len(parts) - 1, 0, -1)
+                    if isinstance(modules_by_name.get(".".join(parts[:i])), torch.nn.ModuleList)), None)
+        if cut is None:
+            continue
+        layer, branch = ".".join(parts[:cut + 1]), ".".join(parts[:cut + 2])
+        attention = _inside(linears, branch)
+        if modules in ("attention", "all"):
+            selected |= attention
+        if modules in ("ffn", "all"):
+            selected |= _inside(linears, layer) - attention
+    return selected
+
+
+def _inside(names: set[str], prefix: str) -> set[str]:
+    return {name for name in names if name == prefix or name.startswith(prefix + ".")}
 
 
 class DynamicQuant(Backend):
@@ -57,8 +95,8 @@ class DynamicQuant(Backend):
 
         names = linear_layers(model, self.values["modules"])
         if not names:
-            raise ValueError(f"dynamic-quant: no BERT-style {self.values['modules']} Linear layers found in "
-                             f"{type(model).__name__}")
+            raise ValueError(f"dynamic-quant: no {self.values['modules']} Linear layers found around the attention "
+                             f"modules of {type(model).__name__}")
         torch.backends.quantized.engine = self.values["engine"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -8,8 +8,10 @@
    other sequences of a batch or on how much padding it has. ``smooth_k`` first subtracts K's mean over the
    valid tokens: every score of a row shifts by the same constant, so the exact ranking is unchanged, but the
    quantization grid fits the spread of K better.
-2. The approximate scores select the ``k`` best *valid* keys per query (padding keys are never selected;
-   ties go to the lower key index). With fewer than ``k`` valid keys, every valid key is selected.
+2. The approximate scores select the ``k`` best *allowed* keys per query: a key the attention mask masks for
+   that query (padding, or outside ModernBERT's sliding window) is never selected; ties go to the lower key
+   index. With fewer than ``k`` allowed keys, every allowed key is selected, so with ``k`` ≥ the window the
+   result is dense attention restricted to the window.
    With ``k_factor`` F > 1, step 2 selects ``F · k`` candidates instead, and of those the ``k`` with the
    largest exact scores ``(q · k_j) · scaling`` are kept (ties to the lower key index): candidates from a
    coarse index re-ranked at full precision, as FAISS's ``IndexRefine`` (``k_factor``) does. It buys recall
@@ -18,6 +20,10 @@
 3. Exact full-precision scores are computed only for the selected keys (gathered, so the cost scales with
    ``k``), then softmax and the weighted sum of V over them. With ``k`` ≥ the valid length this is dense
    attention.
+
+The native kernels below take a key-padding mask only (the same keys masked for every query row). A mask
+that differs between query rows (a sliding window, or any mask transformers builds) runs the torch steps with
+the whole mask (``select_keys``, ``refine_keys``, ``sparse_attention``), whatever the ``scorer``.
 
 Where ``cython_kernels`` is built (``ck.TOPK_AVAILABLE``), steps 2 and 3 run natively, per (batch, head), in
 ``cython_kernels/_topk.pyx``: an exact AVX2 top-k select (no sort, no 64-bit keys), then exact float32 scores,
@@ -54,7 +60,9 @@ FBGEMM_BITS = 8  # the only `bits` the fbgemm scorer accepts: 7-bit Q (the 7-bit
 
 
 def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor:
-    """``(batch, 1, 1, k_len)`` bool, True for real keys, from a bool mask (True = attend) or None."""
+    """``(batch, 1, 1, k_len)`` bool, True for the real keys (those some query may attend), from a bool mask
+    (True = attend) or None. For a key-padding mask these are exactly the keys every real query attends; a
+    mask that differs between query rows (a sliding window) needs :func:`allowed_keys` as well."""
     import torch
 
     batch, _, _, _ = query.shape
@@ -62,8 +70,22 @@ def key_validity(attention_mask: torch.Tensor | None, query: torch.Tensor) -> to
         return torch.ones(batch, 1, 1, query.shape[2], dtype=torch.bool, device=query.device)
     if attention_mask.dtype != torch.bool:
         raise TypeError("topk expects a bool attention mask (mask_kind='bool')")
-    # BERT's padding mask is the same in every query row; any() keeps it exact for padded query rows too.
+    # any() over the query rows: exact for padded query rows too, whose rows may differ
     return attention_mask.any(dim=2, keepdim=True).expand(batch, 1, 1, attention_mask.shape[-1])
+
+
+def allowed_keys(attention_mask: torch.Tensor | None, valid_keys: torch.Tensor) -> torch.Tensor | None:
+    """The keys each query may attend, ``(batch, 1, q_len, k_len)`` bool, or ``None`` when the mask is a pure
+    key-padding mask (every real query row attends exactly the real keys ``valid_keys``, ``(batch, 1, 1,
+    k_len)``), so that ``valid_keys`` says it all. Rows of padded queries (self-attention: the positions of
+    the keys that are not real) are not compared: their output is ignored.
+    """
+    if attention_mask is None:
+        return None
+    real_queries = valid_keys.transpose(-1, -2)                              # (batch, 1, q_len, 1)
+    if bool(((attention_mask == valid_keys) | ~real_queries).all()):
+        return None
+    return attention_mask
 
 
 SCORE_CHUNK_BYTES = 16 << 20  # the native fake-scorer path's score buffer (see TopK._native_attention)
@@ -159,10 +181,11 @@ def select_keys(scores: torch.Tensor, valid_keys: torch.Tensor, k: int) -> tuple
     """The ``k`` highest-scoring valid keys of every query row, ties broken towards the lower key index.
 
     :param scores: ``(batch, heads, q_len, k_len)``.
-    :param valid_keys: ``(batch, 1, 1, k_len)`` bool.
+    :param valid_keys: ``(batch, 1, 1, k_len)`` bool (the real keys), or ``(batch, 1, q_len, k_len)`` (the keys
+        each query row may attend, e.g. a sliding window).
     :returns: ``(index, selected)``, both ``(batch, heads, q_len, min(k, k_len))``, in no particular order.
         ``selected`` is False in the slots of a row that has fewer than ``k`` valid keys: those slots are
-        empty (their index points at a padding key and must carry no weight).
+        empty (their index points at a masked key and must carry no weight).
     """
     k = min(k, scores.shape[-1])
     index = _ordered_keys(scores, valid_keys).topk(k, dim=-1, sorted=False).indices
@@ -203,11 +226,14 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor,
                      selected: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Exact softmax attention restricted to the selected keys: ``(batch, heads, q_len, dim)``."""
+    """Exact softmax attention restricted to the selected keys: ``(batch, heads, q_len, dim)`` (a row with no
+    selected key gives zeros)."""
     import torch
 
     scores = (query.unsqueeze(-2) * _gather_rows(key, index)).sum(-1) * scaling
     weights = torch.softmax(scores.masked_fill(~selected, float("-inf")), dim=-1)
+    # a query row that may attend no key at all (a padded query outside every window) gets 0, not NaN
+    weights = weights.masked_fill(~selected.any(-1, keepdim=True), 0.0)
     return (weights.unsqueeze(-1) * _gather_rows(value, index)).sum(-2)
 
 
@@ -309,6 +335,9 @@ class TopK(Backend):
 
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
         valid_keys = key_validity(attention_mask, query)
+        allowed = allowed_keys(attention_mask, valid_keys)
+        if allowed is not None:  # a mask that differs between query rows: the torch steps honour it whole
+            return self._masked_attention(query, key, value, valid_keys, allowed, scaling), None
         if self.fused():
             return ck.topk_attention_u8s8(query, key, value, valid_keys[:, 0, 0, :], topk=self.values["k"],
                                           scaling=scaling, granularity=self.values["granularity"],
@@ -325,6 +354,24 @@ class TopK(Backend):
         if poisoned is not None:  # like dense: a bad key or value reaches every query of its head
             out = out.masked_fill(poisoned, float("nan"))
         return out.transpose(1, 2).contiguous(), None
+
+    def _masked_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          valid_keys: torch.Tensor, allowed: torch.Tensor, scaling: float) -> torch.Tensor:
+        """The torch steps under a mask that differs between query rows (``allowed``, ``(batch, 1, q_len,
+        k_len)``, e.g. a sliding window): scales from the real tokens (``valid_keys``), selection among each
+        row's allowed keys only. Returns ``(batch, q_len, heads, head_dim)``."""
+        import torch
+
+        finite_inputs = all_finite(query, key, value)
+        poisoned = None if finite_inputs else nonfinite_heads(key, value, valid_keys)
+        finite_inputs = finite_inputs or (poisoned is None and bool(torch.isfinite(query).all()))
+        approximate = self.approximate_scores(query if finite_inputs else _finite(query),
+                                              key if finite_inputs else _finite(key), valid_keys)
+        index, selected = self.select(approximate, query, key, allowed, scaling)
+        out = sparse_attention(query, key, value, index, selected, scaling)
+        if poisoned is not None:
+            out = out.masked_fill(poisoned, float("nan"))
+        return out.transpose(1, 2).contiguous()
 
     def _native_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           valid_keys: torch.Tensor, scaling: float, finite_inputs: bool) -> torch.Tensor:
@@ -361,18 +408,20 @@ class TopK(Backend):
         import torch
 
         valid_keys = key_validity(attention_mask, query)
+        allowed = allowed_keys(attention_mask, valid_keys)
+        allowed = valid_keys if allowed is None else allowed     # the keys each query row may attend
         k = self.values["k"]
-        chosen, chosen_ok = self.select(self.approximate_scores(query, key, valid_keys), query, key, valid_keys,
+        chosen, chosen_ok = self.select(self.approximate_scores(query, key, valid_keys), query, key, allowed,
                                         scaling)
         exact_scores = (query @ key.transpose(-1, -2)) * scaling
-        best, best_ok = select_keys(exact_scores, valid_keys, k)
+        best, best_ok = select_keys(exact_scores, allowed, k)
         hit = torch.zeros_like(exact_scores, dtype=torch.bool).scatter_(-1, best, best_ok)
         found = (hit.gather(-1, chosen) & chosen_ok).sum(-1).float()
         recall = found / best_ok.sum(-1).clamp(min=1).float()
-        probs = torch.softmax(exact_scores.masked_fill(~valid_keys, float("-inf")), dim=-1)
+        probs = torch.softmax(exact_scores.masked_fill(~allowed, float("-inf")), dim=-1)
         mass = (probs.gather(-1, chosen) * chosen_ok).sum(-1)
         rows = valid_keys.squeeze(2).squeeze(1).unsqueeze(1).expand(-1, query.shape[1], -1)  # valid query rows
-        longer = (valid_keys.sum(-1) > k).expand(-1, query.shape[1], query.shape[2]).float()
+        longer = (allowed.sum(-1) > k).expand(-1, query.shape[1], query.shape[2]).float()
         return {"topk_recall": float(recall[rows].mean()), "topk_mass": float(mass[rows].mean()),
                 "topk_rows_longer": float(longer[rows].mean())}
 

@@ -50,6 +50,10 @@ def attention_function(backend: ResolvedBackend) -> AttentionFn:
     It refuses q/k/v of a dtype outside the backend's declared ``dtypes`` with a ``TypeError`` that names them,
     before the backend sees them (one tuple lookup per call), and restores torch's thread count if the call
     changed it (:func:`harness.backends.torch_state.kept_threads`).
+
+    With grouped-query attention (fewer key/value heads than query heads, as EuroBERT's), key and value are
+    repeated to the query's heads first (as transformers' ``repeat_kv`` does), so a backend always receives
+    q, k and v with the same number of heads.
     """
     part = backend.attention_part
     if part is None:
@@ -63,6 +67,8 @@ def attention_function(backend: ResolvedBackend) -> AttentionFn:
             raise TypeError(f"backend {spec!r} takes query, key and value of one dtype among "
                             f"{', '.join(str(d).removeprefix('torch.') for d in dtypes)}; got "
                             f"{', '.join(str(t.dtype).removeprefix('torch.') for t in (query, key, value))}")
+        if key.shape[1] != query.shape[1]:
+            key, value = expand_kv_heads(key, query.shape[1]), expand_kv_heads(value, query.shape[1])
         with kept_threads(backend_spec, "attention"):
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
 
@@ -185,6 +191,21 @@ def checked_attention(fn: AttentionFn, spec: str, timer: CheckTimer | None = Non
     return checked
 
 
+def expand_kv_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(batch, kv_heads, seq, head_dim)`` key or value repeated to ``(batch, heads, seq, head_dim)``: each
+    key/value head serves ``heads // kv_heads`` consecutive query heads (grouped-query attention).
+
+    :raises ValueError: when ``heads`` is not a multiple of ``kv_heads``.
+    """
+    kv_heads = x.shape[1]
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads evenly")
+    return x.repeat_interleave(heads // kv_heads, dim=1)
+
+
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention modules of a transformers model (those that call the attention interface), in order."""
-    return [m for m in model.modules() if hasattr(m, "scaling") and hasattr(m, "is_causal")]
+    """The modules of a transformers model that call the attention interface, in call order (found by one small
+    forward pass, :func:`harness.backends.architecture.probe_attention`; empty for a model that bypasses it)."""
+    from .architecture import probe_attention
+
+    return probe_attention(model).modules

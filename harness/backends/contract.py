@@ -58,6 +58,9 @@ class Backend:
     for every registered backend):
 
     * Padding never influences valid positions: the output rows of valid queries depend only on valid keys.
+    * Every mask is honoured, not only padding: a query never attends a key its mask row masks (ModernBERT's
+      local layers pass a sliding window; a backend that cannot honour a mask raises ``ValueError`` saying
+      so, never silently attends outside it). ``attnbench models PATH`` shows the masks a checkpoint passes.
     * Non-finite inputs never become finite outputs (the finiteness rule): if any q, k or v value of a
       sequence's real (non-padding) tokens is NaN or infinite, its output over those tokens must not be all
       finite (or the function raises, saying so); if they are all finite, the output must be finite.
@@ -145,17 +148,24 @@ class Backend:
         The harness registers this method with ``transformers.AttentionInterface`` (and a matching padding-mask
         builder with ``AttentionMaskInterface``, so that padding reaches it) and selects it on the model.
 
-        :param module: the calling ``BertSelfAttention`` (attributes ``scaling``, ``is_causal``, ``training``,
-            ``config``); the attention-core timings pass the model's first such module.
+        :param module: the calling attention module (``BertSelfAttention``, ``ModernBertAttention``, …: whatever
+            the architecture calls it; attributes ``is_causal``, ``training``, ``config``, often ``scaling``);
+            the attention-core timings pass the module of the model's first attention call.
         :param query: ``(batch, heads, q_len, head_dim)``; ``key``, ``value``: ``(batch, heads, k_len,
-            head_dim)``. One of :attr:`dtypes` (the run's ``--dtype``, on its ``--device``), possibly
-            non-contiguous views; self-attention, so ``q_len == k_len``.
-        :param attention_mask: ``None`` when no sequence of the batch has padding; otherwise
+            head_dim)``, with as many heads as ``query`` (for grouped-query attention, as EuroBERT's, the harness
+            repeats the key/value heads first, as transformers' ``repeat_kv`` does). One of :attr:`dtypes` (the
+            run's ``--dtype``, on its ``--device``), possibly non-contiguous views; self-attention, so
+            ``q_len == k_len``.
+        :param attention_mask: ``None`` when nothing is masked (no padding and no window); otherwise
             ``(batch, 1, q_len, k_len)``, broadcast over heads, of this backend's ``mask_kind``:
             ``"bool"`` — ``torch.bool``, ``True`` = attend (built by transformers' ``sdpa_mask``);
             ``"additive"`` — the query's float dtype, ``0`` to attend and the dtype's minimum to mask
-            (``eager_mask``). BERT's padding mask is the same for every query row. The rows of padded query
-            positions are computed but ignored by the harness.
+            (``eager_mask``). A padding mask is the same for every query row; a sliding-window mask
+            (ModernBERT's local layers: query ``i`` attends keys within the window around ``i``) and any other
+            mask transformers builds differ between rows, and must be honoured row by row. The rows of padded
+            query positions are computed but ignored by the harness.
+        :param kwargs: further options of the call, e.g. ``sliding_window`` (transformers' window size for the
+            flash kernels; the mask already encodes it) — a backend may ignore them.
         :param scaling: the softmax scale (``head_dim ** -0.5`` for BERT); ``None`` means that default.
         :param dropout: attention dropout probability; ``0.0`` in evaluation. An inference-only backend
             raises ``NotImplementedError`` for a non-zero value.

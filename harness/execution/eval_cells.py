@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends.architecture import require_swappable
 from ..backends.attention_interface import NonFiniteAttentionError, attach, finite_checked
 from ..backends.contract import ResolvedBackend
 from ..devices import Placement, move_batch, place_model
@@ -96,6 +97,12 @@ class EvalSession:
         self.models = models or load_task_models(list(context.model) if context.model else None, self.tasks,
                                                   self.source)
         self.placement = context.placement
+        checked: set[int] = set()
+        for task in self.tasks:  # refuse, in one line, a model no backend can swap attention in, before any cell
+            model = self.models.model(task)
+            if id(model) not in checked:
+                checked.add(id(model))
+                require_swappable(model, self.models.name(task))
         self._encoded: dict[str, EncodedSplit] = {}
         self._prepared: OrderedDict[tuple[int, str, str], torch.nn.Module] = OrderedDict()
         self._reference_fp32: dict[str, np.ndarray] = {}

@@ -1,7 +1,8 @@
 """Attention fidelity: how far each layer's attention output drifts from the dense reference on real inputs.
 
-Both models run on the same batches; a forward hook on every self-attention module captures its output
-(``(batch, seq, hidden)``, before the output projection). Errors are computed over real (non-padding)
+Both models run on the same batches; every call of the model's attention function is recorded
+(:func:`~harness.backends.architecture.attention_calls`) and its output kept (``(batch, seq, heads · head_dim)``,
+before the output projection). Errors are computed over real (non-padding)
 tokens, per layer, then summarised as the mean over layers and the worst layer. The backend's model runs
 end to end, so the figures include errors that earlier layers (or quantized projections) pass on.
 
@@ -19,7 +20,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from ..backends.attention_interface import attention_function, attention_modules, implementation_name
+from ..backends.attention_interface import attention_function, expand_kv_heads, implementation_name
+from ..backends.architecture import attention_calls
 from ..backends.contract import Backend, ResolvedBackend
 from ..tasks.encoding import EncodedSplit
 
@@ -34,15 +36,16 @@ METRICS = {  # name: (unit, direction)
 
 @contextmanager
 def captured_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the attention output of every layer, in call order, while the context is open."""
+    """Collect the attention output of every layer, in call order, while the context is open: each
+    ``(batch, seq, heads · head_dim)`` float32, as the model's attention function returned it (before the
+    output projection), whatever the architecture calls its attention modules."""
     outputs: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out[0].detach().float()))
-               for m in attention_modules(model)]
-    try:
+
+    def record(_module, _query, _key, _value, _mask, _kwargs, output: torch.Tensor) -> None:
+        outputs.append(output.detach().float().flatten(2))
+
+    with attention_calls(model, record):
         yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -56,7 +59,8 @@ def observed_stats(model: torch.nn.Module, backend: ResolvedBackend,
     inner = attention_function(backend)
 
     def wrapper(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        stats = part.fidelity_stats(query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None
+        keys = key if key.shape[1] == query.shape[1] else expand_kv_heads(key, query.shape[1])
+        stats = part.fidelity_stats(query, keys, attention_mask, query.shape[-1] ** -0.5 if scaling is None
                                     else scaling) or {}
         weight = float(query.shape[0] * query.shape[2])
         for name, value_ in stats.items():

@@ -35,7 +35,7 @@ def closing_lines(result: "RunResult", store: Path | str | None, *, traceback: b
         return out, ""
     lines = [f"{len(failed)} cell(s) failed" + (", not stored" if store is not None else "") + ": "
              + "; ".join(f"{cell} ({reason})" for cell, reason in failed.items())
-             + ("; rerun with --resume to retry only those" if store is not None else "")]
+             + ("; once the cause is fixed, rerun with --resume to retry only those" if store is not None else "")]
     if traceback:
         for cell, text in result.tracebacks.items():
             lines.append(f"--- traceback of cell {cell} ---\n{text.rstrip()}")

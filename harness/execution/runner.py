@@ -50,7 +50,7 @@ from ..provenance import cpu_facts, git_commit, library_versions, machine_id
 from ..registry.registry import Registry, load_registry
 from .rows import process_fields, row
 from ..backends.spec import expand_grid
-from .speed_cases import build_speed_case
+from .speed_cases import build_speed_case, first_attention_call
 from ..store.parquet import check_writable, parse_store, read_results, write_rows
 from ..tasks.contract import Task
 
@@ -243,9 +243,6 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     total = len(speed_cells) + len(eval_cells)
     resumed = f", resuming: {total - len(speed_todo) - len(eval_todo)} already in the store" if previous_run else ""
     where = "" if placement.is_default else f"; {placement.label()} {placement.dtype}"
-    log(f"run {run_id} (plan {plan}): {len(backends)} backend(s) × {len(tasks)} task(s) = {total} cells "
-        f"({len(speed_cells)} speed, {len(eval_cells)} eval){resumed}; {threads} thread(s), data {source.label}"
-        f"{where}")
 
     meta = {"run_id": run_id, "plan_id": plan, "timestamp": now.isoformat(), "machine": machine_id(),
             "cpu": cpu_facts(), "commit": git_commit().sha, "threads": threads, "versions": library_versions(),
@@ -261,6 +258,10 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
     measured: list[dict[str, Any]] = []
     # The speed cells (and, with the local executor, the eval cells) share this process's session.
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None
+    # after loading the models: a model attnbench cannot use is refused in one line, before this header
+    log(f"run {run_id} (plan {plan}): {len(backends)} backend(s) × {len(tasks)} task(s) = {total} cells "
+        f"({len(speed_cells)} speed, {len(eval_cells)} eval){resumed}; {threads} thread(s), data {source.label}"
+        f"{where}")
     for note in getattr(session.models, "notes", []) if session else []:
         log(note)
     if speed_todo:
@@ -388,7 +389,8 @@ def _run_eval_cells(spec: RunSpec, context: EvalContext, cells: list[EvalCell], 
         executor.close()
     failed = len(outcome.failures) - failed_before
     if failed:
-        log(f"{failed} cell(s) failed; rerun the same command with --resume to retry only those")
+        log(f"{failed} cell(s) failed (reasons above); once the cause is fixed, rerun the same command with "
+            "--resume to retry only those")
 
 
 def _cell_error(exc: BaseException) -> str:
@@ -469,9 +471,8 @@ def _run_speed_shape(spec: RunSpec, session: EvalSession, cells: list[SpeedCell]
             fail(cell, exc)
         return []
     log(f"timing {batch_size}x{seq_len} took {time.perf_counter() - started:.1f}s")
-    config = session.models.model(task).config
-    heads = config.num_attention_heads
-    flops = attention_flops(batch_size, heads, seq_len, config.hidden_size // heads)
+    shape = first_attention_call(session.models.model(task))
+    flops = attention_flops(batch_size, shape.heads, seq_len, shape.head_dim)
     out = []
     for cell in cells:
         backend, case = backends[cell.backend], cases[cell.backend]

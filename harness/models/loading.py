@@ -213,8 +213,13 @@ class HuggingFaceModels(TaskModels):
             source = self.source(task)
             if source not in self._models:
                 self._tokenizers[source] = _load_pretrained(AutoTokenizer, source)
-                self._models[source] = _load_pretrained(AutoModelForSequenceClassification, source,
-                                                        attn_implementation="sdpa").eval()
+                # Loaded with the checkpoint's own attention implementation: transformers refuses "sdpa" for
+                # an architecture that bypasses its attention interface, in words about SDPA. The run refuses
+                # such a model in its own words (harness.backends.architecture.require_swappable).
+                model = _load_pretrained(AutoModelForSequenceClassification, source).eval()
+                with _quiet_transformers():  # a model that cannot switch logs a notice; the probe says why
+                    model.set_attn_implementation("sdpa")
+                self._models[source] = model
             labels = self._models[source].config.num_labels
             if labels != task.num_labels:
                 raise ModelError(f"model {source!r} has {labels} output label(s) but task {task.name!r} needs "
