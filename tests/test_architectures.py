@@ -37,9 +37,6 @@ ARCHITECTURES = {  # model_type: config overrides (ids inside the MiniLM tokeniz
 BACKENDS = ("dense", "dense:impl=eager", "dynamic-quant", "topk:k=2", "topk:k=2,scorer=fbgemm", "fbgemm-int8")
 #: Backends whose scores differ from dense attention: their logits must differ from dense's.
 CHANGES_LOGITS = ("dynamic-quant", "topk:k=2", "topk:k=2,scorer=fbgemm", "fbgemm-int8")
-#: Cases that fail until the int8 kernel takes a general bool mask; each runs on its own.
-INT8_MASK = pytest.mark.xfail(strict=True, reason="fbgemm-int8 honours only key-padding masks")
-KNOWN_FAILING = {("modernbert", "fbgemm-int8")}
 
 RUN = ["--tasks", "mrpc", "--limit", "8", "--fidelity-examples", "8", "--shape", "1x16", "--repeats", "2",
        "--warmup", "1", "--no-progress"]
@@ -73,14 +70,13 @@ def checkpoints(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def matrix_runs(checkpoints, tmp_path_factory):
     """``run(model_type, backend)`` → (exit code, stderr, rows of that backend's run). One ``attnbench run`` per
-    architecture holds every backend except the known failing cases, which run on their own."""
+    architecture holds every backend."""
     done: dict[tuple[str, str], tuple] = {}
 
     def run(model_type: str, backend: str, capsys) -> tuple:
-        solo = (model_type, backend) in KNOWN_FAILING
-        key = (model_type, backend if solo else "*")
+        key = (model_type, "*")
         if key not in done:
-            specs = [backend] if solo else [b for b in BACKENDS if (model_type, b) not in KNOWN_FAILING]
+            specs = list(BACKENDS)
             store = tmp_path_factory.mktemp(f"store-{model_type}")
             capsys.readouterr()
             code = main(["run", *sum((["-b", s] for s in specs), []), "--model", str(checkpoints(model_type)),
@@ -91,8 +87,7 @@ def matrix_runs(checkpoints, tmp_path_factory):
     return run
 
 
-CASES = [pytest.param(m, b, marks=INT8_MASK) if (m, b) in KNOWN_FAILING else (m, b)
-         for m in ARCHITECTURES for b in BACKENDS]
+CASES = [(m, b) for m in ARCHITECTURES for b in BACKENDS]
 
 
 @pytest.mark.parametrize("model_type, backend", CASES)

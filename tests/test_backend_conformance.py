@@ -166,8 +166,7 @@ def _window_mask(lengths: list[int], seq: int, half: int, kind: str) -> torch.Te
     return torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
 
 
-_WINDOW_SPECS = [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="fbgemm-int8 honours only key-padding masks"))
-                 if s.startswith("fbgemm-int8") else s for s in ATTENTION_SPECS]
+_WINDOW_SPECS = list(ATTENTION_SPECS)
 
 
 @pytest.mark.parametrize("spec", _WINDOW_SPECS)
