@@ -8,7 +8,8 @@ rule it found broken. :mod:`harness.testing` is the public face of these checks 
 
 Shapes are chosen so that a wrong layout cannot pass by accident: batch 2, heads 3, 12 tokens, head
 dimension 8 — four different sizes — and layout is checked by equivariance (permuting heads, sequences or
-tokens of q, k and v must permute the output the same way), which holds for exact and approximate
+sequences of q, k and v must permute the output the same way, and changing one query must change that
+output row only), which holds for exact and approximate
 attention alike, so it needs no reference values.
 """
 
@@ -136,14 +137,13 @@ def _differ(actual: torch.Tensor, expected: torch.Tensor, atol: float = ATOL, rt
 
 
 def check_output_layout(backend: ResolvedBackend, inputs: Inputs) -> None:
-    """``(output, weights)`` with output ``(batch, q_len, heads, head_dim)``; permuting the heads, the
-    sequences or the tokens of q, k and v permutes the output the same way (no reshape instead of a
-    transpose, no mixing of heads or sequences)."""
+    """``(output, weights)`` with output ``(batch, q_len, heads, head_dim)``; permuting the heads or the
+    sequences of q, k and v permutes the output the same way, and a new query at one position changes that
+    output row only (no reshape instead of a transpose, no mixing of heads, sequences or rows)."""
     q, k, v = inputs.qkv()
     out = call(backend, q, k, v)
     eps = torch.finfo(q.dtype).eps if q.dtype.is_floating_point else 0.0
-    perms = {"heads": (1, 2, torch.tensor([2, 0, 1])), "sequences": (0, 0, torch.tensor([1, 0])),
-             "tokens": (2, 1, torch.roll(torch.arange(SHAPE[2]), 5))}
+    perms = {"heads": (1, 2, torch.tensor([2, 0, 1])), "sequences": (0, 0, torch.tensor([1, 0]))}
     for what, (in_dim, out_dim, perm) in perms.items():
         perm = perm.to(q.device)
         moved = call(backend, *(t.index_select(in_dim, perm) for t in (q, k, v)))
@@ -151,13 +151,27 @@ def check_output_layout(backend: ResolvedBackend, inputs: Inputs) -> None:
         # An approximate backend may move a little with the order of its inputs (quantization blocks,
         # summation order); a wrong layout moves the output as much as the permutation itself does.
         signal = float((expected - out).abs().max())
-        atol = max(ATOL, 4 * eps, LAYOUT_FRACTION * signal)
-        problem = _differ(moved, expected, atol=atol, rtol=max(RTOL, 4 * eps))
+        problem = _differ(moved, expected, atol=max(ATOL, 4 * eps, LAYOUT_FRACTION * signal), rtol=max(RTOL, 4 * eps))
         if problem:
             raise AssertionError(f"output layout: permuting the {what} of q, k and v did not permute output "
                                  f"dimension {out_dim} of (batch, q_len, heads, head_dim) the same way: {problem}. "
                                  "Return output.transpose(1, 2) of a (batch, heads, q_len, head_dim) result, "
                                  "not a reshape or view")
+    # Queries are independent: a new query at position ROW changes output row ROW and (up to an approximate
+    # backend's shared statistics) no other.
+    row = 5
+    q2 = q.clone()
+    q2[:, :, row] = inputs.qkv(seed=11)[0][:, :, row]
+    moved = call(backend, q2, k, v)
+    signal = float((moved[:, row] - out[:, row]).abs().max())
+    others = torch.arange(SHAPE[2], device=q.device) != row
+    problem = _differ(moved[:, others], out[:, others], atol=max(ATOL, 4 * eps, LAYOUT_FRACTION * signal))
+    if problem or signal <= max(ATOL, 4 * eps):
+        found = problem or "output row 5 did not change"
+        raise AssertionError(f"output layout: changing the query of token {row} must change output row {row} of "
+                             f"(batch, q_len, heads, head_dim) and no other row: {found}. Return "
+                             "output.transpose(1, 2) of a (batch, heads, q_len, head_dim) result, not a reshape "
+                             "or view")
 
 
 def check_output_dtype(backend: ResolvedBackend, inputs: Inputs, dtypes: tuple[torch.dtype, ...]) -> None:
@@ -193,22 +207,22 @@ def check_undeclared_dtypes_refused(backend: ResolvedBackend, inputs: Inputs,
     try:
         fn = attention_function(backend)
         q, k, v = inputs.qkv()
-        cases = [(t.to(d) for t in (q, k, v)) for d in undeclared] + [(q, k.double(), v)]
+        cases = [tuple(t.to(d) for t in (q, k, v)) for d in undeclared] + [(q, k.double(), v)]
         for case in cases:
             args = tuple(case)
             names = ", ".join(str(t.dtype).removeprefix("torch.") for t in args)
+            refusal: Exception | None = None
             try:
                 fn(attention_module(inputs.device), *args, None, scaling=None, dropout=0.0)
-            except TypeError as exc:
-                if calls:
-                    raise AssertionError(f"undeclared dtypes: q, k, v of {names} reached the backend's attention "
-                                         "before being refused") from None
-                if "dtype" not in str(exc):
-                    raise AssertionError(f"undeclared dtypes: q, k, v of {names} were refused with a TypeError "
-                                         f"that does not name the dtypes: {exc}") from None
-                continue
-            raise AssertionError(f"undeclared dtypes: q, k, v of {names} were not refused (declared dtypes: "
-                                 f"{', '.join(part.dtypes) if part.dtypes else 'none'})")
+            except Exception as exc:
+                refusal = exc
+            if calls:
+                raise AssertionError(f"undeclared dtypes: q, k, v of {names} were not refused: they reached the "
+                                     "backend's attention (declared dtypes: "
+                                     f"{', '.join(map(str, part.dtypes)) or 'none'})")
+            if not isinstance(refusal, TypeError) or "dtype" not in str(refusal):
+                raise AssertionError(f"undeclared dtypes: q, k, v of {names} must be refused with a TypeError that "
+                                     f"names the declared dtypes, got {type(refusal).__name__}: {refusal}")
     finally:
         del part.attention
 
