@@ -54,10 +54,15 @@ class Backend:
     **Methods** a subclass may override: :meth:`check_values`, :meth:`unavailable_reason`, :meth:`prepare`,
     :meth:`attention`, :meth:`run_facts`, :meth:`fidelity_stats`.
 
-    **Rules every backend follows** (the conformance tests in ``tests/test_backend_conformance.py`` check them
-    for every registered backend):
+    **Rules every backend follows** (:mod:`harness.testing` checks each of them: ``check_backend`` and
+    ``parametrize_with_checks`` run the checks in a plugin's own tests; the harness applies the cheap ones —
+    output layout and dtype, finite outputs — before it measures, and refuses a backend that breaks them):
 
     * Padding never influences valid positions: the output rows of valid queries depend only on valid keys.
+    * Every mask is honoured row by row, not only padding: a mask may differ between query rows (a sliding
+      window), and a query's output depends only on the keys its row lets it attend to.
+    * Scores are ``(q · k) · scaling`` with the ``scaling`` argument; the same inputs give the same output,
+      and q, k, v and the mask are never modified.
     * Non-finite inputs never become finite outputs (the finiteness rule): if any q, k or v value of a
       sequence's real (non-padding) tokens is NaN or infinite, its output over those tokens must not be all
       finite (or the function raises, saying so); if they are all finite, the output must be finite.
@@ -154,8 +159,9 @@ class Backend:
             ``(batch, 1, q_len, k_len)``, broadcast over heads, of this backend's ``mask_kind``:
             ``"bool"`` — ``torch.bool``, ``True`` = attend (built by transformers' ``sdpa_mask``);
             ``"additive"`` — the query's float dtype, ``0`` to attend and the dtype's minimum to mask
-            (``eager_mask``). BERT's padding mask is the same for every query row. The rows of padded query
-            positions are computed but ignored by the harness.
+            (``eager_mask``). BERT's padding mask is the same for every query row; other encoders' masks
+            differ between rows (ModernBERT's sliding window) and must be applied row by row. The rows of
+            padded query positions are computed but ignored by the harness.
         :param scaling: the softmax scale (``head_dim ** -0.5`` for BERT); ``None`` means that default.
         :param dropout: attention dropout probability; ``0.0`` in evaluation. An inference-only backend
             raises ``NotImplementedError`` for a non-zero value.

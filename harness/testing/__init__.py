@@ -236,15 +236,15 @@ def _check_values(subject: BackendUnderTest) -> None:
             instance = cls(**values)
         except ParamError as exc:
             if not str(exc).strip():
-                raise AssertionError(f"check_values: {cls.name} refused {values} with an empty ParamError; say "
+                raise AssertionError(f"check values: {cls.name} refused {values} with an empty ParamError; say "
                                      "what is wrong and how to fix the spec") from None
             continue
         except Exception as exc:
-            raise AssertionError(f"check_values: {cls.name}({values}) raised {type(exc).__name__}: {exc}; refuse "
+            raise AssertionError(f"check values: {cls.name}({values}) raised {type(exc).__name__}: {exc}; refuse "
                                  "values that cannot apply with harness.ParamError (a message that says how to fix "
                                  "the spec)") from None
         if not declared_ok:
-            raise AssertionError(f"check_values: {cls.name} accepted {values}, outside the declared choices or "
+            raise AssertionError(f"check values: {cls.name} accepted {values}, outside the declared choices or "
                                  "range of its parameters")
         _ask_reason(cls, instance.values)
     try:
@@ -252,10 +252,10 @@ def _check_values(subject: BackendUnderTest) -> None:
     except ParamError:
         pass
     except Exception as exc:
-        raise AssertionError(f"check_values: an unknown parameter raised {type(exc).__name__}: {exc}, not "
+        raise AssertionError(f"check values: an unknown parameter raised {type(exc).__name__}: {exc}, not "
                              "harness.ParamError") from None
     else:
-        raise AssertionError(f"check_values: {cls.name} accepted an unknown parameter 'no_such_parameter'")
+        raise AssertionError(f"check values: {cls.name} accepted an unknown parameter 'no_such_parameter'")
 
 
 def _ask_reason(cls: type[Backend], values: Mapping[str, Any] | None) -> None:
@@ -263,10 +263,10 @@ def _ask_reason(cls: type[Backend], values: Mapping[str, Any] | None) -> None:
     try:
         reason = ask_unavailable_reason(cls, values)
     except Exception as exc:
-        raise AssertionError(f"unavailable_reason: raised {type(exc).__name__}: {exc} {where}; it must return a "
+        raise AssertionError(f"unavailable reason: raised {type(exc).__name__}: {exc} {where}; it must return a "
                              "string or None and never raise") from None
     if reason is not None and (not isinstance(reason, str) or not reason.strip() or "\n" in reason.strip()):
-        raise AssertionError(f"unavailable_reason: returned {reason!r} {where}; return None (available) or one "
+        raise AssertionError(f"unavailable reason: returned {reason!r} {where}; return None (available) or one "
                              "non-empty line saying what is missing")
 
 
@@ -309,17 +309,17 @@ def _prepare_keeps_outputs(subject: BackendUnderTest) -> None:
         before = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     prepared = backend.prepare(copy.deepcopy(model))
     if not isinstance(prepared, torch.nn.Module):
-        raise AssertionError(f"prepare: returned {type(prepared).__name__}; return the model to evaluate")
+        raise AssertionError(f"prepare keeps outputs: returned {type(prepared).__name__}; return the model to evaluate")
     if prepared.training:
-        raise AssertionError("prepare: the returned model is in training mode; keep it in eval()")
+        raise AssertionError("prepare keeps outputs: the returned model is in training mode; keep it in eval()")
     with torch.inference_mode():
         after = prepared(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     shapes = lambda out: [tuple(out.logits.shape)] + [tuple(h.shape) for h in out.hidden_states]  # noqa: E731
     if shapes(after) != shapes(before):
-        raise AssertionError(f"prepare: the model's outputs changed shape: logits and hidden states were "
+        raise AssertionError(f"prepare keeps outputs: the model's outputs changed shape: logits and hidden states were "
                              f"{shapes(before)}, after prepare {shapes(after)}")
     if not torch.isfinite(after.logits).all():
-        raise AssertionError("prepare: the prepared model gives NaN or infinite logits on finite inputs")
+        raise AssertionError("prepare keeps outputs: the prepared model gives NaN or infinite logits on finite inputs")
 
 
 def _whole_model_padding(subject: BackendUnderTest) -> None:
@@ -348,7 +348,7 @@ def _whole_model_padding(subject: BackendUnderTest) -> None:
         tolerance, why = max(1e-4, 0.25 * signal), (f" (a quarter of the {signal:.3g} that attending to the padding "
                                                      "would cause, as the backend transforms the model)")
     if not error <= tolerance:
-        raise AssertionError(f"whole model: through prepare() and the transformers wiring, a padded sequence's "
+        raise AssertionError(f"whole model padding: through prepare() and the transformers wiring, a padded sequence's "
                              f"hidden states differ from the same sequence alone by {error:.3g} > {tolerance:.3g}"
                              f"{why}; register the attention with the mask_kind it implements")
 
@@ -469,9 +469,15 @@ def check_backend(backend: "BackendLike", *, expected_failed_checks: ExpectedFai
     bad = [r for r in results if r.status in ("failed", "unexpectedly passed")]
     if bad:
         lines = [f"{subject.label}: {len(bad)} of {len(CHECKS)} conformance checks failed:"]
-        lines += [f"  {r.check}: {r.message}" for r in bad]
+        lines += [f"  {r.check}: {_without_rule(r.check, r.message)}" for r in bad]
         raise AssertionError("\n".join(lines))
     return results
+
+
+def _without_rule(check: str, message: str) -> str:
+    """The message without its leading rule name (``"padding: ..."`` → ``"..."``), which the line already shows."""
+    head, sep, rest = message.partition(": ")
+    return rest if sep and head.replace(" ", "_") == check else message
 
 
 def parametrize_with_checks(backends: Iterable["BackendLike"], *,
