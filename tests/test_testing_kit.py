@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from harness import Backend, Param, ParamError, RunSpec, hookimpl, load_registry, run
+from harness import Backend, Param, RunSpec, hookimpl, load_registry, run
 from harness.backends import conformance
 from harness.backends.contract import PluginInfo
 from harness.backends.registry import BackendEntry, Registry
