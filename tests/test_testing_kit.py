@@ -14,7 +14,7 @@ from harness.backends import conformance
 from harness.backends.contract import PluginInfo
 from harness.backends.registry import BackendEntry, Registry
 from harness.errors import UserError
-from harness.testing import CHECKS, CheckSkipped, check_backend, parametrize_with_checks
+from harness.testing import CHECKS, CheckSkipped, check_backend, parametrize_with_checks, registry_with
 
 
 class Eager(Backend):
@@ -241,6 +241,26 @@ def test_expected_failures_are_strict():
     assert set(failed) == {"padding"} and "remove it" in failed["padding"]
     with pytest.raises(ValueError, match="unknown check.*no_such_check"):
         check_backend(Eager, expected_failed_checks=["no_such_check"])
+
+
+class Causal(Eager):
+    name = "kit-causal"
+    params = (Param("causal", bool, False, "attend to earlier tokens only"),)
+
+    def scores(self, query, key, scaling):
+        scores = super().scores(query, key, scaling)
+        if self.values["causal"]:
+            later = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
+            scores = scores.masked_fill(later, float("-inf"))
+        return scores
+
+
+def test_other_parameter_values_of_a_class_not_yet_installed():
+    results = check_backend("kit-causal:causal=true", registry=registry_with(Causal))
+    assert {r.check: r.status for r in results if r.status != "passed"} == {"distribution": "skipped"}
+    failed = failed_checks("kit-causal:causal=maybe", registry=registry_with(Causal))
+    assert set(failed) == {c.name for c in CHECKS}
+    assert all("registration: kit-causal" in m and "maybe" in m for m in failed.values())
 
 
 class Unavailable(Eager):

@@ -8,6 +8,7 @@ Two ways in, as scikit-learn's ``check_estimator`` and ``parametrize_with_checks
       from harness.testing import check_backend
       check_backend("relu-attention")             # an installed backend, by spec string
       check_backend(MyBackend)                    # a Backend subclass, registered here for the checks
+      check_backend("mine:k=4", registry=registry_with(MyBackend))   # other parameter values
 
 * :func:`parametrize_with_checks` makes each (backend, check) pair its own pytest test id, so a failing
   suite shows which rule is broken::
@@ -41,7 +42,7 @@ from ..errors import UserError
 from ..hookspecs import hookimpl
 
 __all__ = ["CHECKS", "Check", "CheckResult", "CheckSkipped", "BackendUnderTest", "check_backend",
-           "parametrize_with_checks"]
+           "parametrize_with_checks", "registry_with"]
 
 BackendLike = Union[str, type[Backend]]
 ExpectedFailures = Union[Mapping[str, str], Iterable[str]]
@@ -77,11 +78,7 @@ class BackendUnderTest:
         if isinstance(backend, str):
             return cls(backend, registry)
         if inspect.isclass(backend) and issubclass(backend, Backend):
-            from ..backends.registry import load_registry
-
-            plugin = _ClassPlugin(backend)
-            return cls(backend.name or backend.__name__,
-                       load_registry(entry_points=False, extra_plugins=(plugin,)), registered_here=True)
+            return cls(backend.name or backend.__name__, registry_with(backend), registered_here=True)
         raise TypeError(f"check a backend spec string or a harness.Backend subclass, not {backend!r}")
 
     @property
@@ -105,7 +102,7 @@ class BackendUnderTest:
 
     def runnable(self) -> tuple[ResolvedBackend, str]:
         """The resolved backend and the device to run it on. :raises CheckSkipped: when unavailable here."""
-        from ..devices import backend_devices, cuda_available
+        from ..devices import cuda_available
 
         backend = self.resolve()
         reason = backend.unavailable_reason()
@@ -129,6 +126,15 @@ class _ClassPlugin:
     @hookimpl
     def register_backends(self, register: Callable[[type[Backend]], None]) -> None:
         register(self.cls)
+
+
+def registry_with(*classes: type[Backend]) -> Any:
+    """A :class:`~harness.Registry` of the built-ins and ``classes``, registered as a plugin would register
+    them (validated: name, parameters, mask kind). Check other parameter values of a class not yet installed
+    with ``check_backend("mine:k=4", registry=registry_with(Mine))``."""
+    from ..backends.registry import load_registry
+
+    return load_registry(entry_points=False, extra_plugins=tuple(_ClassPlugin(c) for c in classes))
 
 
 @functools.lru_cache(maxsize=1)
@@ -359,9 +365,12 @@ def _distribution(subject: BackendUnderTest) -> None:
     entry = subject.entry()
     if entry is None:
         subject.resolve()
-    if subject.registered_here:
-        raise CheckSkipped(f"{subject.spec} was registered by the kit, not through an installed distribution")
+    from ..backends.manager import DEFAULT_PLUGINS
+
     info = entry.plugin
+    # a plugin object registered directly (not through an entry point) is attributed to attnbench itself
+    if subject.registered_here or (info.dist == "attnbench" and entry.cls.__module__ not in DEFAULT_PLUGINS):
+        raise CheckSkipped(f"{subject.spec} is not registered through an installed distribution's entry point")
     missing = [what for what, value in (("name", info.dist), ("version", info.version)) if value == UNKNOWN]
     if missing:
         raise AssertionError(f"distribution: plugin {info.name!r} is installed from a distribution whose metadata "
