@@ -362,9 +362,8 @@ def _whole_model_padding(subject: BackendUnderTest) -> None:
 def _distribution(subject: BackendUnderTest) -> None:
     from ..backends.manager import UNKNOWN
 
+    subject.resolve()  # a spec that does not resolve fails here too, with the reason
     entry = subject.entry()
-    if entry is None:
-        subject.resolve()
     from ..backends.manager import DEFAULT_PLUGINS
 
     info = entry.plugin
