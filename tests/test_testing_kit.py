@@ -55,6 +55,22 @@ def test_a_correct_backend_passes_every_check():
     assert {r.check: r.status for r in results if r.status != "passed"} == {"distribution": "skipped"}
 
 
+class PerHeadBias(Eager):
+    """ALiBi-like: each head has its own distance penalty, so heads are not interchangeable."""
+
+    name = "kit-per-head"
+
+    def scores(self, query, key, scaling):
+        seq, heads = query.shape[2], query.shape[1]
+        distance = (torch.arange(seq)[:, None] - torch.arange(seq)[None, :]).abs()
+        slopes = 2.0 ** -torch.arange(1, heads + 1, dtype=query.dtype)
+        return super().scores(query, key, scaling) - slopes[:, None, None] * distance
+
+
+def test_a_backend_whose_heads_differ_passes():
+    assert {r.status for r in check_backend(PerHeadBias) if r.check != "distribution"} == {"passed"}
+
+
 class WrongLayout(Eager):
     name = "kit-layout"
 
