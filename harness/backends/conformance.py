@@ -152,7 +152,8 @@ def check_output_layout(backend: ResolvedBackend, inputs: Inputs) -> None:
         signal = float((moved[target] - out[target]).abs().max())
         # An approximate backend's shared statistics (a quantization scale over heads or sequences) may move
         # the rest a little; a wrong layout moves it as much as the changed part itself.
-        problem = _differ(moved[~target], out[~target], atol=max(ATOL, 4 * eps, LAYOUT_FRACTION * signal))
+        problem = _differ(moved.masked_fill(target, 0), out.masked_fill(target, 0),
+                          atol=max(ATOL, 4 * eps, LAYOUT_FRACTION * signal))
         if problem or signal <= max(ATOL, 4 * eps):
             found = problem or f"the output of {what} did not change"
             raise AssertionError(f"output layout: new inputs for {what} must change the output of {what} only, in "

@@ -388,7 +388,7 @@ def _lazy(name: str) -> Callable[..., None]:
 #: Every check, in the order :func:`check_backend` runs them.
 CHECKS: tuple[Check, ...] = (
     Check("output_layout", "attention returns (output, weights); output is (batch, q_len, heads, head_dim): "
-          "permuting heads or sequences of q, k, v permutes it the same way; one query changes one row",
+          "new inputs for one sequence, head or query change only that part of the output",
           _attention_check(_lazy("check_output_layout"))),
     Check("output_dtype", "for every declared dtype, the output has the query's dtype and device and is finite",
           _attention_check(_output_dtype)),
