@@ -39,7 +39,8 @@ def _run(python: Path, *args: str, cwd: Path, check: bool = True) -> subprocess.
     env.pop("ATTNBENCH_PLUGINS", None)
     done = subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+                             f"{done.stderr[-3000:]}")
     return done
 
 

@@ -205,12 +205,12 @@ def check_undeclared_dtypes_refused(backend: ResolvedBackend, inputs: Inputs,
             except Exception as exc:
                 refusal = exc
             if calls:
-                raise AssertionError(f"undeclared dtypes refused: q, k, v of {names} were not refused: they reached the "
-                                     "backend's attention (declared dtypes: "
+                raise AssertionError(f"undeclared dtypes refused: q, k, v of {names} were not refused: they "
+                                     "reached the backend's attention (declared dtypes: "
                                      f"{', '.join(map(str, part.dtypes)) or 'none'})")
             if not isinstance(refusal, TypeError) or "dtype" not in str(refusal):
-                raise AssertionError(f"undeclared dtypes refused: q, k, v of {names} must be refused with a TypeError that "
-                                     f"names the declared dtypes, got {type(refusal).__name__}: {refusal}")
+                raise AssertionError(f"undeclared dtypes refused: q, k, v of {names} must be refused with a "
+                                     f"TypeError that names the declared dtypes, got {type(refusal).__name__}: {refusal}")
     finally:
         del part.attention
 
@@ -272,8 +272,8 @@ def check_alone_equals_batched(backend: ResolvedBackend, inputs: Inputs) -> None
         alone = call(backend, *(t[index:index + 1, :, :length] for t in (q, k, v)))
         problem = _differ(out[index:index + 1, :length], alone)
         if problem:
-            raise AssertionError(f"alone equals batched: sequence {index} (length {length}) computed alone differs from "
-                                 f"its valid rows in a padded batch of {SHAPE[0]}: {problem}")
+            raise AssertionError(f"alone equals batched: sequence {index} (length {length}) computed alone "
+                                 f"differs from its valid rows in a padded batch of {SHAPE[0]}: {problem}")
 
 
 def check_scaling(backend: ResolvedBackend, inputs: Inputs) -> None:

@@ -35,11 +35,14 @@ import functools
 import inspect
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Union
 
 from ..backends.contract import Backend, ResolvedBackend, ask_unavailable_reason
 from ..errors import UserError
 from ..hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import pytest
 
 __all__ = ["CHECKS", "Check", "CheckResult", "CheckSkipped", "BackendUnderTest", "check_backend",
            "parametrize_with_checks", "registry_with"]
@@ -447,7 +450,7 @@ def check_backend(backend: "BackendLike", *, expected_failed_checks: ExpectedFai
 
     :param backend: a spec string such as ``"mine:k=4"`` (resolved among the installed plugins, or in
         ``registry``), or a :class:`~harness.Backend` subclass not yet registered (checked with its default
-        parameter values; register it in a registry and pass a spec to check other values).
+        parameter values; for other values pass a spec and ``registry=registry_with(TheClass)``).
     :param expected_failed_checks: check names known to fail, each mapped to the reason (a mapping), or an
         iterable of names. Such a check must fail.
     :param registry: a :class:`~harness.Registry` to resolve spec strings in (default: built-ins and every
@@ -488,9 +491,10 @@ def _without_rule(check: str, message: str) -> str:
     return rest if sep and head.replace(" ", "_") == check else message
 
 
-def parametrize_with_checks(backends: Iterable["BackendLike"], *,
-                            expected_failed_checks: "Callable[[str], ExpectedFailures] | Mapping[str, ExpectedFailures] | None" = None,
-                            registry: Any = None) -> Any:
+def parametrize_with_checks(
+        backends: Iterable["BackendLike"], *,
+        expected_failed_checks: "Callable[[str], ExpectedFailures] | Mapping[str, ExpectedFailures] | None" = None,
+        registry: Any = None) -> "pytest.MarkDecorator":
     """A ``pytest.mark.parametrize`` over (backend, check) pairs, one test id per pair
     (``"topk:k=4-padding"``); decorate a test taking ``backend`` and ``check`` that calls ``check(backend)``.
 
