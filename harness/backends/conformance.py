@@ -210,7 +210,8 @@ def check_undeclared_dtypes_refused(backend: ResolvedBackend, inputs: Inputs,
                                      f"{', '.join(map(str, part.dtypes)) or 'none'})")
             if not isinstance(refusal, TypeError) or "dtype" not in str(refusal):
                 raise AssertionError(f"undeclared dtypes refused: q, k, v of {names} must be refused with a "
-                                     f"TypeError that names the declared dtypes, got {type(refusal).__name__}: {refusal}")
+                                     "TypeError that names the declared dtypes, got "
+                                     f"{type(refusal).__name__}: {refusal}")
     finally:
         del part.attention
 
