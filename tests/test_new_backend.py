@@ -111,3 +111,30 @@ def test_default_directory_is_named_after_the_package(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     assert main(["new-backend", "relu-attention"]) == 0
     assert (tmp_path / "attnbench-relu-attention" / "pyproject.toml").is_file()
+
+
+def test_the_tutorials_relu_attention_passes_the_kit(tmp_path):
+    """The attention written in docs/tutorials/write-a-backend.md, put into the generated module, passes every
+    check for both values of its parameter."""
+    import importlib.util
+    import re
+    import textwrap
+
+    from harness.scaffold import new_backend
+    from harness.testing import check_backend, registry_with
+
+    tutorial = (ROOT / "docs" / "tutorials" / "write-a-backend.md").read_text()
+    snippet = re.search(r"## 4\. Write the attention.*?```python\n(.*?)```", tutorial, flags=re.S).group(1)
+    module_path = next(p for p in new_backend("relu-attention", tmp_path / "pkg") if p.name == "__init__.py")
+    source = module_path.read_text()
+    start = source.index("        scores = torch.matmul(query")
+    end = source.index("return output.transpose(1, 2), None") + len("return output.transpose(1, 2), None")
+    module_path.write_text(source[:start] + textwrap.indent(snippet, " " * 8).rstrip() + source[end:])
+    spec = importlib.util.spec_from_file_location("tutorial_relu_attention", module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "torch.relu(scores)" in module_path.read_text()
+    registry = registry_with(module.ReluAttention)
+    for spec_text in ("relu-attention", "relu-attention:causal=true"):
+        results = check_backend(spec_text, registry=registry)
+        assert {r.check for r in results if r.status != "passed"} == {"distribution"}
