@@ -9,7 +9,8 @@ contract, spec strings, transformers wiring) → :mod:`harness.registry` (plugin
 :mod:`harness.kernels_bench`) → :mod:`harness.analysis` (compare, change points, report) → :mod:`harness.cli`.
 
 The plugin API — everything a third-party backend or task plugin may import — is :data:`PLUGIN_API`;
-every other name is internal and may move between versions.
+every other name is internal and may move between versions. :mod:`harness.testing` is the plugin author's
+kit: the contract's rules as checks a plugin's own test suite runs.
 """
 
 from __future__ import annotations

@@ -324,6 +324,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_backend(args: argparse.Namespace) -> int:
+    from .scaffold import new_backend
+
+    for path in new_backend(args.name, args.directory):
+        print(path)
+    return 0
+
+
 def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
@@ -452,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction-parts", default="attention_core,forward", metavar="PARTS",
                    help="what to count: attention_core,forward (default both; a forward costs minutes under callgrind)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("new-backend", help="write a backend plugin package (entry point, backend, kit tests, README)")
+    p.add_argument("name", metavar="NAME", help="backend name: lower-case letters, digits and '-', e.g. relu-attention")
+    p.add_argument("directory", metavar="DIR", nargs="?", help="where to write it (default ./attnbench-NAME)")
+    p.set_defaults(func=cmd_new_backend)
 
     store_help = f"results store, a directory or an fsspec URL such as s3://bucket/results (default {DEFAULT_STORE})"
     p = sub.add_parser("import-asv", help="import asv's results JSON into the Parquet store (idempotent)")

@@ -54,13 +54,16 @@ class Backend:
     **Methods** a subclass may override: :meth:`check_values`, :meth:`unavailable_reason`, :meth:`prepare`,
     :meth:`attention`, :meth:`run_facts`, :meth:`fidelity_stats`.
 
-    **Rules every backend follows** (the conformance tests in ``tests/test_backend_conformance.py`` check them
-    for every registered backend):
+    **Rules every backend follows** (:mod:`harness.testing` checks each of them: ``check_backend`` and
+    ``parametrize_with_checks`` run the checks in a plugin's own tests; the harness applies the cheap ones —
+    output layout and dtype, finite outputs — before it measures, and refuses a backend that breaks them):
 
     * Padding never influences valid positions: the output rows of valid queries depend only on valid keys.
     * Every mask is honoured, not only padding: a query never attends a key its mask row masks (ModernBERT's
       local layers pass a sliding window; a backend that cannot honour a mask raises ``ValueError`` saying
       so, never silently attends outside it). ``attnbench models PATH`` shows the masks a checkpoint passes.
+    * Scores are ``(q · k) · scaling`` with the ``scaling`` argument; the same inputs give the same output,
+      and q, k, v and the mask are never modified.
     * Non-finite inputs never become finite outputs (the finiteness rule): if any q, k or v value of a
       sequence's real (non-padding) tokens is NaN or infinite, its output over those tokens must not be all
       finite (or the function raises, saying so); if they are all finite, the output must be finite.

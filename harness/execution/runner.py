@@ -145,6 +145,23 @@ def resolve_backends(registry: Registry, specs: list[str]) -> list[ResolvedBacke
     return list(resolved.values())
 
 
+def refuse_broken_backends(backends: list[ResolvedBackend], placement: Placement) -> None:
+    """Apply the contract's cheap checks (:func:`harness.backends.conformance.preflight`: output layout,
+    dtype, finite outputs) on tiny inputs at the run's device and dtype, before anything is measured.
+
+    :raises UserError: naming each backend that breaks a rule and the rule, so that no speed row of a
+        backend whose outputs are wrong is ever stored.
+    """
+    from ..backends.conformance import preflight
+
+    broken = {b.spec: problems for b in backends if (problems := preflight(b, placement))}
+    if broken:
+        raise UserError("nothing measured: " + "; ".join(
+            f"backend {spec!r} breaks the backend contract ({' '.join(' '.join(problems).split())})"
+            for spec, problems in broken.items())
+            + "; run harness.testing.check_backend(SPEC) for every check, fix the backend or leave it out")
+
+
 def resolve_tasks(registry: Registry, names: list[str] | None, model_sources: dict[str, str]) -> list[Task]:
     if names is None:
         per_task = [k for k in model_sources if k != "*"]
@@ -225,6 +242,7 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
         where = "" if placement.is_default else f" on {placement.device} in {placement.dtype}"
         raise UserError(f"none of the requested backends is available on this machine{where}: "
                         + "; ".join(f"{name}: {reason}" for name, reason in skipped.items()))
+    refuse_broken_backends(backends, placement)
     model_sources = parse_model_args(spec.model)
     tasks = resolve_tasks(registry, spec.tasks, model_sources)
     source = DataSource.parse(spec.data)
