@@ -117,7 +117,7 @@ def test_paired_rows_flag_the_broken_backend_and_not_the_identical_one(learnt):
 
 
 def test_compare_within_a_run(learnt, capsys, monkeypatch, flipping_registry):
-    monkeypatch.setattr("harness.cli._task_metrics", lambda t: list(flipping_registry.task(t).metrics))
+    monkeypatch.setattr("harness.cli.compare._task_metrics", lambda t: list(flipping_registry.task(t).metrics))
     _, store, result = learnt
     assert main(["compare", result.run_id, "--baseline", "dense", "--store", str(store)]) == 0
     out = capsys.readouterr().out
@@ -130,7 +130,7 @@ def test_compare_within_a_run(learnt, capsys, monkeypatch, flipping_registry):
 
 def test_compare_across_runs_pairs_the_same_examples_and_refuses_others(learnt, tiny_model_dir, capsys,
                                                                         monkeypatch, flipping_registry):
-    monkeypatch.setattr("harness.cli._task_metrics", lambda t: list(flipping_registry.task(t).metrics))
+    monkeypatch.setattr("harness.cli.compare._task_metrics", lambda t: list(flipping_registry.task(t).metrics))
     root, store, first = learnt
     again = run(spec(store, tiny_model_dir, data=str(root / "data"), backends=["dense", "flipped"]),
                 flipping_registry, log=lambda m: None)

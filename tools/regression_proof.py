@@ -6,7 +6,7 @@ files, plus the built kernels) into ``DIR``, makes ``--commits`` commits (each a
 least three commits on each side), one commit that also makes ``dense:impl=eager``'s attention core do about
 5 % more real work: it computes attention a second time for the first query row (of 128) and discards
 the result (more instructions and more time, not a sleep; ``--extra-rows N``: N rows of every 128). ``measure`` runs the per-commit instruction
-counts (``attnbench run --instructions-only --instruction-parts attention_core``, one valgrind process per
+counts (``attnbench instructions --instruction-parts attention_core``, one valgrind process per
 commit) over every commit into a store; ``check`` runs ``attnbench regressions`` on that store and checks that it names the slowed commit and
 backend and no other commit; ``all`` does the three. ``synthetic`` draws 20-commit histories from the
 per-commit noise of the measured instruction series (and a clean 5 % step) and counts hits and false flags.
@@ -131,7 +131,7 @@ def measure(repo: Path, store: Path, *, backends: list[str] = BACKENDS, parts: s
     for i, sha in enumerate(info["shas"]):
         _git(repo, "checkout", "-q", sha)
         start = time.perf_counter()
-        command = [sys.executable, "-m", "harness", "run", "--instructions-only", "--instruction-parts", parts,
+        command = [sys.executable, "-m", "harness", "instructions", "--instruction-parts", parts,
                    "--store", str(store)]
         for b in backends:
             command += ["-b", b]
