@@ -142,15 +142,23 @@ def test_mrpc_rte_tutorial_commands_answer_with_verdicts(tutorial_store, capsys)
     assert (rows[rows.category == "quality"].n_examples == 40).all()
 
 
-def test_track_history_tutorial_commands_on_the_asv_fixture(tmp_path, capsys, monkeypatch):
+def test_track_history_tutorial_walkthrough_prints_what_the_page_shows(tmp_path, capsys, monkeypatch):
+    """The console block after ``<!-- fixture-walkthrough -->``: every command runs as printed (from the
+    repository root, the store in a temporary directory) and prints the lines the page shows."""
     monkeypatch.chdir(ROOT)
-    commands = [c for c in _commands("tutorials/track-history.md") if "/tmp/asv" in c]
-    assert [c.split()[1] for c in commands] == ["import-asv", "regressions", "report"]
-    codes = [_run(c, {"/tmp/asv": str(tmp_path / "asv")}) for c in commands]
-    out = capsys.readouterr().out
-    assert codes == [0, 0, 0]
-    assert "2 asv result file(s): 2 imported" in out
-    assert "no significant change points" in out and "attnbench compare" in out
+    text = (DOCS / "tutorials/track-history.md").read_text(encoding="utf-8")
+    block = text.split("<!-- fixture-walkthrough -->", 1)[1].split("```", 2)[1]
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines()[1:]:
+        if line.startswith("$ "):
+            steps.append((line[2:].strip(), []))
+        elif line.strip():
+            steps[-1][1].append(line.replace("/tmp/asv", str(tmp_path / "asv")))
+    assert [c.split()[1] for c, _ in steps] == ["import-asv", "import-asv", "regressions", "report"]
+    for command, expected in steps:
+        assert _run(command, {"/tmp/asv": str(tmp_path / "asv")}) == 0, command
+        printed = capsys.readouterr().out.splitlines()
+        assert [line for line in expected if line not in printed] == [], command
     assert (tmp_path / "asv" / "report.html").stat().st_size > 0
 
 
