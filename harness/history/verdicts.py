@@ -1,0 +1,368 @@
+"""One verdict per backend and task against the reference: accuracy by non-inferiority, speed by a ratio interval.
+
+**Accuracy.** The paired change Δ = metric(backend) − metric(reference) of the task's primary metric, on the
+same examples, is tested for non-inferiority with margin ``m`` (default one point of the metric, 0.01):
+
+* **not worse** — the lower bound of Δ's one-sided 95 % interval lies above −m;
+* **worse** — its upper bound lies below −m;
+* **inconclusive** — otherwise. The line then says what would decide it: the *minimum detectable change*
+  (MDC) at 80 % power, ``(z₀.₉₅ + z₀.₈₀) · SE`` for this task's n and rate of changed predictions, and the
+  number of examples at which the MDC equals the margin.
+
+For accuracy, Δ's interval is the Wald interval for matched proportions after adding 1/2 to each cell of the
+2 × 2 table of (reference right, backend right) (Agresti & Min 2005, *Stat. Med.* 24:729), so that a backend
+that changes no prediction still has a positive standard error; SE² = (q̃ − Δ̃²)/(n + 2) with q̃ the smoothed
+rate of changed predictions. For any other metric (F1, MCC, Pearson), the interval is the 5th/95th percentile
+of the paired bootstrap of Δ (the resamples :func:`harness.stats.paired_test` uses) and SE its standard
+deviation. A lower-is-better metric is judged on −Δ.
+
+**Speed.** At each measured shape, the speed-up median(reference) / median(backend) of the interleaved
+forward-latency samples with its 95 % bootstrap interval (:func:`harness.stats.ratio_interval`): **faster**
+(interval above 1), **slower** (below 1) or **no clear difference**. Over several sequence lengths, the
+*crossover* is the shortest measured length from which the interval lies above 1 at every longer length.
+
+**Family.** Each verdict is one test of one backend on one task at one-sided 5 %, with no multiplicity
+correction: "not worse on every task" is an intersection–union test, which needs none (Berger 1982), and no
+verdict depends on which other backends or tasks shared the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy import special
+from scipy import stats as sps
+
+from .. import stats
+
+NOT_WORSE, WORSE, INCONCLUSIVE = "not worse", "worse", "inconclusive"
+FASTER, SLOWER, NO_CLEAR_DIFFERENCE = "faster", "slower", "no clear difference"
+#: one-sided level of the non-inferiority interval, and the power the minimum detectable change is stated at
+CONFIDENCE = 0.95
+POWER = 0.80
+Z_ONE_SIDED = float(sps.norm.ppf(CONFIDENCE))
+Z_POWER = float(sps.norm.ppf(POWER))
+#: one point of a metric on the 0–1 scale (accuracy 0.01)
+DEFAULT_MARGIN = 0.01
+#: the latency the speed verdict is read from (end to end); the attention core is drawn beside it in the report
+SPEED_METRIC = "latency_forward"
+SPEED_METRICS = ("latency_forward", "latency_attention_core")
+FAMILY_NOTE = ("family: each verdict is its own one-sided 5 % test of one backend on one task, with no "
+               "correction (not worse on every task is an intersection-union test); no verdict depends on "
+               "which other backends shared the run")
+
+
+@dataclass(frozen=True)
+class NonInferiority:
+    """The non-inferiority test of one paired change (all values on the metric's scale, e.g. accuracy 0–1).
+
+    ``delta``: Δ = backend − reference; ``low``/``high``: one-sided 95 % bounds of Δ; ``se``: its standard
+    error; ``mdc``: minimum detectable change at 80 % power; ``n_to_resolve``: examples at which the MDC equals
+    the margin; ``changed``: share of examples whose prediction changed (accuracy; NaN otherwise)."""
+
+    delta: float
+    low: float
+    high: float
+    se: float
+    margin: float
+    mdc: float
+    n: int
+    n_to_resolve: int
+    verdict: str
+    changed: float = float("nan")
+
+    def facts(self) -> dict[str, Any]:
+        """What a paired row keeps in its ``extra`` JSON under ``noninferiority``."""
+        return {"low": self.low, "high": self.high, "se": self.se, "n_to_resolve": self.n_to_resolve,
+                "changed": None if not np.isfinite(self.changed) else self.changed}
+
+
+def check_margin(margin: float) -> float:
+    """``margin`` if it is a usable non-inferiority margin (0 < margin < 1), else a :class:`UserError`."""
+    from ..errors import UserError
+
+    if not np.isfinite(margin) or not 0 < margin < 1:
+        raise UserError(f"--margin must be above 0 and below 1 (on the metric's 0-1 scale: 0.01 is one point of "
+                        f"accuracy), not {margin}")
+    return float(margin)
+
+
+def classify(low: Any, high: Any, margin: float) -> np.ndarray:
+    """Verdict words for one-sided bounds (arrays of any shape): not worse / worse / inconclusive."""
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    return np.where(low > -margin, NOT_WORSE, np.where(high < -margin, WORSE, INCONCLUSIVE))
+
+
+def detectable_change(se: Any) -> np.ndarray:
+    """Minimum detectable change at 80 % power of a one-sided 5 % test with standard error ``se``."""
+    return (Z_ONE_SIDED + Z_POWER) * np.asarray(se, float)
+
+
+def examples_to_resolve(mdc: Any, n: Any, margin: float) -> np.ndarray:
+    """Examples at which the minimum detectable change equals ``margin`` (SE shrinks as 1/√n)."""
+    mdc = np.asarray(mdc, float)
+    return np.ceil(np.asarray(n, float) * (mdc / margin) ** 2).astype(np.int64)
+
+
+def accuracy_counts(b: Any, c: Any, n: int, margin: float = DEFAULT_MARGIN) -> dict[str, np.ndarray]:
+    """Non-inferiority of a change of accuracy from the discordant counts, vectorised over ``b`` and ``c``.
+
+    ``b``: examples the reference got right and the backend wrong; ``c``: the reverse; ``n``: examples. Returns
+    arrays ``delta`` (c − b)/n, ``low``/``high`` (one-sided 95 % bounds, Agresti–Min), ``se``, ``changed``
+    ((b + c)/n) and ``verdict``."""
+    b, c = np.asarray(b, float), np.asarray(c, float)
+    smoothed = (c - b) / (n + 2)
+    se = np.sqrt(np.maximum((b + c + 1) / (n + 2) - smoothed ** 2, 0) / (n + 2))
+    low, high = smoothed - Z_ONE_SIDED * se, smoothed + Z_ONE_SIDED * se
+    return {"delta": (c - b) / n, "low": low, "high": high, "se": se, "changed": (b + c) / n,
+            "verdict": classify(low, high, margin)}
+
+
+def accuracy_power(n: int, changed: float, drop: float) -> float:
+    """Exact probability that the one-sided test of :func:`accuracy_counts` finds a drop (upper bound below 0)
+    when accuracy truly drops by ``drop`` and a share ``changed`` of the n predictions changes (at least
+    ``drop``): the sum over the multinomial distribution of the discordant counts (b, c)."""
+    rate = max(changed, drop)
+    lose, gain = (rate + drop) / 2, (rate - drop) / 2
+    top = lambda p: int(min(n, np.ceil(n * p + 10 * np.sqrt(n * p) + 10)))  # noqa: E731 (counts beyond: < 1e-20)
+    b = np.arange(top(lose) + 1)[:, None]
+    c = np.arange(top(gain) + 1)[None, :]
+    valid = b + c <= n
+    rest = np.where(valid, n - b - c, 0)
+    log_p = (special.gammaln(n + 1) - special.gammaln(b + 1) - special.gammaln(c + 1) - special.gammaln(rest + 1)
+             + special.xlogy(b, lose) + special.xlogy(c, gain) + special.xlog1py(rest, -rate))
+    found = accuracy_counts(b, c, n)["high"] < 0
+    return float(np.exp(log_p)[valid & found].sum())
+
+
+def accuracy_mdc(n: int, changed: float, power: float = POWER) -> float:
+    """Minimum detectable change of accuracy: the smallest true drop that the one-sided 5 % test of
+    :func:`accuracy_counts` finds with probability ``power`` at ``n`` examples, when a share ``changed`` of the
+    predictions changes (the observed rate; a larger drop changes at least that many). Exact power
+    (:func:`accuracy_power`), found by bisection to 1e-5; about ``(z0.95 + z0.80) · sqrt(changed / n)``."""
+    low, high = 0.0, 1.0
+    while high - low > 1e-5:
+        middle = (low + high) / 2
+        low, high = (low, middle) if accuracy_power(n, changed, middle) >= power else (middle, high)
+    return high
+
+
+def paired_accuracy(reference_correct: np.ndarray, backend_correct: np.ndarray,
+                    margin: float = DEFAULT_MARGIN) -> dict[str, np.ndarray]:
+    """:func:`accuracy_counts` of boolean arrays ``(..., n)``: whether the reference and the backend got each
+    example right (the last axis is the examples; leading axes are independent draws)."""
+    reference_correct, backend_correct = np.asarray(reference_correct, bool), np.asarray(backend_correct, bool)
+    b = (reference_correct & ~backend_correct).sum(axis=-1)
+    c = (~reference_correct & backend_correct).sum(axis=-1)
+    return accuracy_counts(b, c, reference_correct.shape[-1], margin)
+
+
+def noninferiority(fn: Callable, labels: np.ndarray, reference: np.ndarray, backend: np.ndarray, *,
+                   margin: float = DEFAULT_MARGIN, direction: str = "higher", seed: int = stats.SEED,
+                   resamples: int = stats.RESAMPLES) -> NonInferiority:
+    """The non-inferiority test of ``fn(labels, backend) − fn(labels, reference)`` on the same examples.
+
+    ``labels``, ``reference``, ``backend``: 1-D arrays of equal length n (class ids, or scores for a
+    regression). Accuracy uses the closed form of :func:`accuracy_counts`; any other metric the paired
+    bootstrap (same resamples as :func:`harness.stats.paired_test`)."""
+    labels, reference, backend = np.asarray(labels), np.asarray(reference), np.asarray(backend)
+    n = len(labels)
+    sign = -1.0 if direction == "lower" else 1.0
+    if stats.is_accuracy(fn):
+        out = paired_accuracy(labels == reference, labels == backend, margin)
+        changed = float(out["changed"])
+        mdc = accuracy_mdc(n, (changed * n + 1) / (n + 2))  # smoothed as the interval is: never 0
+        return NonInferiority(float(out["delta"]), float(out["low"]), float(out["high"]), float(out["se"]),
+                              margin, mdc, n, int(examples_to_resolve(mdc, n, margin)), str(out["verdict"]), changed)
+    batch = stats.vectorised(fn)
+    deltas = np.concatenate([batch(labels[i], backend[i]) - batch(labels[i], reference[i])
+                             for i in stats._indices(n, resamples, seed)])
+    deltas = sign * deltas[np.isfinite(deltas)]
+    delta = sign * float(fn(labels, backend) - fn(labels, reference))
+    if len(deltas) == 0 or not np.isfinite(delta):
+        return NonInferiority(delta, np.nan, np.nan, np.nan, margin, np.nan, n, 0, INCONCLUSIVE)
+    low, high = np.percentile(deltas, [100 * (1 - CONFIDENCE), 100 * CONFIDENCE])
+    se = float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0
+    mdc = float(detectable_change(se))
+    return NonInferiority(delta, float(low), float(high), se, margin, mdc, n,
+                          int(examples_to_resolve(mdc, n, margin)), str(classify(low, high, margin)))
+
+
+# -- speed ---------------------------------------------------------------------------------------------------
+def speed_word(low: float, high: float) -> str:
+    """faster (interval of the speed-up above 1), slower (below 1), no clear difference, or n/a."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "n/a"
+    return FASTER if low > 1 else SLOWER if high < 1 else NO_CLEAR_DIFFERENCE
+
+
+def speed_ratios(rows: pd.DataFrame, reference: str, metrics: tuple[str, ...] = SPEED_METRICS) -> pd.DataFrame:
+    """Per backend, metric and shape: the speed-up over ``reference`` with its 95 % interval and the word.
+
+    ``rows``: speed rows of one run (``samples``: seconds per call). Columns: backend, metric, batch_size,
+    seq_len, ratio, low, high, speed."""
+    columns = ["backend", "metric", "batch_size", "seq_len", "ratio", "low", "high", "speed"]
+    timed = rows[(rows["category"] == "speed") & rows["metric"].isin(metrics)] if "category" in rows else rows[:0]
+    records = []
+    for (batch, seq, metric), group in timed.groupby(["batch_size", "seq_len", "metric"], sort=False):
+        samples = group.drop_duplicates("backend", keep="last").set_index("backend")["samples"]
+        theirs = samples.get(reference)
+        if theirs is None or not len(theirs):
+            continue
+        for backend, mine in samples.items():
+            if backend == reference or mine is None or not len(mine):
+                continue
+            ratio, low, high = stats.ratio_interval(np.asarray(theirs, float), np.asarray(mine, float))
+            records.append({"backend": backend, "metric": metric, "batch_size": int(batch), "seq_len": int(seq),
+                            "ratio": ratio, "low": low, "high": high, "speed": speed_word(low, high)})
+    return pd.DataFrame(records, columns=columns)
+
+
+def crossover(ratios: pd.DataFrame) -> int | None:
+    """The shortest sequence length from which the speed-up's interval lies above 1 at every longer measured
+    length (``ratios``: one backend, metric and batch size, columns ``seq_len`` and ``low``); None if none."""
+    ordered = ratios.sort_values("seq_len")
+    found = None
+    for seq, low in zip(ordered["seq_len"][::-1], ordered["low"][::-1]):
+        if not (np.isfinite(low) and low > 1):
+            break
+        found = int(seq)
+    return found
+
+
+def crossovers(ratios: pd.DataFrame) -> pd.DataFrame:
+    """:func:`crossover` per backend, metric and batch size with at least two lengths (column ``crossover``,
+    nullable integer; ``lengths``: the measured lengths)."""
+    records = []
+    for (backend, metric, batch), group in ratios.groupby(["backend", "metric", "batch_size"], sort=False):
+        if group["seq_len"].nunique() < 2:
+            continue
+        records.append({"backend": backend, "metric": metric, "batch_size": batch,
+                        "lengths": sorted(group["seq_len"].unique().tolist()), "crossover": crossover(group)})
+    frame = pd.DataFrame(records, columns=["backend", "metric", "batch_size", "lengths", "crossover"])
+    frame["crossover"] = frame["crossover"].astype("Int64")
+    return frame
+
+
+def describe_crossover(row: Any) -> str:
+    if pd.isna(row.crossover):
+        return (f"{row.backend} ({row.metric}, batch {row.batch_size}): no crossover in the measured range "
+                f"{row.lengths[0]}-{row.lengths[-1]} tokens (not faster at the longest)")
+    return (f"{row.backend} ({row.metric}, batch {row.batch_size}): faster from {int(row.crossover)} tokens "
+            f"(measured {', '.join(map(str, row.lengths))})")
+
+
+# -- the verdict table ---------------------------------------------------------------------------------------
+def _facts(extra: Any) -> dict[str, Any]:
+    if not isinstance(extra, str) or not extra:
+        return {}
+    return json.loads(extra).get("noninferiority") or {}
+
+
+def verdict_table(rows: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
+    """One line per (backend, task) of a run: the primary metric's non-inferiority verdict and the speed words.
+
+    ``rows``: the rows of one run (stored or just measured). Reads the ``paired`` rows whose ``primary`` flag
+    is set (their ``verdict``, ``margin``, ``mdc`` and the one-sided bounds kept in ``extra``) and the speed
+    rows. Columns: backend, task, metric, n, delta, low, high, margin, accuracy, mdc, n_to_resolve, changed,
+    speed (per shape, text), speed_words (list), verdict (the two read together)."""
+    columns = ["backend", "task", "metric", "n", "delta", "low", "high", "margin", "accuracy", "mdc",
+               "n_to_resolve", "changed", "speed", "speed_words", "verdict"]
+    if rows.empty or "verdict" not in rows or "primary" not in rows:
+        return pd.DataFrame(columns=columns)
+    paired = rows[(rows["category"] == "paired") & rows["primary"].fillna(False).astype(bool)
+                  & rows["verdict"].notna()].drop_duplicates(["backend", "task"], keep="last")
+    ratios = speed_ratios(rows, reference, (SPEED_METRIC,))
+    order = list(dict.fromkeys(rows["backend"].dropna()))
+    records = []
+    for r in paired.itertuples():
+        facts = _facts(r.extra)
+        mine = ratios[ratios["backend"] == r.backend].sort_values(["batch_size", "seq_len"])
+        words = mine["speed"].tolist()
+        speed = "; ".join(f"{s.batch_size}x{s.seq_len} {s.speed} {s.ratio:.2f}x [{s.low:.2f}, {s.high:.2f}]"
+                          for s in mine.itertuples()) or "not timed"
+        records.append({"backend": r.backend, "task": r.task, "metric": r.metric.split(":", 1)[-1],
+                        "n": int(r.n_examples) if pd.notna(r.n_examples) else None, "delta": float(r.value),
+                        "low": facts.get("low", np.nan), "high": facts.get("high", np.nan),
+                        "margin": float(r.margin), "accuracy": r.verdict, "mdc": float(r.mdc),
+                        "n_to_resolve": facts.get("n_to_resolve"), "changed": facts.get("changed"),
+                        "speed": speed, "speed_words": words, "verdict": combined(r.verdict, words)})
+    table = pd.DataFrame(records, columns=columns)
+    if not table.empty:
+        table["_order"] = table["backend"].map(lambda b: order.index(b) if b in order else len(order))
+        table = table.sort_values(["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    return table
+
+
+def combined(accuracy: str, speed_words: list[str]) -> str:
+    """The two parts read together: ``worse`` whatever the speed; else e.g. ``faster, not worse``."""
+    if accuracy == WORSE:
+        return WORSE
+    words = [w for w in dict.fromkeys(speed_words) if w != "n/a"]
+    speed = words[0] if len(words) == 1 else "speed differs by shape" if words else "speed not measured"
+    return f"{speed}, {accuracy}"
+
+
+def _points(value: float) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{100 * value:.1f} pts"
+
+
+def format_verdicts(table: pd.DataFrame, reference: str = "dense", *, markdown: bool = False) -> str:
+    """The verdict table as text (run summary) or markdown (``compare --baseline``); empty when no line."""
+    if table.empty:
+        return ""
+    head = (f"verdict vs {reference}: accuracy by non-inferiority on the paired change of each task's primary "
+            f"metric (one-sided 95 % bound against -margin), speed by the forward-latency speed-up's 95 % "
+            f"interval per shape; MDC: minimum detectable change at 80 % power for this n and rate of changed "
+            f"predictions; n to resolve: examples at which the MDC equals the margin")
+    header = ["backend", "task", "metric", "n", "Δ [one-sided 95 % bounds]", "margin", "accuracy", "MDC",
+              "n to resolve", "speed vs " + reference, "verdict"]
+    lines = []
+    for r in table.itertuples():
+        bounds = f"{r.delta:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" if np.isfinite(r.low) else f"{r.delta:+.3f}"
+        resolve = ("-" if r.accuracy != INCONCLUSIVE or r.n_to_resolve is None or pd.isna(r.n_to_resolve)
+                   else f"{int(r.n_to_resolve):,}")
+        lines.append([r.backend, r.task, r.metric, "-" if r.n is None else str(r.n), bounds, f"{r.margin:g}",
+                      r.accuracy, _points(r.mdc), resolve, r.speed, r.verdict])
+    if markdown:
+        body = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        body += ["| " + " | ".join(line) + " |" for line in lines]
+        return f"**{head}**\n\n" + "\n".join(body) + f"\n\n{FAMILY_NOTE}."
+    frame = pd.DataFrame(lines, columns=header)
+    return head + "\n" + frame.to_string(index=False) + f"\n({FAMILY_NOTE})"
+
+
+def run_verdicts(rows: pd.DataFrame, run_id: str, reference: str = "dense") -> pd.DataFrame:
+    """:func:`verdict_table` of one run of a store's rows."""
+    return verdict_table(rows[rows["run_id"] == run_id], reference)
+
+
+def worsened(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Lines (backend, task) whose accuracy verdict was ``not worse`` in ``before`` and is ``worse`` in
+    ``after`` (two :func:`verdict_table` results): what ``compare`` fails on."""
+    if before.empty or after.empty:
+        return after.iloc[0:0]
+    merged = before[["backend", "task", "accuracy"]].merge(after, on=["backend", "task"], suffixes=("_before", ""))
+    return merged[(merged["accuracy_before"] == NOT_WORSE) & (merged["accuracy"] == WORSE)]
+
+
+def format_changes(before: pd.DataFrame, after: pd.DataFrame, label_a: str, label_b: str) -> str:
+    """Markdown of every (backend, task) whose accuracy verdict differs between two runs; the gate line."""
+    if before.empty or after.empty:
+        return ""
+    merged = before[["backend", "task", "accuracy"]].merge(after[["backend", "task", "accuracy"]],
+                                                           on=["backend", "task"], suffixes=("_a", "_b"))
+    changed = merged[merged["accuracy_a"] != merged["accuracy_b"]]
+    lines = [f"**verdict changes {label_a} → {label_b}**: "
+             + (f"{len(changed)} of {len(merged)} (backend, task) lines" if len(changed) else
+                f"none of {len(merged)} (backend, task) lines")]
+    if len(changed):
+        lines += ["", "| backend | task | A | B |", "|---|---|---|---|"]
+        lines += [f"| {r.backend} | {r.task} | {r.accuracy_a} | {r.accuracy_b}"
+                  + (" ❌ |" if (r.accuracy_a, r.accuracy_b) == (NOT_WORSE, WORSE) else " |")
+                  for r in changed.itertuples()]
+    return "\n".join(lines)
