@@ -256,6 +256,16 @@ def describe_crossover(row: Any) -> str:
             f"(measured {', '.join(map(str, row.lengths))})")
 
 
+def crossover_lines(rows: pd.DataFrame, reference: str = "dense") -> list[str]:
+    """One text block naming each backend's crossover over sequence length, for runs with several lengths."""
+    found = crossovers(speed_ratios(rows, reference))
+    if found.empty:
+        return []
+    return [f"speed-up vs {reference} over sequence length: crossover = shortest length from which the 95 % "
+            "interval lies above 1 at every longer measured length\n"
+            + "\n".join(f"  {describe_crossover(r)}" for r in found.itertuples())]
+
+
 # -- the verdict table ---------------------------------------------------------------------------------------
 def _facts(extra: Any) -> dict[str, Any]:
     if not isinstance(extra, str) or not extra:
