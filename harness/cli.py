@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    warmup=args.warmup, fidelity_examples=args.fidelity_examples, speed=not args.no_speed,
                    executor=args.executor, resume=args.resume, store=None if args.no_store else args.store,
                    progress=not args.no_progress, device=args.device, dtype=args.dtype,
-                   l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch)
+                   l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch, margin=args.margin)
     result = run(spec)
     print(run_summary(result.rows))
     if spec.store is not None:
@@ -176,8 +176,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _check_thresholds(args, "threshold", "abs_threshold")
     rows = read_results(args.store)
     if args.baseline:
-        if args.b is not None:
-            raise UserError("with --baseline give at most one run id (candidates: --candidate BACKEND)")
+        if args.b is not None:  # two runs: their verdicts; exit 1 when "not worse" became "worse"
+            from .history.within import compare_verdicts
+
+            text, code = compare_verdicts(rows, args.a, args.b, args.baseline)
+            print(text)
+            return code
         text, _ = compare_within_run(rows, args.store, args.a, args.baseline, args.candidate, alpha=args.alpha)
         print(text)
         return 0
@@ -199,7 +203,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                   comparison.label_a, comparison.label_b)
     print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed,
                       abs_threshold=args.abs_threshold))
-    return 1 if len(comparison.regressions) else 0
+    from .history.within import verdict_gate
+
+    gate, worsened = verdict_gate(rows, args.a, args.b)  # two runs with verdicts: "not worse" → "worse" fails
+    if gate:
+        print("\n" + gate)
+    return 1 if len(comparison.regressions) or worsened else 0
 
 
 def _compare_paired(rows: pd.DataFrame, args: argparse.Namespace) -> int | None:
@@ -344,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="sample", metavar="sample|hub|DIR",
                    help="bundled sample (default, offline), the Hugging Face hub, or a <task>/<split>.parquet directory")
     p.add_argument("--limit", type=_positive, metavar="N", help="evaluate at most N examples per task")
+    p.add_argument("--margin", type=float, metavar="M", help="non-inferiority margin of the verdicts, in units "
+                   "of each task's primary metric (default 0.01: one point of accuracy)")
     p.add_argument("--max-tokens", type=int, default=4096, metavar="N",
                    help="padded tokens per evaluation batch (length-sorted batches; default 4096; 0: no limit)")
     p.add_argument("--eval-batch-size", type=_positive, metavar="N", help="at most N examples per evaluation batch")
@@ -397,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baseline: commit (prefix) or run id; with --baseline: the run (default: the latest)")
     p.add_argument("b", metavar="B", nargs="?", help="candidate: commit (prefix) or run id")
     p.add_argument("--baseline", metavar="BACKEND",
-                   help="compare backends within one run against this one (e.g. dense): paired tests on the "
-                        "same examples (Holm-adjusted) and speed-ups from the interleaved timings")
+                   help="compare backends within one run against this one (e.g. dense): the verdicts, paired "
+                        "tests on the same examples (Holm-adjusted) and speed-ups from the interleaved timings; "
+                        "with two runs A B: their verdicts, exit 1 when a backend not worse in A is worse in B")
     p.add_argument("--candidate", action="append", metavar="BACKEND",
                    help="with --baseline: only these backends (repeatable; default: every other backend of the run)")
     p.add_argument("--threshold", type=float, default=0.05,

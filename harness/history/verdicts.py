@@ -40,6 +40,8 @@ from scipy import stats as sps
 from .. import stats
 
 NOT_WORSE, WORSE, INCONCLUSIVE = "not worse", "worse", "inconclusive"
+#: the backend every verdict is measured against (the run's reference)
+REFERENCE = "dense"
 FASTER, SLOWER, NO_CLEAR_DIFFERENCE = "faster", "slower", "no clear difference"
 #: one-sided level of the non-inferiority interval, and the power the minimum detectable change is stated at
 CONFIDENCE = 0.95
@@ -206,7 +208,9 @@ def speed_ratios(rows: pd.DataFrame, reference: str, metrics: tuple[str, ...] = 
     ``rows``: speed rows of one run (``samples``: seconds per call). Columns: backend, metric, batch_size,
     seq_len, ratio, low, high, speed."""
     columns = ["backend", "metric", "batch_size", "seq_len", "ratio", "low", "high", "speed"]
-    timed = rows[(rows["category"] == "speed") & rows["metric"].isin(metrics)] if "category" in rows else rows[:0]
+    if rows.empty or not {"category", "samples", "batch_size", "seq_len"} <= set(rows.columns):
+        return pd.DataFrame(columns=columns)
+    timed = rows[(rows["category"] == "speed") & rows["metric"].isin(metrics)]
     records = []
     for (batch, seq, metric), group in timed.groupby(["batch_size", "seq_len", "metric"], sort=False):
         samples = group.drop_duplicates("backend", keep="last").set_index("backend")["samples"]
@@ -288,6 +292,7 @@ def verdict_table(rows: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
                   & rows["verdict"].notna()].drop_duplicates(["backend", "task"], keep="last")
     ratios = speed_ratios(rows, reference, (SPEED_METRIC,))
     order = list(dict.fromkeys(rows["backend"].dropna()))
+    tasks = list(dict.fromkeys(rows["task"].dropna()))
     records = []
     for r in paired.itertuples():
         facts = _facts(r.extra)
@@ -303,8 +308,9 @@ def verdict_table(rows: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
                         "speed": speed, "speed_words": words, "verdict": combined(r.verdict, words)})
     table = pd.DataFrame(records, columns=columns)
     if not table.empty:
-        table["_order"] = table["backend"].map(lambda b: order.index(b) if b in order else len(order))
-        table = table.sort_values(["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+        table["_b"] = table["backend"].map(lambda b: order.index(b) if b in order else len(order))
+        table["_t"] = table["task"].map(lambda t: tasks.index(t) if t in tasks else len(tasks))
+        table = table.sort_values(["_b", "_t"], kind="stable").drop(columns=["_b", "_t"]).reset_index(drop=True)
     return table
 
 
@@ -376,3 +382,93 @@ def format_changes(before: pd.DataFrame, after: pd.DataFrame, label_a: str, labe
                   + (" ❌ |" if (r.accuracy_a, r.accuracy_b) == (NOT_WORSE, WORSE) else " |")
                   for r in changed.itertuples()]
     return "\n".join(lines)
+
+
+# -- the report's figures ------------------------------------------------------------------------------------
+def verdict_figure(task: str, table: pd.DataFrame):
+    """Per backend of one task: Δ of the primary metric with its one-sided 95 % bounds, against 0 and -margin
+    (matplotlib figure; x in points of the metric)."""
+    import matplotlib.pyplot as plt
+
+    lines = table[table["task"] == task]
+    fig, ax = plt.subplots(figsize=(5.6, 0.5 + 0.45 * len(lines)))
+    colours = {NOT_WORSE: "tab:green", WORSE: "tab:red", INCONCLUSIVE: "tab:grey"}
+    for y, r in enumerate(lines.itertuples()):
+        colour = colours.get(r.accuracy, "black")
+        ax.plot([100 * r.low, 100 * r.high], [y, y], color=colour, lw=3, solid_capstyle="butt")
+        ax.plot(100 * r.delta, y, "o", color="black", ms=4)
+        ax.annotate(f"{r.accuracy}; MDC {_points(r.mdc)}", (100 * r.high, y), xytext=(4, -3),
+                    textcoords="offset points", fontsize=7, color=colour)
+    margin = lines["margin"].iloc[0]
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(-100 * margin, color="tab:red", ls="--", lw=1, label=f"-margin ({100 * margin:g} pts)")
+    ax.set_yticks(range(len(lines)), lines["backend"].tolist(), fontsize=8)
+    ax.set_ylim(-0.7, len(lines) - 0.3)
+    ax.set_xlabel(f"Δ {lines['metric'].iloc[0]} vs reference (points), one-sided 95 % bounds", fontsize=8)
+    ax.set_title(f"{task} (n = {lines['n'].iloc[0]})", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def crossover_figure(ratios: pd.DataFrame, metric: str):
+    """Speed-up over the reference against sequence length with 95 % intervals, one line per backend and batch
+    size (matplotlib figure, log-2 x axis); the crossover of each line is marked."""
+    import matplotlib.pyplot as plt
+
+    mine = ratios[ratios["metric"] == metric]
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    for (backend, batch), group in mine.groupby(["backend", "batch_size"], sort=False):
+        group = group.sort_values("seq_len")
+        line = ax.errorbar(group["seq_len"], group["ratio"],
+                           yerr=[group["ratio"] - group["low"], group["high"] - group["ratio"]], marker="o", ms=4,
+                           capsize=3, label=f"{backend} (batch {batch})")
+        found = crossover(group)
+        if found is not None:
+            ax.axvline(found, color=line[0].get_color(), ls=":", lw=1)
+    ax.axhline(1, color="black", lw=0.8)
+    ax.set_xscale("log", base=2)
+    lengths = sorted(mine["seq_len"].unique())
+    ax.set_xticks(lengths, [str(v) for v in lengths])
+    ax.set_xlabel("sequence length (tokens); dotted: crossover")
+    ax.set_ylabel("speed-up vs reference (×)")
+    ax.set_title(f"{metric}: speed-up with 95 % interval", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def report_section(rows: pd.DataFrame, run_id: str, figure_html: Callable[[Any], str],
+                   reference: str = "dense") -> str:
+    """The report's first section: the verdict table, the intervals drawn per task, and the crossover over
+    lengths (HTML; ``figure_html`` embeds a matplotlib figure)."""
+    import html
+
+    run = rows[rows["run_id"] == run_id]
+    table = verdict_table(run, reference)
+    if table.empty:
+        return ""
+    header = ["backend", "task", "metric", "n", "Δ [one-sided 95 % bounds]", "margin", "accuracy",
+              "MDC (80 % power)", "n to resolve", f"speed vs {reference}", "verdict"]
+    body = []
+    for r in table.itertuples():
+        resolve = f"{int(r.n_to_resolve):,}" if r.accuracy == INCONCLUSIVE and r.n_to_resolve is not None else "-"
+        cells = [r.backend, r.task, r.metric, r.n, f"{r.delta:+.3f} [{r.low:+.3f}, {r.high:+.3f}]",
+                 f"{r.margin:g}", r.accuracy, _points(r.mdc), resolve, r.speed, r.verdict]
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    figures = "".join(figure_html(verdict_figure(task, table)) for task in dict.fromkeys(table["task"]))
+    ratios = speed_ratios(run, reference)
+    found = crossovers(ratios)
+    crossing = ""
+    if not found.empty:
+        crossing = ("<h3>Speed-up over sequence length</h3><ul>"
+                    + "".join(f"<li>{html.escape(describe_crossover(r))}</li>" for r in found.itertuples())
+                    + "</ul><div class='grid'>"
+                    + "".join(figure_html(crossover_figure(ratios, metric)) for metric in dict.fromkeys(found["metric"]))
+                    + "</div>")
+    return (f"<h2>Verdict per backend and task vs {html.escape(reference)} (run {html.escape(run_id)})</h2>"
+            f"<p>Accuracy: non-inferiority of the paired change of each task's primary metric (not worse: the "
+            f"one-sided 95 % lower bound above -margin; worse: the upper bound below -margin; otherwise "
+            f"inconclusive, with the minimum detectable change at 80 % power and the examples that would resolve "
+            f"the margin). Speed: the forward-latency speed-up's 95 % interval per shape. "
+            f"{html.escape(FAMILY_NOTE)}.</p><table><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(body) + "</table>"
+            f"<div class='grid'>{figures}</div>{crossing}")
