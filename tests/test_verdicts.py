@@ -113,3 +113,19 @@ def test_the_minimum_detectable_change_is_near_its_normal_approximation_and_shri
     assert accuracy_mdc(277, 0.05) > accuracy_mdc(408, 0.05) > accuracy_mdc(872, 0.05)
     # nothing changed: a drop must change predictions itself; RTE needs a few lost examples to show it
     assert 0.01 < accuracy_mdc(277, 1 / 279) < 0.03
+
+
+def test_bootstrap_metrics_keep_a_positive_detectable_change_when_nothing_changed():
+    from harness.tasks import metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    same = verdicts.noninferiority(metrics.f1, labels, labels.copy(), labels.copy(), resamples=400)
+    assert same.delta == 0 and same.mdc > 0 and same.low < 0 < same.high
+    flipped = verdicts.noninferiority(metrics.matthews, labels, labels, 1 - labels, resamples=400)
+    assert flipped.delta == pytest.approx(-2.0) and flipped.verdict == WORSE
+    # accuracy: the closed form; the MDC of identical predictions shrinks with n
+    small = verdicts.noninferiority(metrics.accuracy, labels[:50], labels[:50], labels[:50])
+    large = verdicts.noninferiority(metrics.accuracy, labels, labels, labels)
+    assert small.verdict == INCONCLUSIVE and large.verdict == NOT_WORSE and small.mdc > large.mdc > 0
+    assert small.n_to_resolve > 50

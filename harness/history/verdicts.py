@@ -14,7 +14,8 @@ For accuracy, Δ's interval is the Wald interval for matched proportions after a
 that changes no prediction still has a positive standard error; SE² = (q̃ − Δ̃²)/(n + 2) with q̃ the smoothed
 rate of changed predictions. For any other metric (F1, MCC, Pearson), the interval is the 5th/95th percentile
 of the paired bootstrap of Δ (the resamples :func:`harness.stats.paired_test` uses) and SE its standard
-deviation. A lower-is-better metric is judged on −Δ.
+deviation; where no prediction changed, the bootstrap runs with one example's prediction changed (the analogue
+of the pseudo-counts) and the bounds are Δ ∓ z₀.₉₅ · SE. A lower-is-better metric is judged on −Δ.
 
 **Speed.** At each measured shape, the speed-up median(reference) / median(backend) of the interleaved
 forward-latency samples with its 95 % bootstrap interval (:func:`harness.stats.ratio_interval`): **faster**
@@ -181,14 +182,26 @@ def noninferiority(fn: Callable, labels: np.ndarray, reference: np.ndarray, back
         return NonInferiority(float(out["delta"]), float(out["low"]), float(out["high"]), float(out["se"]),
                               margin, mdc, n, int(examples_to_resolve(mdc, n, margin)), str(out["verdict"]), changed)
     batch = stats.vectorised(fn)
+    delta = sign * float(fn(labels, backend) - fn(labels, reference))
+    unchanged = np.array_equal(reference, backend)
+    if unchanged and n:
+        # no prediction changed: as Agresti–Min's pseudo-counts do for accuracy, bootstrap with one example
+        # changed, so that the standard error (and the MDC) stays above 0 for a finite n
+        backend = backend.copy()
+        if np.issubdtype(backend.dtype, np.integer):  # another class
+            backend[0] = labels.max() if backend[0] != labels.max() else labels.min()
+        else:                                         # a score one standard deviation away
+            backend[0] = backend[0] + (np.std(backend) or 1.0)
     deltas = np.concatenate([batch(labels[i], backend[i]) - batch(labels[i], reference[i])
                              for i in stats._indices(n, resamples, seed)])
     deltas = sign * deltas[np.isfinite(deltas)]
-    delta = sign * float(fn(labels, backend) - fn(labels, reference))
     if len(deltas) == 0 or not np.isfinite(delta):
         return NonInferiority(delta, np.nan, np.nan, np.nan, margin, np.nan, n, 0, INCONCLUSIVE)
-    low, high = np.percentile(deltas, [100 * (1 - CONFIDENCE), 100 * CONFIDENCE])
     se = float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0
+    if unchanged:
+        low, high = delta - Z_ONE_SIDED * se, delta + Z_ONE_SIDED * se
+    else:
+        low, high = np.percentile(deltas, [100 * (1 - CONFIDENCE), 100 * CONFIDENCE])
     mdc = float(detectable_change(se))
     return NonInferiority(delta, float(low), float(high), se, margin, mdc, n,
                           int(examples_to_resolve(mdc, n, margin)), str(classify(low, high, margin)))
