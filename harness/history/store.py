@@ -248,8 +248,10 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     nothing is deleted. Example::
 
         df = read_results("results/store")
-        df[df.category == "quality"].pivot_table(index="task", columns="backend", values="value",
-                                                 aggfunc="median")
+        run = df[df.run_id == df.run_id.iloc[-1]]  # one run: its backends were timed under the same load
+        run[run.category == "quality"].pivot_table(index="task", columns="backend", values="value",
+                                                   aggfunc="first")
+        run[(run.category == "paired") & run.primary.eq(True)][["backend", "task", "verdict", "mdc"]]
     """
     fs, root = _filesystem(store)
     tables = []
