@@ -129,3 +129,11 @@ def test_bootstrap_metrics_keep_a_positive_detectable_change_when_nothing_change
     large = verdicts.noninferiority(metrics.accuracy, labels, labels, labels)
     assert small.verdict == INCONCLUSIVE and large.verdict == NOT_WORSE and small.mdc > large.mdc > 0
     assert small.n_to_resolve > 50
+
+
+def test_a_detectable_change_when_every_label_and_prediction_is_one_class():
+    from harness.tasks import metrics
+
+    ones = np.ones(200, dtype=np.int64)
+    same = verdicts.noninferiority(metrics.f1, ones, ones.copy(), ones.copy(), resamples=400)
+    assert same.mdc > 0 and same.verdict in (NOT_WORSE, INCONCLUSIVE)

@@ -189,7 +189,7 @@ def noninferiority(fn: Callable, labels: np.ndarray, reference: np.ndarray, back
         # changed, so that the standard error (and the MDC) stays above 0 for a finite n
         backend = backend.copy()
         if np.issubdtype(backend.dtype, np.integer):  # another class
-            backend[0] = labels.max() if backend[0] != labels.max() else labels.min()
+            backend[0] = backend[0] + 1 if backend[0] == 0 else backend[0] - 1
         else:                                         # a score one standard deviation away
             backend[0] = backend[0] + (np.std(backend) or 1.0)
     deltas = np.concatenate([batch(labels[i], backend[i]) - batch(labels[i], reference[i])
