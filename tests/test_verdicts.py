@@ -137,3 +137,30 @@ def test_a_detectable_change_when_every_label_and_prediction_is_one_class():
     ones = np.ones(200, dtype=np.int64)
     same = verdicts.noninferiority(metrics.f1, ones, ones.copy(), ones.copy(), resamples=400)
     assert same.mdc > 0 and same.verdict in (NOT_WORSE, INCONCLUSIVE)
+
+
+def test_schema_5_files_read_with_null_verdicts_and_integer_shapes(tmp_path):
+    """A file written before the verdict columns reads with nulls there; shapes read as nullable integers."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness import read_results
+    from harness.history.schema import SCHEMA
+
+    directory = tmp_path / "store" / "machine=old" / "date=2026-01-01"
+    directory.mkdir(parents=True)
+    fields = [f for f in SCHEMA if f.name not in ("primary", "verdict", "margin", "mdc")]
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    table = pa.Table.from_pylist([
+        {"run_id": "old", "timestamp": when, "source": "harness", "backend": "topk", "task": "rte",
+         "category": "paired", "metric": "delta_vs_reference:accuracy", "value": -0.01},
+        {"run_id": "old", "timestamp": when, "source": "harness", "backend": "topk", "category": "speed",
+         "metric": "latency_forward", "value": 0.5, "batch_size": 8, "seq_len": 128}], schema=pa.schema(fields))
+    pq.write_table(table.replace_schema_metadata({b"attnbench.schema_version": b"5"}), directory / "part-old.parquet")
+    rows = read_results(tmp_path / "store")
+    assert rows["verdict"].isna().all() and rows["margin"].isna().all() and rows["primary"].isna().all()
+    assert rows["batch_size"].tolist()[1] == 8 and pd.isna(rows["batch_size"].tolist()[0])
+    assert str(rows["seq_len"].dtype) == "Int32"
+    assert verdicts.verdict_table(rows).empty          # no verdict is invented for old rows
