@@ -102,7 +102,8 @@ COLUMN_DEFS: tuple[Column, ...] = (
     Column("foreign_load", pa.float64(), DESCRIPTIVE,
            "speed and throughput rows: mean CPU cores other processes used while the timing was taken (/proc/stat)"),
     # schema 6: the verdict of each backend and task (harness.history.verdicts)
-    Column("primary", pa.bool_(), DESCRIPTIVE, "quality and paired rows: the task's primary metric (decides the verdict)"),
+    Column("primary", pa.bool_(), DESCRIPTIVE,
+           "quality and paired rows: the task's primary metric (the one that decides the verdict)"),
     Column("verdict", pa.string(), DESCRIPTIVE,
            'paired rows: "not worse", "worse" or "inconclusive" (non-inferiority of the change at margin)'),
     Column("margin", pa.float64(), DESCRIPTIVE, "paired rows: the non-inferiority margin (--margin), metric units"),

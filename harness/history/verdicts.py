@@ -475,7 +475,8 @@ def report_section(rows: pd.DataFrame, run_id: str, figure_html: Callable[[Any],
         crossing = ("<h3>Speed-up over sequence length</h3><ul>"
                     + "".join(f"<li>{html.escape(describe_crossover(r))}</li>" for r in found.itertuples())
                     + "</ul><div class='grid'>"
-                    + "".join(figure_html(crossover_figure(ratios, metric)) for metric in dict.fromkeys(found["metric"]))
+                    + "".join(figure_html(crossover_figure(ratios, metric))
+                              for metric in dict.fromkeys(found["metric"]))
                     + "</div>")
     return (f"<h2>Verdict per backend and task vs {html.escape(reference)} (run {html.escape(run_id)})</h2>"
             f"<p>Accuracy: non-inferiority of the paired change of each task's primary metric (not worse: the "
