@@ -7,6 +7,8 @@ prediction changes), as a backend that regresses between two commits would."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 
 import pandas as pd
@@ -81,9 +83,6 @@ def runs(tmp_path_factory, tiny_model_dir, drifting_registry):
     try:
         for broken in (False, True):
             Drift.broken = broken
-            import contextlib
-            import io
-
             buffer = io.StringIO()
             with contextlib.redirect_stdout(buffer):
                 assert main(argv) == 0

@@ -365,11 +365,6 @@ def format_verdicts(table: pd.DataFrame, reference: str = "dense", *, markdown: 
     return head + "\n" + frame.to_string(index=False) + f"\n({FAMILY_NOTE})"
 
 
-def run_verdicts(rows: pd.DataFrame, run_id: str, reference: str = "dense") -> pd.DataFrame:
-    """:func:`verdict_table` of one run of a store's rows."""
-    return verdict_table(rows[rows["run_id"] == run_id], reference)
-
-
 def worsened(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Lines (backend, task) whose accuracy verdict was ``not worse`` in ``before`` and is ``worse`` in
     ``after`` (two :func:`verdict_table` results): what ``compare`` fails on."""
