@@ -191,6 +191,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     paired = _compare_paired(rows, args)
     if paired is not None:
         return paired
+    stored = rows  # the verdict gate reads every category
     if args.category:
         rows = rows[rows["category"].isin(args.category)]
     comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha,
@@ -205,7 +206,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       abs_threshold=args.abs_threshold))
     from .history.within import verdict_gate
 
-    gate, worsened = verdict_gate(rows, args.a, args.b)  # two runs with verdicts: "not worse" → "worse" fails
+    gate, worsened = verdict_gate(stored, args.a, args.b)  # two runs with verdicts: "not worse" → "worse" fails
     if gate:
         print("\n" + gate)
     return 1 if len(comparison.regressions) or worsened else 0

@@ -172,7 +172,7 @@ def test_compare_shows_the_verdicts_and_fails_when_not_worse_becomes_worse(runs,
     assert "dense:impl=eager | mrpc | not worse | worse" not in out
     assert main(["compare", run_b, run_a, "--baseline", "dense", "--store", str(store)]) == 0   # better: passes
     capsys.readouterr()
-    assert main(["compare", run_a, run_b, "--category", "paired", "--store", str(store)]) == 1
+    assert main(["compare", run_a, run_b, "--category", "quality", "--store", str(store)]) == 1
     assert "verdict changes A → B**: 2 of 4" in capsys.readouterr().out
     assert main(["compare", run_a, run_b, "--baseline", "drifting", "--store", str(store)]) == 2
     assert "use --baseline dense" in capsys.readouterr().err
