@@ -270,7 +270,8 @@ def test_every_run_setting_is_recorded_or_declared_not_to_change_values():
     no_effect = {"repeats": "the number of samples (len(samples)); statistics account for it",
                  "speed": "whether speed cells run", "resume": "which cells run", "store": "where rows go",
                  "progress": "terminal output", "max_cells": "whether a large run starts",
-                 "confirmed": "whether a large run starts"}
+                 "confirmed": "whether a large run starts",
+                 "margin": "the verdict's margin, in its own column: it changes the verdict, never a measured value"}
     assert {f.name for f in fields(RunSpec)} == set(recorded) | set(no_effect)
     assert {c for c in recorded.values() if c not in ("backend", "task")} <= set(SETTINGS)
 

@@ -7,8 +7,9 @@ Two sources:
 * the per-example predictions table (:mod:`harness.store.predictions`) — :func:`paired_from_predictions`
   compares any baseline backend with any other backend of a run, or two runs on the same examples.
 
-The family of Holm's correction is every backend compared with one baseline on one task metric of one run
-(the tests share the baseline and the examples); the adjusted p-value decides the verdict.
+The family of Holm's correction is one backend's task metrics of one run (each of its paired changes against
+the baseline), so that no backend's adjusted p-value depends on which other backends shared the run. The
+verdict a researcher reads first is the non-inferiority verdict of :mod:`harness.analysis.verdicts`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from .. import stats
 from ..store.schema import BASELINE_PREFIX, PAIRED_PREFIX  # noqa: F401  (re-exported: the analysis reads them here)
 
 ALPHA = 0.05
-HOLM_NOTE = ("p: two-sided, exact McNemar for accuracy, paired permutation otherwise; Holm-adjusted across the "
-             "backends compared on each task metric")
+HOLM_NOTE = ("p: two-sided, exact McNemar for accuracy, paired permutation otherwise; Holm-adjusted across each "
+             "backend's own task metrics (family: one backend of one run, never the other backends)")
 
 
 def verdict(delta: float, p_holm: float, direction: str, alpha: float = ALPHA) -> str:
@@ -36,8 +37,8 @@ def verdict(delta: float, p_holm: float, direction: str, alpha: float = ALPHA) -
     return "significant gain" if better else "significant loss"
 
 
-#: Holm's family: the backends compared with one reference on one task metric of one run, device and dtype
-HOLM_FAMILY = ("run_id", "task", "metric", "device", "dtype")
+#: Holm's family: one backend's paired changes (every task metric) against the reference in one run, device and dtype
+HOLM_FAMILY = ("run_id", "backend", "device", "dtype")
 
 
 def _holm_within(rows: pd.DataFrame, family: Iterable[str]) -> pd.Series:
@@ -85,7 +86,7 @@ def paired_from_predictions(baseline: pd.DataFrame, candidates: dict[str, pd.Dat
     ``baseline`` and each candidate are prediction frames (one backend or run each, any tasks);
     ``metrics(task)`` gives the task's :class:`~harness.tasks.contract.Metric` list. A task whose examples
     differ (another limit, data or split) gets the verdict ``examples differ`` and no test. Holm's correction
-    runs over the candidates of each task metric.
+    runs over each candidate's task metrics.
     """
     records = []
     for name, candidate in candidates.items():
@@ -120,7 +121,7 @@ def paired_from_predictions(baseline: pd.DataFrame, candidates: dict[str, pd.Dat
     tested = frame["p_value"].notna() if "p_value" in frame else pd.Series(False, index=frame.index)
     frame["p_holm"] = np.nan
     if tested.any():
-        frame.loc[tested, "p_holm"] = _holm_within(frame[tested], ("task", "metric"))
+        frame.loc[tested, "p_holm"] = _holm_within(frame[tested], ("candidate",))
         frame.loc[tested, "verdict"] = [verdict(d, p, direction, alpha) for d, p, direction in
                                         frame.loc[tested, ["value", "p_holm", "direction"]].itertuples(index=False)]
     return frame

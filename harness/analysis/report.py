@@ -1,4 +1,5 @@
-"""A self-contained HTML report of the store: Pareto views per task and history plots with change points.
+"""A self-contained HTML report of the store: the verdict per backend and task with the speed crossover over
+lengths (first), Pareto views per task and history plots with change points.
 
 Plots are drawn with matplotlib and embedded as base64 PNG, so the page needs no network (unlike
 ``asv publish``, whose site loads its scripts from CDNs).
@@ -114,6 +115,11 @@ def build_report(rows: pd.DataFrame, *, run_id: str | None = None, max_history: 
         run_id = harness_rows.sort_values("timestamp")["run_id"].iloc[-1]
     if run_id is not None:
         from .slides import run_points, task_figure
+        from .verdicts import report_section
+
+        verdicts = report_section(rows, run_id, _figure_html)
+        if verdicts:
+            sections.append(verdicts)
 
         figures = "".join(_figure_html(task_figure(task, p, run_id)) for task, p in run_points(rows, run_id).items())
         if figures:

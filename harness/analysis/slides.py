@@ -49,7 +49,7 @@ def choose_run(rows: pd.DataFrame, run_id: str | None = None, plan_id: str | Non
     mine = quality[quality["run_id"] == chosen].groupby("task")["n_examples"].max()
     for task, n in mine.items():
         others = quality[(quality["task"] == task) & (quality["run_id"] != chosen)]
-        if len(others) and others["n_examples"].max() > n:
+        if len(others) and pd.notna(n) and pd.notna(others["n_examples"].max()) and others["n_examples"].max() > n:
             bigger = others.sort_values(["n_examples", "timestamp"]).iloc[-1]
             bigger_runs.append((task, int(n), str(bigger["run_id"]), int(bigger["n_examples"])))
     if bigger_runs and run_id is None and plan_id is None:

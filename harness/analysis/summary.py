@@ -7,6 +7,7 @@ import pandas as pd
 
 from .. import stats
 from .paired import BASELINE_PREFIX, HOLM_NOTE, PAIRED_PREFIX, with_holm
+from .verdicts import crossover_lines, format_verdicts, verdict_table
 
 #: foreign load (cores other processes kept busy while timing) and relative IQR above which a timing is flagged
 HIGH_FOREIGN_LOAD = 0.5
@@ -74,7 +75,8 @@ def _throughput(rows: pd.DataFrame, order: list[str]) -> str:
 
 
 def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
-    """Quality per task × backend with intervals, n and the majority baseline; paired changes against the
+    """Quality per task × backend with intervals, n and the majority baseline; the verdict per backend and task
+    (:mod:`harness.analysis.verdicts`) and the speed crossover over lengths; paired changes against the
     reference (Holm); agreement and fidelity; throughput; speed/memory per shape with speed-up intervals."""
     if rows.empty:
         return "no results"
@@ -83,6 +85,10 @@ def run_summary(rows: pd.DataFrame, reference: str = "dense") -> str:
     quality = rows[rows["category"] == "quality"]
     if not quality.empty:
         parts.append(_quality(rows, order, reference))
+    verdict = format_verdicts(verdict_table(rows, reference), reference)
+    if verdict:
+        parts.append(verdict)
+        parts.extend(crossover_lines(rows, reference))
     paired = _paired(rows, order, reference)
     if paired:
         parts.append(paired)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .. import stats
 from ..errors import UserError
+from . import verdicts
 from .paired import ALPHA, format_paired, paired_from_predictions, verdict
 from ..store.predictions import read_predictions
 
@@ -49,6 +50,15 @@ def compare_within_run(rows: pd.DataFrame, store: str, run_id: str | None, basel
         raise UserError(f"run {run_id} has no backend {', '.join(map(repr, missing))}; it has {', '.join(backends)}")
     parts = [f"**run {run_id}**: {', '.join(candidates)} vs **{baseline}** on the same examples"
              + (" and interleaved timings" if (mine["category"] == "speed").any() else "")]
+    verdict = verdicts.verdict_table(mine[mine["backend"].isin([baseline, *candidates])], baseline)
+    if baseline != verdicts.REFERENCE:
+        parts.append(f"no verdicts against {baseline}: they are measured against the run's reference, "
+                     f"{verdicts.REFERENCE} (compare --baseline {verdicts.REFERENCE})")
+    elif verdict.empty:
+        parts.append(f"no verdicts: the run stored none against {baseline} (runs stored before the verdict "
+                     "columns of schema 6 have none)")
+    else:
+        parts.append(verdicts.format_verdicts(verdict, baseline, markdown=True))
     predictions = read_predictions(store, run_id=run_id)
     paired = pd.DataFrame()
     if predictions.empty:
@@ -64,6 +74,42 @@ def compare_within_run(rows: pd.DataFrame, store: str, run_id: str | None, basel
     if speed:
         parts.append(speed)
     return "\n\n".join(parts), paired
+
+
+def compare_verdicts(rows: pd.DataFrame, run_a: str, run_b: str, baseline: str) -> tuple[str, int]:
+    """``compare --baseline BACKEND A B``: each run's verdict table and the lines whose accuracy verdict
+    changed; returns ``(markdown, exit code)``, 1 when a backend that was not worse on a task in A is worse in B."""
+    if baseline != verdicts.REFERENCE:
+        raise UserError(f"verdicts are measured against the run's reference: use --baseline {verdicts.REFERENCE} "
+                        f"with two runs, not {baseline!r}")
+    tables = []
+    for run_id in (run_a, run_b):
+        mine = rows[rows["run_id"] == run_id]
+        if mine.empty:
+            raise UserError(f"no run {run_id!r} in the store; give two run ids (see the runs attnbench run printed)")
+        table = verdicts.verdict_table(mine, baseline)
+        if table.empty:
+            raise UserError(f"run {run_id} holds no verdict against {baseline!r} (runs stored before schema 6, or "
+                            "without another backend, have none); rerun it with attnbench run")
+        tables.append(table)
+    worse = verdicts.worsened(*tables)
+    text = "\n\n".join([f"**A: run {run_a}**\n\n" + verdicts.format_verdicts(tables[0], baseline, markdown=True),
+                        f"**B: run {run_b}**\n\n" + verdicts.format_verdicts(tables[1], baseline, markdown=True),
+                        verdicts.format_changes(tables[0], tables[1], "A", "B")])
+    if len(worse):
+        text += ("\n\nfailed: not worse in A, worse in B: "
+                 + ", ".join(f"{r.backend} on {r.task}" for r in worse.itertuples()))
+    return text, 1 if len(worse) else 0
+
+
+def verdict_gate(rows: pd.DataFrame, run_a: str, run_b: str) -> tuple[str, bool]:
+    """For ``compare A B`` of two runs: the accuracy verdicts that changed, and whether one went from not worse
+    to worse (``("", False)`` when either is not a run with verdicts)."""
+    tables = [verdicts.verdict_table(rows[rows["run_id"] == run_id]) for run_id in (run_a, run_b)]
+    if any(t.empty for t in tables):
+        return "", False
+    worse = verdicts.worsened(*tables)
+    return verdicts.format_changes(*tables, "A", "B"), bool(len(worse))
 
 
 def speed_within_run(rows: pd.DataFrame, baseline: str, candidates: list[str]) -> str:

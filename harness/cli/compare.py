@@ -23,8 +23,12 @@ def run(args: argparse.Namespace) -> int:
     _check_thresholds(args, "threshold", "abs_threshold")
     rows = read_results(args.store)
     if args.baseline:
-        if args.b is not None:
-            raise UserError("with --baseline give at most one run id (candidates: --candidate BACKEND)")
+        if args.b is not None:  # two runs: their verdicts; exit 1 when "not worse" became "worse"
+            from ..analysis.within import compare_verdicts
+
+            text, code = compare_verdicts(rows, args.a, args.b, args.baseline)
+            print(text)
+            return code
         text, _ = compare_within_run(rows, args.store, args.a, args.baseline, args.candidate, alpha=args.alpha,
                                      metrics=_task_metrics)
         print(text)
@@ -35,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     paired = _compare_paired(rows, args)
     if paired is not None:
         return paired
+    stored = rows  # the verdict gate reads every category
     if args.category:
         rows = rows[rows["category"].isin(args.category)]
     comparison = compare(rows, args.a, args.b, threshold=args.threshold, alpha=args.alpha,
@@ -48,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
                                   comparison.label_a, comparison.label_b)
     print(to_markdown(comparison, threshold=args.threshold, only_changes=args.only_changed,
                       abs_threshold=args.abs_threshold))
-    return 1 if len(comparison.regressions) else 0
+    from ..analysis.within import verdict_gate
+
+    gate, worsened = verdict_gate(stored, args.a, args.b)  # two runs with verdicts: "not worse" → "worse" fails
+    if gate:
+        print("\n" + gate)
+    return 1 if len(comparison.regressions) or worsened else 0
 
 
 def _compare_paired(rows: pd.DataFrame, args: argparse.Namespace) -> int | None:
@@ -78,8 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="baseline: commit (prefix) or run id; with --baseline: the run (default: the latest)")
     p.add_argument("b", metavar="B", nargs="?", help="candidate: commit (prefix) or run id")
     p.add_argument("--baseline", metavar="BACKEND",
-                   help="compare backends within one run against this one (e.g. dense): paired tests on the "
-                        "same examples (Holm-adjusted) and speed-ups from the interleaved timings")
+                   help="compare backends within one run against this one (e.g. dense): the verdicts, paired "
+                        "tests on the same examples (Holm-adjusted) and speed-ups from the interleaved timings; "
+                        "with two runs A B: their verdicts, exit 1 when a backend not worse in A is worse in B")
     p.add_argument("--candidate", action="append", metavar="BACKEND",
                    help="with --baseline: only these backends (repeatable; default: every other backend of the run)")
     p.add_argument("--threshold", type=float, default=0.05,

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                    executor=args.executor, resume=args.resume, store=None if args.no_store else args.store,
                    progress=not args.no_progress, device=args.device, dtype=args.dtype,
                    l2_flush=not args.no_l2_flush, throughput_batch=args.throughput_batch,
-                   max_cells=args.max_cells, confirmed=args.yes)
+                   max_cells=args.max_cells, confirmed=args.yes, margin=args.margin)
     result = run_plan(spec)
     print(run_summary(result.rows))
     from ..execution.outcome import closing_lines
@@ -68,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="sample", metavar="sample|hub|DIR",
                    help="bundled sample (default, offline), the Hugging Face hub, or a <task>/<split>.parquet directory")
     p.add_argument("--limit", type=_positive, metavar="N", help="evaluate at most N examples per task")
+    p.add_argument("--margin", type=float, metavar="M", help="non-inferiority margin of the verdicts, in units "
+                   "of each task's primary metric (default 0.01: one point of accuracy)")
     p.add_argument("--max-tokens", type=int, default=4096, metavar="N",
                    help="padded tokens per evaluation batch (length-sorted batches; default 4096; 0: no limit)")
     p.add_argument("--eval-batch-size", type=_positive, metavar="N", help="at most N examples per evaluation batch")

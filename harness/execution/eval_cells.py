@@ -35,6 +35,7 @@ from .fidelity import attention_fidelity, fidelity_batches, reference_outputs
 from ..models.loading import TaskModels, load_task_models
 from ..registry.registry import Registry, load_registry
 from .rows import process_fields, row
+from .. import noninferiority
 from ..store.schema import BASELINE_PREFIX, PAIRED_PREFIX
 from ..store.predictions import write_predictions
 from ..store.parquet import write_rows
@@ -66,6 +67,7 @@ class EvalContext:
     executor: str = "local"  # where the eval cells run (recorded on throughput rows)
     device: str = "cpu"      # a validated --device (harness.devices.parse_placement) …
     dtype: str = "float32"   # … and --dtype of model and inputs
+    margin: float | None = None  # --margin of the non-inferiority verdicts (None: one point, 0.01)
 
     @property
     def placement(self) -> Placement:
@@ -222,11 +224,13 @@ class EvalSession:
         predictions = task.predictions(logits)
         reference = predictions if is_reference else task.predictions(self.reference_logits(task))
         self._keep_predictions(cell, common, backend, encoded, predictions, reference)
-        out = [self._quality_row(common, backend, m, encoded.labels, predictions) for m in task.metrics]
+        out = [{**self._quality_row(common, backend, m, encoded.labels, predictions),
+                "primary": m.name == task.main_metric} for m in task.metrics]
         if is_reference:
             out += _baseline_rows(common, backend, task, encoded.labels)
         else:
-            out += [_paired_row(common, backend, m, encoded.labels, reference, predictions) for m in task.metrics]
+            out += [_paired_row(common, backend, m, encoded.labels, reference, predictions,
+                                primary=m.name == task.main_metric, margin=self.context.margin) for m in task.metrics]
         # concurrent workers change throughput; foreign_load: cores other processes used during the pass
         timed = {**common, "executor": self.context.executor, "foreign_load": busy}
         out += [
@@ -293,16 +297,24 @@ class EvalSession:
 
 
 def _paired_row(common: dict[str, Any], backend: ResolvedBackend, metric, labels: np.ndarray,
-                reference: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+                reference: np.ndarray, predictions: np.ndarray, *, primary: bool = False,
+                margin: float | None = None) -> dict[str, Any]:
     """Δ of one task metric against the reference on the same examples, with its paired interval and p-value
-    (exact McNemar for accuracy, paired permutation otherwise; unadjusted)."""
+    (exact McNemar for accuracy, paired permutation otherwise; unadjusted), and its non-inferiority verdict at
+    ``margin`` (default one point) with the minimum detectable change (:mod:`harness.analysis.verdicts`)."""
     result = stats.paired_test(metric.fn, labels, reference, predictions)
+    margin = noninferiority.DEFAULT_MARGIN if margin is None else margin
+    test = noninferiority.noninferiority(metric.fn, labels, reference, predictions, margin=margin,
+                                   direction=metric.direction)
     out = row(common, backend, "paired", PAIRED_PREFIX + metric.name, result.delta, "score", metric.direction,
               ci_low=result.low, ci_high=result.high, p_value=result.p_value,
-              stat_method=f"{result.test}; paired bootstrap interval")
+              stat_method=f"{result.test}; paired bootstrap interval", primary=primary, verdict=test.verdict,
+              margin=margin, mdc=test.mdc)
+    extra = json.loads(out["extra"]) if out.get("extra") else {}
+    extra["noninferiority"] = test.facts()
     if result.discordant is not None:
-        extra = json.loads(out["extra"]) if out.get("extra") else {}
-        out["extra"] = json.dumps({**extra, "discordant": list(result.discordant)}, sort_keys=True)
+        extra["discordant"] = list(result.discordant)
+    out["extra"] = json.dumps(extra, sort_keys=True)
     return out
 
 

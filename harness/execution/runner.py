@@ -87,6 +87,7 @@ class RunSpec:
     progress: bool = True
     max_cells: int | None = DEFAULT_MAX_CELLS  # refuse a larger run unless ``confirmed`` (None: no limit)
     confirmed: bool = False                    # ``--yes``: run however many cells
+    margin: float | None = None             # non-inferiority margin of the verdicts (None: one point, 0.01)
 
     def validate(self) -> None:
         if self.tasks is not None and not self.tasks:
@@ -100,6 +101,10 @@ class RunSpec:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.warmup < 0 or self.fidelity_examples < 0:
             raise UserError("--warmup and --fidelity-examples must be >= 0")
+        if self.margin is not None:
+            from ..noninferiority import check_margin
+
+            check_margin(self.margin)
         if self.resume and self.store is None:
             raise UserError("--resume needs a store (it looks up the finished cells there)")
         if self.throughput_batch < 1 or any(b < 1 or s < 1 for b, s in self.extra_shapes or ()):
@@ -186,6 +191,8 @@ def _plan_definition(spec: RunSpec, backends: list[ResolvedBackend], tasks: list
                   "eval_batch_size": spec.eval_batch_size, "shape": [spec.batch_size, spec.seq_len],
                   "threads": threads, "repeats": spec.repeats, "warmup": spec.warmup,
                   "fidelity_examples": spec.fidelity_examples, "speed": spec.speed, "commit": git_commit().sha}
+    if spec.margin is not None:  # plans at the default margin keep their ids
+        definition["margin"] = spec.margin
     if placement is not None and not placement.is_default:  # CPU float32 plans keep their ids
         definition.update(device=placement.label(), dtype=placement.dtype, l2_flush=spec.l2_flush)
     if spec.speed_shapes(placement or Placement())[1:]:
@@ -272,7 +279,7 @@ def run(spec: RunSpec, registry: Registry | None = None, *, log: Callable[[str],
                           reference=REFERENCE, threads=_worker_threads(spec.executor, threads), store=store,
                           run_id=run_id, plan_id=plan,
                           timestamp=now, run_meta=meta, progress=False, executor=spec.executor,
-                          device=placement.device, dtype=placement.dtype)
+                          device=placement.device, dtype=placement.dtype, margin=spec.margin)
     measured: list[dict[str, Any]] = []
     # The speed cells (and, with the local executor, the eval cells) share this process's session.
     session = adopt_session(EvalSession(context, registry)) if speed_todo or spec.executor == "local" else None

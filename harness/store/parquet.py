@@ -228,7 +228,9 @@ def _upgrade(table: pa.Table, version: int, run: Mapping[str, Any]) -> pa.Table:
     settings columns: for harness rows they are filled from the run's spec stored in the file (``run``), on
     the rows each setting applies to, and old eval rows' ``batch_size`` (then the eval batch limit) moves to
     ``eval_batch_size``. Version 4 added ``device`` and ``dtype``: null reads as ``cpu`` and ``float32``
-    (every row before it, and asv's, was measured there). Other columns missing from a file are null. Raises
+    (every row before it, and asv's, was measured there). Versions 5 and 6 added columns that read as null in
+    older files (uncertainty; the verdict, margin and minimum detectable change). Other columns missing from
+    a file are null. Raises
     when a column cannot be cast (the caller skips the file).
     """
     if version > SCHEMA_VERSION:
@@ -306,14 +308,18 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
     """All rows of the store (a directory or an fsspec URL) as a tidy pandas DataFrame (columns
     :data:`COLUMNS`), oldest first. Values computed from several rows (the Holm-adjusted p-value of paired
     rows) are the analysis's: :func:`harness.analysis.paired.with_holm`.
+    Integer columns are pandas' nullable integers (``batch_size`` reads ``8``, and ``<NA>`` on eval rows);
+    schema-6 columns read null in older files.
 
     Files of older schema versions are upgraded. A file that cannot be read or upgraded, for any reason
     (corrupt, a column of the wrong type, a newer schema version), is skipped with a warning naming it;
     nothing is deleted. Example::
 
         df = read_results("results/store")
-        df[df.category == "quality"].pivot_table(index="task", columns="backend", values="value",
-                                                 aggfunc="median")
+        run = df[df.run_id == df.run_id.iloc[-1]]  # one run: its backends were timed under the same load
+        run[run.category == "quality"].pivot_table(index="task", columns="backend", values="value",
+                                                   aggfunc="first")
+        run[(run.category == "paired") & run.primary.eq(True)][["backend", "task", "verdict", "mdc"]]
     """
     fs, root = _filesystem(store)
     tables = []
@@ -325,8 +331,13 @@ def read_results(store: Path | str = Path("results") / "store") -> pd.DataFrame:
                           f"{type(exc).__name__}: {exc}", stacklevel=2)
     if not tables:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in COLUMNS})
-    frame = pa.concat_tables(tables).to_pandas()
+    # integers with nulls (batch_size, seq_len on eval rows, …) stay integers: pandas' nullable Int32/Int64
+    frame = pa.concat_tables(tables).to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
     return frame.sort_values(["timestamp", "run_id"], kind="stable").reset_index(drop=True)
+
+
+_NULLABLE_INTEGERS = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+                      pa.int64(): pd.Int64Dtype()}
 
 
 def _read_file(fs: Any, root: str, path: str) -> pa.Table:

@@ -29,8 +29,9 @@ IDENTITY, SETTING, DESCRIPTIVE, VALUE = "identity", "setting", "descriptive", "v
 #: of ``batch_size`` (which is the latency batch only) into ``eval_batch_size``; 4: ``device``, ``dtype``
 #: (settings: CPU rows never pair with GPU rows, nor float32 with bfloat16), ``clock`` (null: the wall clock)
 #: and ``device_info``; older rows read as ``cpu`` / ``float32``; 5: uncertainty columns (``ci_low``,
-#: ``ci_high``, ``p_value``, ``stat_method``) and ``foreign_load`` (older files read with nulls).
-SCHEMA_VERSION = 5
+#: ``ci_high``, ``p_value``, ``stat_method``) and ``foreign_load`` (older files read with nulls); 6: the verdict
+#: columns (``primary``, ``verdict``, ``margin``, ``mdc``; older files read with nulls).
+SCHEMA_VERSION = 6
 
 
 #: The vocabulary of the ``category`` column: every row, the harness's own and those imported from asv, uses
@@ -133,6 +134,13 @@ COLUMN_DEFS: tuple[Column, ...] = (
            'how ci/p were computed: "wilson", "bootstrap", "mcnemar-exact", "permutation", …'),
     Column("foreign_load", pa.float64(), DESCRIPTIVE,
            "speed and throughput rows: mean CPU cores other processes used while the timing was taken (/proc/stat)"),
+    # schema 6: the verdict of each backend and task (harness.analysis.verdicts)
+    Column("primary", pa.bool_(), DESCRIPTIVE,
+           "quality and paired rows: the task's primary metric (the one that decides the verdict)"),
+    Column("verdict", pa.string(), DESCRIPTIVE,
+           'paired rows: "not worse", "worse" or "inconclusive" (non-inferiority of the change at margin)'),
+    Column("margin", pa.float64(), DESCRIPTIVE, "paired rows: the non-inferiority margin (--margin), metric units"),
+    Column("mdc", pa.float64(), DESCRIPTIVE, "paired rows: minimum detectable change at 80 % power, metric units"),
     # hive partitions (directory names, not in the files) and derived columns
     Column("machine", pa.string(), SETTING, "machine id; rows of different machines never pair", stored=False),
     Column("date", pa.string(), DESCRIPTIVE, "UTC date of the row's timestamp", stored=False),
