@@ -22,7 +22,7 @@ import numpy as np
 from scipy import special
 from scipy import stats as sps
 
-from .. import stats
+from . import stats
 
 NOT_WORSE, WORSE, INCONCLUSIVE = "not worse", "worse", "inconclusive"
 #: one-sided level of the non-inferiority interval, and the power the minimum detectable change is stated at
@@ -61,7 +61,7 @@ class NonInferiority:
 
 def check_margin(margin: float) -> float:
     """``margin`` if it is a usable non-inferiority margin (0 < margin < 1), else a :class:`UserError`."""
-    from ..errors import UserError
+    from .errors import UserError
 
     if not np.isfinite(margin) or not 0 < margin < 1:
         raise UserError(f"--margin must be above 0 and below 1 (on the metric's 0-1 scale: 0.01 is one point of "

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from harness.history import verdicts
+from harness.analysis import verdicts
 from harness.analysis.verdicts import (INCONCLUSIVE, NOT_WORSE, WORSE, Z_ONE_SIDED, accuracy_counts, accuracy_mdc,
                                       crossover, paired_accuracy, speed_word)
 

@@ -36,7 +36,27 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..noninferiority import (INCONCLUSIVE, NOT_WORSE, WORSE)
+# the statistics of the accuracy verdict, re-exported: eval cells compute them, the analysis reads them
+from ..noninferiority import (  # noqa: F401
+    CONFIDENCE as CONFIDENCE,
+    DEFAULT_MARGIN as DEFAULT_MARGIN,
+    INCONCLUSIVE as INCONCLUSIVE,
+    NOT_WORSE as NOT_WORSE,
+    POWER as POWER,
+    WORSE as WORSE,
+    Z_ONE_SIDED as Z_ONE_SIDED,
+    Z_POWER as Z_POWER,
+    NonInferiority as NonInferiority,
+    accuracy_counts as accuracy_counts,
+    accuracy_mdc as accuracy_mdc,
+    accuracy_power as accuracy_power,
+    check_margin as check_margin,
+    classify as classify,
+    detectable_change as detectable_change,
+    examples_to_resolve as examples_to_resolve,
+    noninferiority as noninferiority,
+    paired_accuracy as paired_accuracy,
+)
 
 #: the backend every verdict is measured against (the run's reference)
 REFERENCE = "dense"

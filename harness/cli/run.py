@@ -17,6 +17,10 @@ def run(args: argparse.Namespace) -> int:
     if args.instructions_only:
         return count_instructions(args, run_id=None)
 
+    if args.margin is not None:  # before anything is created or measured
+        from ..noninferiority import check_margin
+
+        check_margin(args.margin)
     tasks = _split(args.tasks)
     if tasks == []:
         raise UserError(f"--tasks {args.tasks!r} names no task; give task names such as mrpc,rte (see attnbench tasks)")

@@ -175,10 +175,13 @@ def check_writable(store: Path | str) -> None:
     fs, root = _filesystem(store)
     probe = f"{root}/.attnbench-write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        existed = fs.exists(root)
         fs.makedirs(root, exist_ok=True)
         with fs.open(probe, "wb") as handle:
             handle.write(b"attnbench")
         fs.rm(probe)
+        if not existed and isinstance(fs, LocalFileSystem):
+            os.rmdir(root)  # a refused run leaves nothing behind; the first write creates it again
     except Exception as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
         raise StoreError(f"store {os.fspath(store)!r} cannot be written ({reason}); nothing was measured. Give a "
