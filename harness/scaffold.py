@@ -3,7 +3,7 @@
 The package (``attnbench-NAME``, import name ``attnbench_NAME``) holds:
 
 * ``pyproject.toml`` — setuptools build backend, a dependency on attnbench, the entry point in the group
-  ``attnbench.backends`` and a ``test`` extra with pytest;
+  ``attnbench.plugins`` and a ``test`` extra with pytest;
 * ``attnbench_NAME/__init__.py`` — the backend: a :class:`harness.Backend` subclass with the contract's
   docstring skeleton and a working attention (dense softmax attention written out in torch, to replace),
   and the ``register_backends`` hook;

@@ -87,7 +87,7 @@ def test_generated_package_installs_passes_the_kit_and_runs(tmp_path, tiny_model
 def test_package_names():
     assert package_names("relu-attention") == {
         "name": "relu-attention", "dist": "attnbench-relu-attention", "module": "attnbench_relu_attention",
-        "cls": "ReluAttention", "group": "attnbench.backends"}
+        "cls": "ReluAttention", "group": "attnbench.plugins"}
 
 
 @pytest.mark.parametrize("name", ["Relu", "relu_attention", "relu-", "relu--attention", "2relu", ""])
