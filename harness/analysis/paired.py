@@ -3,7 +3,7 @@
 Two sources:
 
 * the ``paired`` rows an eval cell stores (``delta_vs_reference:<metric>``: Δ against the run's reference,
-  paired 95 % interval, unadjusted p) — :func:`with_holm` adds the Holm-adjusted p-value and a verdict;
+  paired 95 % interval, unadjusted p) — :func:`with_holm` adds the Holm-adjusted p-value and a word for its significance;
 * the per-example predictions table (:mod:`harness.store.predictions`) — :func:`paired_from_predictions`
   compares any baseline backend with any other backend of a run, or two runs on the same examples.
 
@@ -60,12 +60,13 @@ def holm_adjusted(rows: pd.DataFrame, family: Iterable[str] = HOLM_FAMILY) -> pd
 
 
 def with_holm(paired: pd.DataFrame, alpha: float = ALPHA, family: Iterable[str] = HOLM_FAMILY) -> pd.DataFrame:
-    """``paired`` rows with ``p_holm`` (Holm within each family) and ``verdict``."""
+    """``paired`` rows with ``p_holm`` (Holm within each family) and ``significance`` (a word for the test of no
+    change; the stored non-inferiority ``verdict`` column is left as it is)."""
     out = paired.copy()
     if out.empty:
-        return out.assign(p_holm=pd.Series(dtype=float), verdict=pd.Series(dtype=object))
+        return out.assign(p_holm=pd.Series(dtype=float), significance=pd.Series(dtype=object))
     out["p_holm"] = _holm_within(out, family)
-    out["verdict"] = [verdict(d, p, direction, alpha) for d, p, direction
+    out["significance"] = [verdict(d, p, direction, alpha) for d, p, direction
                       in zip(out["value"], out["p_holm"], out.get("direction", pd.Series("higher", index=out.index)))]
     return out
 

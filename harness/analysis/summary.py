@@ -154,7 +154,7 @@ def _paired(rows: pd.DataFrame, order: list[str], reference: str) -> str:
     for (task, metric), group in paired.groupby(["task", "metric"], sort=False):
         lines.append(f"  {task} {metric[len(PAIRED_PREFIX):]}:")
         for r in sorted(group.itertuples(), key=lambda r: order.index(r.backend) if r.backend in order else 0):
-            flag = "" if r.verdict == "no significant change" else f"  ← {r.verdict.upper()}"
+            flag = "" if r.significance == "no significant change" else f"  ← {r.significance.upper()}"
             lines.append(f"    {r.backend}: {r.value:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p = {r.p_value:.3g} "
                          f"(Holm {r.p_holm:.3g}){flag}")
     lines.append(f"  ({HOLM_NOTE}; significant: Holm p < 0.05)")
