@@ -124,7 +124,7 @@ def test_the_tutorials_relu_attention_passes_the_kit(tmp_path):
     from harness.testing import check_backend, registry_with
 
     tutorial = (ROOT / "docs" / "tutorials" / "write-a-backend.md").read_text()
-    snippet = re.search(r"## 4\. Write the attention.*?```python\n(.*?)```", tutorial, flags=re.S).group(1)
+    snippet = re.search(r"## 4\. Write the attention.*?```py\n(.*?)```", tutorial, flags=re.S).group(1)
     module_path = next(p for p in new_backend("relu-attention", tmp_path / "pkg") if p.name == "__init__.py")
     source = module_path.read_text()
     start = source.index("        scores = torch.matmul(query")
