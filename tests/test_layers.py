@@ -49,3 +49,19 @@ def test_the_harness_reaches_no_private_kernel_module():
     offenders = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "harness").rglob("*.py"))
                  for n, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
     assert offenders == []
+
+
+def test_moved_modules_still_import_from_their_old_paths_with_a_warning():
+    """Users told to import ``harness.history.store`` or ``harness.backends.registry`` keep working for a
+    release: the old path gives the very module it became, and says where it went."""
+    import importlib
+
+    import pytest
+
+    for old, new in (("harness.history.store", "harness.store.parquet"),
+                     ("harness.history.regressions", "harness.analysis.regressions"),
+                     ("harness.backends.registry", "harness.registry.registry")):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: it moved to {new}"):
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new)

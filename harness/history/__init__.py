@@ -8,12 +8,7 @@ old names go in the next minor release. Import the public names from :mod:`harne
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
-import sys
-import warnings
-from types import ModuleType
+from ..deprecation import alias_moved_modules
 
 #: old submodule → the module it became
 MOVED = {
@@ -24,24 +19,4 @@ MOVED = {
     "report": "harness.analysis.report", "slides": "harness.analysis.slides", "scales": "harness.analysis.scales",
 }
 
-
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Resolves ``harness.history.<old>`` to the module it became (the same module object)."""
-
-    def find_spec(self, fullname: str, path: object = None, target: object = None):
-        package, _, name = fullname.rpartition(".")
-        if package == __name__ and name in MOVED:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec) -> ModuleType:
-        new = MOVED[spec.name.rpartition(".")[2]]
-        warnings.warn(f"{spec.name} is deprecated: it moved to {new}", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
-
-    def exec_module(self, module: ModuleType) -> None:
-        pass
-
-
-if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _MovedModules())
+alias_moved_modules(__name__, MOVED)
