@@ -51,7 +51,7 @@ def cpu_features() -> dict[str, Any]:
 def _gemm_operands(a: Array, b: Array, a_codes: ACodes = "u7") -> tuple[np.ndarray, np.ndarray]:
     a_np = arr.to_numpy(a, "a", np.uint8, ndim=3)
     b_np = arr.to_numpy(b, "b", np.int8, ndim=3)
-    (batch, m, k), (b_batch, n, b_k) = a_np.shape, b_np.shape
+    (batch, _, k), (b_batch, _, b_k) = a_np.shape, b_np.shape
     if b_batch != batch:
         raise ValueError(f"a and b must have the same batch size: a {a_np.shape}, b {b_np.shape}")
     if b_k != k:

@@ -65,3 +65,10 @@ def test_moved_modules_still_import_from_their_old_paths_with_a_warning():
         with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: it moved to {new}"):
             module = importlib.import_module(old)
         assert module is importlib.import_module(new)
+
+
+def test_the_tree_passes_the_linter():
+    """ruff, configured in ``pyproject.toml`` (pyflakes' errors: unused imports and names, undefined names)."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,7 +4,6 @@ across runs, several latency shapes, and the small CLI fixes."""
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Backend, Param, hookimpl, load_registry
+from harness import Backend, hookimpl, load_registry
 from harness.cli import main
 from harness.registry.manager import PLUGINS_ENV
 

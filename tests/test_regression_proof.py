@@ -6,7 +6,6 @@ import importlib.util
 import json
 import random
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

@@ -10,7 +10,7 @@ import torch
 
 import cython_kernels as ck
 from harness import load_registry
-from plugins.topk import TopK, select_keys, sparse_attention
+from plugins.topk import select_keys, sparse_attention
 
 pytestmark = pytest.mark.skipif(not ck.TOPK_AVAILABLE,
                                 reason=f"fused top-k kernel unavailable: {ck.TOPK_UNAVAILABLE_REASON}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
 from ..errors import ParamError, SpecError
 from .params import Param, format_value

@@ -199,7 +199,6 @@ def _main_dtype(part: Backend) -> Any:
 def _output_dtype(backend: ResolvedBackend, inputs: Any) -> None:
     from ..backends.conformance import check_output_dtype
     from ..devices import torch_dtypes
-    import torch
 
     check_output_dtype(backend, inputs, torch_dtypes(backend.attention_part.dtypes))
 
