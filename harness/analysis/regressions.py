@@ -100,7 +100,7 @@ def history_order(rows: pd.DataFrame, repo: Path | str | None = None) -> History
         by_commit = pd.Series(commit_dates.values, index=dated["commit"].values).dropna()
         for commit, date in by_commit.groupby(level=0).min().items():
             when[commit] = date
-    ordered = sorted(when, key=lambda c: (pd.Timestamp(when[c]), c))
+    ordered = sorted(when, key=lambda c: (pd.isna(when[c]), pd.Timestamp(when[c]).value if pd.notna(when[c]) else 0, c))
     return HistoryOrder({c: i for i, c in enumerate(ordered)}, (), "time", str(repo))
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .compare import KEY, format_param, with_variant
 from .scales import format_change
-from .regressions import commit_order, find_regressions, per_commit_values, to_frame
+from .regressions import find_regressions, history_order, per_commit_values, to_frame
 
 HISTORY_METRICS = ("latency_forward", "latency_attention_core")
 
@@ -135,7 +135,7 @@ def build_report(rows: pd.DataFrame, *, run_id: str | None = None, max_history: 
     rows = with_variant(rows)  # once, for find_regressions and the series below
     changes = to_frame(find_regressions(rows))
     speed = rows[rows["metric"].isin(HISTORY_METRICS) | rows["metric"].str.startswith("bench_speed.")]
-    order = commit_order(list(speed["commit"].dropna().unique()))
+    order = history_order(speed).position
     plots = []
     for key, series in speed[speed["commit"].notna()].groupby(KEY, dropna=False):
         history = per_commit_values(series, order)
