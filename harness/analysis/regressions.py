@@ -97,7 +97,7 @@ def history_order(rows: pd.DataFrame, repo: Path | str | None = None) -> History
     commit_dates = dated["extra"].map(_commit_date) if "extra" in dated else pd.Series(dtype=object)
     when = {c: first[c] for c in first.index}
     if len(commit_dates):
-        by_commit = pd.Series(commit_dates.values, index=dated["commit"].values).dropna()
+        by_commit = pd.Series(list(commit_dates), index=list(dated["commit"]), dtype=object).dropna()
         for commit, date in by_commit.groupby(level=0).min().items():
             when[commit] = date
     ordered = sorted(when, key=lambda c: (pd.isna(when[c]), pd.Timestamp(when[c]).value if pd.notna(when[c]) else 0, c))
