@@ -82,3 +82,13 @@ def registry():
 def _isolated_cache(tmp_path, monkeypatch):
     """Heads and other cache entries go to a per-test directory unless a test shares one on purpose."""
     monkeypatch.setenv("ATTNBENCH_CACHE", str(tmp_path / "cache"))
+
+
+def negate_binary_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Negate the last two-class ``Linear`` (the classifier) in place: every binary prediction flips. Test
+    backends use it as a deliberately broken ``prepare``."""
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 2][-1]
+    with torch.no_grad():
+        head.weight.neg_()
+        head.bias.neg_()
+    return model

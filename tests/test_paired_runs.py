@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import negate_binary_head
 from harness import RunSpec, hookimpl, load_registry, read_results, run
 from harness.cli import main
 from harness.analysis.paired import with_holm
@@ -30,11 +31,7 @@ def flipping_registry():
         description = "dense with the classifier negated (test only)"
 
         def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-            head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 2][-1]
-            with torch.no_grad():
-                head.weight.neg_()
-                head.bias.neg_()
-            return model
+            return negate_binary_head(model)
 
     class Plugin:
         @hookimpl
@@ -183,6 +180,7 @@ def test_report_writes_png_and_svg_figures_of_the_chosen_run(learnt, tmp_path, c
     assert f"run {result.run_id} (given)" in out
     small = run(spec(store, tiny_model_dir, data=str(root / "data"), backends=["dense"], limit=5),
                 flipping_registry, log=lambda m: None)
+    capsys.readouterr()  # the run's own output (datasets may show a tokenization bar): not the report's
     # the latest run is a smaller one: no report of it by accident, one line naming both runs, exit 2
     assert main(["report", "--store", str(store), "--output", str(tmp_path / "r.html"),
                  "--figures", str(tmp_path / "f")]) == 2

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import negate_binary_head
 from harness import RunSpec, hookimpl, load_registry, read_results, run
 from harness.analysis.paired import with_holm
 from harness.cli import main
@@ -40,12 +41,7 @@ def drifting_registry():
         description = "dense; with the classifier negated once broken (test only)"
 
         def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-            if Drift.broken:
-                head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 2][-1]
-                with torch.no_grad():
-                    head.weight.neg_()
-                    head.bias.neg_()
-            return model
+            return negate_binary_head(model) if Drift.broken else model
 
     class Plugin:
         @hookimpl
