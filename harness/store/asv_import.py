@@ -130,10 +130,12 @@ def stale_results(results, benchmarks: dict) -> tuple[list[str], list[str]]:
     return other_version, unknown
 
 
-def result_rows(results, machine: str, machine_info: dict, benchmarks: dict) -> tuple[str, list[dict[str, Any]]]:
+def result_rows(results, machine: str, machine_info: dict, benchmarks: dict,
+                undeclared: dict[str, str] | None = None) -> tuple[str, list[dict[str, Any]]]:
     """Rows of one loaded ``asv.results.Results``; returns ``(run id, rows)``. Results that
     :func:`stale_results` lists, and benchmarks without a declared category and direction
-    (:func:`category_and_direction`), are left out."""
+    (:func:`category_and_direction`), are left out; the latter are recorded in ``undeclared`` (benchmark → why)
+    when it is given."""
     started_all = [t for t in results.started_at.values() if t is not None]
     run_started = min(started_all) if started_all else results.date
     run_id = run_id_of(machine, results.env_name, results.commit_hash, run_started)
@@ -147,7 +149,9 @@ def result_rows(results, machine: str, machine_info: dict, benchmarks: dict) -> 
         meta = benchmarks[key]
         try:
             category, direction = category_and_direction({"name": key, **meta})
-        except UndeclaredBenchmark:
+        except UndeclaredBenchmark as exc:
+            if undeclared is not None:
+                undeclared[key] = str(exc)
             continue
         params = results.get_result_params(key)
         # asv returns one list entry per parameter combination; a benchmark without parameters has one
@@ -210,12 +214,7 @@ def import_asv(results_dir: Path | str, store: Path | str) -> ImportSummary:
                 results = Results.load(str(Path(root) / filename), machine_name=machine)
             except util.UserError as exc:
                 raise StoreError(f"cannot read asv result {Path(root) / filename}: {exc}") from None
-            run_id, rows = result_rows(results, machine, machine_info, benchmarks)
-            for key in set(results.get_all_result_keys()) & set(benchmarks):
-                try:
-                    category_and_direction({"name": key, **benchmarks[key]})
-                except UndeclaredBenchmark as exc:
-                    undeclared[key] = str(exc)
+            run_id, rows = result_rows(results, machine, machine_info, benchmarks, undeclared)
             if run_id in legacy_runs:
                 summary.skipped_existing += 1
                 continue
